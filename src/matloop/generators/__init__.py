@@ -1,0 +1,1 @@
+"""Proposal makers: baselines and torch generative models behind one interface."""

@@ -1,0 +1,91 @@
+"""The one interface every proposal maker implements.
+
+A generator proposes crystals; it never relaxes or evaluates them. The loop calls
+``sample`` each round, and ``update`` with what it learned (rewards) between rounds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import numpy as np
+    from pymatgen.core import Structure
+
+
+@dataclass
+class ChemicalSpace:
+    """Where a campaign searches: allowed elements and the largest cell it accepts."""
+
+    elements: list[str]
+    max_atoms: int = 12
+    min_atoms: int = 1
+
+    def allows(self, structure: Structure) -> bool:
+        """True when every element is allowed and the cell size is within bounds."""
+        symbols = {el.symbol for el in structure.composition.elements}
+        return symbols <= set(self.elements) and self.min_atoms <= len(structure) <= self.max_atoms
+
+
+@dataclass
+class Feedback:
+    """What the loop learned about one proposed crystal, for ``Generator.update``.
+
+    ``reward`` is higher for better candidates (e.g. stable, novel, in the property window);
+    ``properties`` carries the evaluated numbers (``e_above_hull``, a target property, ...).
+    """
+
+    structure: Structure
+    reward: float
+    properties: dict[str, float] = field(default_factory=dict)
+
+
+class Generator(ABC):
+    """A proposal maker.
+
+    Subclasses set ``name`` (the key used in campaign configs) and implement ``sample``.
+    Learned models also implement ``fit``, ``update``, ``save`` and ``load``.
+    """
+
+    name: ClassVar[str] = "generator"
+    #: Bumped by ``fit``/``update`` so every candidate records which model state proposed it.
+    version: int = 0
+
+    def fit(
+        self,
+        structures: Sequence[Structure],
+        properties: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        """Learn from known crystals (and optional per-crystal properties). Baselines may
+        use the structures as a pool of templates; the default does nothing."""
+
+    @abstractmethod
+    def sample(
+        self,
+        n: int,
+        conditions: Mapping[str, Any] | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> list[Structure]:
+        """Propose up to ``n`` crystals (fewer if the generator cannot make more distinct
+        ones). ``conditions`` asks conditional models for target properties."""
+
+    def update(self, feedback: Sequence[Feedback]) -> None:
+        """Learn from the loop's feedback (fine-tune, policy-gradient step). Default: no-op."""
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint. Baselines have no learned state, so the default refuses."""
+        raise NotImplementedError(f"{type(self).__name__} has no learned state to save")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Generator:
+        """Read a checkpoint written by ``save``."""
+        raise NotImplementedError(f"{cls.__name__} cannot be loaded from a checkpoint")
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance recorded with every candidate this generator proposes."""
+        return {"generator": self.name, "generator_version": self.version}
