@@ -1,0 +1,86 @@
+"""Choose a maggma backend from one URI.
+
+``monty://PATH``   the embedded default: montydb on SQLite in folder PATH, no server needed
+``mongodb://…``    a real MongoDB (``mongodb+srv://`` too); database from the URI path or ``matloop``
+``memory://``      mongomock, for tests (gone when the process ends)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from maggma.core import Store
+
+SCHEMES = ("monty", "mongodb", "mongodb+srv", "memory")
+
+
+class StoreURIError(ValueError):
+    """The store URI cannot be understood."""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, safe to print and log."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A parsed store URI that can open one maggma store per collection."""
+
+    scheme: str
+    uri: str
+    path: Path | None = None
+    database: str = "matloop"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> Backend:
+        if "://" not in uri:
+            raise StoreURIError(
+                f"store URI {redact_uri(uri)!r} has no scheme; expected one of "
+                "monty://PATH, mongodb://HOST/DB or memory://"
+            )
+        scheme = uri.split("://", 1)[0].lower()
+        if scheme not in SCHEMES:
+            raise StoreURIError(
+                f"store URI scheme {scheme!r} is not supported; expected one of "
+                "monty://PATH, mongodb://HOST/DB or memory://"
+            )
+        if scheme == "monty":
+            raw = uri.split("://", 1)[1]
+            if not raw:
+                raise StoreURIError("monty:// needs a folder, e.g. monty://./matloop-store")
+            return cls("monty", uri, path=Path(raw).expanduser())
+        if scheme == "memory":
+            return cls("memory", uri)
+        database = urlsplit(uri).path.strip("/") or "matloop"
+        return cls(scheme, uri, database=database)
+
+    def open(self, collection: str, key: str | list[str] = "_id") -> Store:
+        """A maggma store for one collection (not yet connected)."""
+        if self.scheme == "monty":
+            from maggma.stores import MontyStore
+
+            assert self.path is not None
+            self.path.mkdir(parents=True, exist_ok=True)
+            return MontyStore(
+                collection,
+                database_path=str(self.path),
+                database_name=self.database,
+                storage="sqlite",
+                key=key,
+            )
+        if self.scheme == "memory":
+            from maggma.stores import MemoryStore
+
+            return MemoryStore(collection, key=key)
+        from maggma.stores import MongoURIStore
+
+        return MongoURIStore(self.uri, collection, database=self.database, key=key)
+
+    def __repr__(self) -> str:  # never leak credentials into logs or artifacts
+        return f"Backend({redact_uri(self.uri)!r})"

@@ -1,0 +1,165 @@
+"""Typed documents: the store speaks in these, never in loose dicts.
+
+One document per stage: a candidate (what was proposed and where it stands), its
+relaxation, its evaluation, a round, a campaign, a hull reference and a model checkpoint.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> str:
+    """ISO timestamp (strings keep every backend, montydb included, happy)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class CandidateStatus(StrEnum):
+    """Lifecycle: ``proposed → selected | rejected → relaxed | failed → evaluated``."""
+
+    proposed = "proposed"
+    selected = "selected"
+    rejected = "rejected"
+    relaxing = "relaxing"
+    relaxed = "relaxed"
+    failed = "failed"
+    evaluated = "evaluated"
+
+
+class StatusChange(BaseModel):
+    status: CandidateStatus
+    at: str = Field(default_factory=utcnow)
+    reason: str | None = None
+    round: int | None = None
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
+
+
+class CandidateDoc(_Doc):
+    """A proposed crystal and where it stands."""
+
+    campaign: str = Field(description="Campaign name")
+    candidate_id: str = Field(description="Hash of the canonical reduced structure")
+    round: int = Field(description="Round in which it was first proposed")
+    formula: str = Field(description="Reduced formula")
+    chemsys: str = Field(description="Chemical system, e.g. Ca-O-Ti")
+    nsites: int
+    structure: dict[str, Any] = Field(description="Proposed structure (pymatgen dict)")
+    generator: str = Field(description="Registry name of the generator that proposed it")
+    generator_version: int | str = 0
+    prototype: str | None = Field(None, description="Prototype or template, when known")
+    conditions: dict[str, Any] = Field(default_factory=dict)
+    status: CandidateStatus = CandidateStatus.proposed
+    reason: str | None = Field(None, description="Why it was rejected or failed")
+    history: list[StatusChange] = Field(default_factory=list)
+    predicted_e_above_hull: float | None = None
+    predicted_std: float | None = None
+    acquisition_score: float | None = None
+    selected_round: int | None = None
+    times_proposed: int = 1
+    created_at: str = Field(default_factory=utcnow)
+
+
+class RelaxationDoc(_Doc):
+    """The outcome of relaxing one candidate (or a hull reference)."""
+
+    campaign: str
+    candidate_id: str
+    ok: bool
+    converged: bool = False
+    energy_per_atom: float | None = Field(None, description="Raw potential energy, eV/atom")
+    structure: dict[str, Any] | None = Field(None, description="Relaxed structure")
+    n_steps: int | None = None
+    max_force: float | None = Field(None, description="Final max force, eV/Å")
+    potential: str = ""
+    job_uuid: str | None = None
+    wall_s: float | None = None
+    reason: str | None = None
+    round: int | None = None
+    created_at: str = Field(default_factory=utcnow)
+
+
+class EvaluationDoc(_Doc):
+    """How a relaxed candidate was judged, against which hull."""
+
+    campaign: str
+    candidate_id: str
+    round: int
+    formula: str
+    energy_per_atom: float
+    corrected_energy_per_atom: float | None = None
+    formation_energy_per_atom: float | None = None
+    e_above_hull: float
+    e_above_hull_at_round: float | None = Field(
+        None, description="e_above_hull against the hull as it stood when first evaluated"
+    )
+    is_stable: bool = Field(description="e_above_hull within the campaign's threshold")
+    is_novel: bool
+    is_unique: bool
+    duplicate_of: str | None = None
+    spacegroup: str | None = None
+    hull_scheme: str = Field(description="Potential + correction scheme used for the hull")
+    hull_version: int = Field(description="Round whose hull this evaluation used")
+    evidence: str = Field("mlip-relaxed", description="How the energy was obtained")
+    properties: dict[str, float] = Field(default_factory=dict)
+    updated_at: str = Field(default_factory=utcnow)
+
+
+class ReferenceDoc(_Doc):
+    """A hull reference: an elemental ground state or a known compound, relaxed with the
+    campaign's potential. Shared by campaigns that use the same potential."""
+
+    reference_id: str = Field(description="e.g. 'element:O' or 'seed:mp-1234'")
+    potential: str
+    formula: str
+    chemsys: str
+    energy_per_atom: float
+    structure: dict[str, Any]
+    source: str = Field(description="elemental | file:<path> | materials-project")
+    source_id: str | None = None
+    evidence: str = "mlip-relaxed"
+    properties: dict[str, float] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=utcnow)
+
+
+class RoundDoc(_Doc):
+    """One round of a campaign; ``steps_done`` makes an interrupted round resumable."""
+
+    campaign: str
+    round: int
+    status: str = "started"
+    steps_done: list[str] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    started_at: str = Field(default_factory=utcnow)
+    completed_at: str | None = None
+
+
+class CampaignDoc(_Doc):
+    campaign: str
+    config: dict[str, Any]
+    status: str = "created"
+    rounds_completed: int = 0
+    references_ready: bool = False
+    hull_scheme: str | None = None
+    stop_reason: str | None = None
+    created_at: str = Field(default_factory=utcnow)
+    updated_at: str = Field(default_factory=utcnow)
+
+
+class ModelDoc(_Doc):
+    """A versioned generator checkpoint (bytes in the store, with its hash)."""
+
+    campaign: str
+    name: str
+    version: int
+    kind: str
+    sha256: str
+    checkpoint_path: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=utcnow)

@@ -1,0 +1,262 @@
+"""The one small facade over the campaign database.
+
+Everything a campaign knows lives here: campaigns, rounds, candidates, relaxations,
+evaluations, hull references, model checkpoints, and the jobflow ``JobStore`` holding the
+atomate2 task documents of the relaxations, all in one database. Writes are upserts by
+natural keys, so a rerun updates records in place and nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from matloop.store.backends import Backend, redact_uri
+from matloop.store.documents import (
+    CampaignDoc,
+    CandidateDoc,
+    CandidateStatus,
+    EvaluationDoc,
+    ModelDoc,
+    ReferenceDoc,
+    RelaxationDoc,
+    RoundDoc,
+    StatusChange,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from jobflow import JobStore
+    from maggma.core import Store
+    from pydantic import BaseModel
+
+D = TypeVar("D", bound="BaseModel")
+
+# collection -> (document type, natural key)
+COLLECTIONS: dict[str, tuple[type, list[str]]] = {
+    "campaigns": (CampaignDoc, ["campaign"]),
+    "rounds": (RoundDoc, ["campaign", "round"]),
+    "candidates": (CandidateDoc, ["campaign", "candidate_id"]),
+    "relaxations": (RelaxationDoc, ["campaign", "candidate_id"]),
+    "evaluations": (EvaluationDoc, ["campaign", "candidate_id"]),
+    "references": (ReferenceDoc, ["potential", "reference_id"]),
+    "models": (ModelDoc, ["campaign", "name", "version"]),
+}
+
+
+class MatloopStore:
+    """Campaign database behind one URI (see :mod:`matloop.store.backends`).
+
+    Examples
+    --------
+    >>> store = MatloopStore("memory://")
+    >>> store.save_campaign(CampaignDoc(campaign="demo", config={}))
+    >>> store.get_campaign("demo").campaign
+    'demo'
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.backend = Backend.from_uri(uri)
+        self._stores: dict[str, Store] = {}
+        self._job_store: JobStore | None = None
+
+    def __repr__(self) -> str:
+        return f"MatloopStore({redact_uri(self.uri)!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _store(self, name: str) -> Store:
+        if name not in self._stores:
+            key = COLLECTIONS[name][1] if name in COLLECTIONS else ["sha256"]
+            store = self.backend.open(name, key=key[-1])
+            store.connect()
+            for field in key:
+                try:
+                    store.ensure_index(field)
+                except NotImplementedError:  # montydb has no secondary indexes
+                    break
+            self._stores[name] = store
+        return self._stores[name]
+
+    def _upsert(self, name: str, docs: Iterable[BaseModel]) -> None:
+        payload = [doc.model_dump(mode="json") for doc in docs]
+        if payload:
+            self._store(name).update(payload, key=COLLECTIONS[name][1])
+
+    def _find(
+        self,
+        name: str,
+        criteria: dict[str, Any] | None = None,
+        sort: dict[str, int] | None = None,
+    ) -> list[Any]:
+        doc_type = COLLECTIONS[name][0]
+        return [doc_type(**d) for d in self._store(name).query(criteria or {}, sort=sort)]
+
+    def _find_one(self, name: str, criteria: dict[str, Any]) -> Any | None:
+        found = self._store(name).query_one(criteria)
+        return COLLECTIONS[name][0](**found) if found else None
+
+    def count(self, name: str, criteria: dict[str, Any] | None = None) -> int:
+        return self._store(name).count(criteria or {})
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+        if self._job_store is not None:
+            self._job_store.close()
+            self._job_store = None
+
+    def job_store(self) -> JobStore:
+        """The jobflow store for atomate2 task documents, in the same database.
+
+        atomate2 force-field jobs put trajectories in an additional store named ``data``.
+        """
+        if self._job_store is None:
+            from jobflow import JobStore
+
+            self._job_store = JobStore(
+                self.backend.open("jobs", key="uuid"),
+                additional_stores={"data": self.backend.open("jobs_data", key="uuid")},
+            )
+            self._job_store.connect()
+        return self._job_store
+
+    # -- campaigns and rounds -------------------------------------------------------------
+    def get_campaign(self, campaign: str) -> CampaignDoc | None:
+        return self._find_one("campaigns", {"campaign": campaign})
+
+    def save_campaign(self, doc: CampaignDoc) -> None:
+        self._upsert("campaigns", [doc])
+
+    def campaigns(self) -> list[CampaignDoc]:
+        return self._find("campaigns", sort={"campaign": 1})
+
+    def get_round(self, campaign: str, round_: int) -> RoundDoc | None:
+        return self._find_one("rounds", {"campaign": campaign, "round": round_})
+
+    def save_round(self, doc: RoundDoc) -> None:
+        self._upsert("rounds", [doc])
+
+    def rounds(self, campaign: str) -> list[RoundDoc]:
+        return self._find("rounds", {"campaign": campaign}, sort={"round": 1})
+
+    # -- candidates ------------------------------------------------------------------------
+    def add_candidates(self, docs: list[CandidateDoc]) -> tuple[list[str], list[str]]:
+        """Insert new candidates; a crystal already in the campaign keeps its record and
+        only its ``times_proposed`` grows. Returns (new ids, ids already present)."""
+        if not docs:
+            return [], []
+        campaign = docs[0].campaign
+        ids = [d.candidate_id for d in docs]
+        existing = {
+            d.candidate_id: d
+            for d in self._find("candidates", {"campaign": campaign, "candidate_id": {"$in": ids}})
+        }
+        fresh: dict[str, CandidateDoc] = {}
+        for doc in docs:
+            if doc.candidate_id in existing:
+                existing[doc.candidate_id].times_proposed += 1
+            elif doc.candidate_id not in fresh:
+                fresh[doc.candidate_id] = doc
+        self._upsert("candidates", list(fresh.values()) + list(existing.values()))
+        return list(fresh), list(existing)
+
+    def candidates(
+        self,
+        campaign: str,
+        *,
+        status: CandidateStatus | str | list[str] | None = None,
+        round_: int | None = None,
+        ids: list[str] | None = None,
+    ) -> list[CandidateDoc]:
+        criteria: dict[str, Any] = {"campaign": campaign}
+        if isinstance(status, list):
+            criteria["status"] = {"$in": [str(s) for s in status]}
+        elif status is not None:
+            criteria["status"] = str(status)
+        if round_ is not None:
+            criteria["round"] = round_
+        if ids is not None:
+            criteria["candidate_id"] = {"$in": ids}
+        return self._find("candidates", criteria, sort={"round": 1, "candidate_id": 1})
+
+    def set_status(
+        self,
+        campaign: str,
+        updates: dict[str, tuple[CandidateStatus, str | None]],
+        *,
+        round_: int | None = None,
+        fields: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Move candidates along their lifecycle, recording each change in their history.
+
+        ``updates`` maps id -> (new status, reason); ``fields`` optionally sets other fields.
+        """
+        docs = self.candidates(campaign, ids=list(updates))
+        for doc in docs:
+            status, reason = updates[doc.candidate_id]
+            doc.status = status
+            doc.reason = reason
+            doc.history.append(StatusChange(status=status, reason=reason, round=round_))
+            for name, value in (fields or {}).get(doc.candidate_id, {}).items():
+                setattr(doc, name, value)
+        self._upsert("candidates", docs)
+
+    def status_counts(self, campaign: str) -> dict[str, int]:
+        return {
+            status.value: self.count("candidates", {"campaign": campaign, "status": status.value})
+            for status in CandidateStatus
+        }
+
+    # -- relaxations, evaluations, references -----------------------------------------------
+    def save_relaxations(self, docs: list[RelaxationDoc]) -> None:
+        self._upsert("relaxations", docs)
+
+    def relaxations(self, campaign: str, ids: list[str] | None = None) -> list[RelaxationDoc]:
+        criteria: dict[str, Any] = {"campaign": campaign}
+        if ids is not None:
+            criteria["candidate_id"] = {"$in": ids}
+        return self._find("relaxations", criteria, sort={"candidate_id": 1})
+
+    def save_evaluations(self, docs: list[EvaluationDoc]) -> None:
+        self._upsert("evaluations", docs)
+
+    def evaluations(self, campaign: str) -> list[EvaluationDoc]:
+        return self._find("evaluations", {"campaign": campaign}, sort={"candidate_id": 1})
+
+    def save_references(self, docs: list[ReferenceDoc]) -> None:
+        self._upsert("references", docs)
+
+    def references(self, potential: str, ids: list[str] | None = None) -> list[ReferenceDoc]:
+        criteria: dict[str, Any] = {"potential": potential}
+        if ids is not None:
+            criteria["reference_id"] = {"$in": ids}
+        return self._find("references", criteria, sort={"reference_id": 1})
+
+    # -- model checkpoints -----------------------------------------------------------------
+    def save_model(self, doc: ModelDoc, checkpoint: bytes) -> ModelDoc:
+        """Keep a checkpoint's bytes and its sha256; returns the stored document."""
+        doc.sha256 = hashlib.sha256(checkpoint).hexdigest()
+        self._upsert("models", [doc])
+        self._store("model_blobs").update([{"sha256": doc.sha256, "data": checkpoint}], key="sha256")
+        return doc
+
+    def models(self, campaign: str, name: str | None = None) -> list[ModelDoc]:
+        criteria: dict[str, Any] = {"campaign": campaign}
+        if name is not None:
+            criteria["name"] = name
+        return self._find("models", criteria, sort={"version": 1})
+
+    def load_model_bytes(self, doc: ModelDoc) -> bytes:
+        """The checkpoint bytes of ``doc``, refused when they do not match its sha256."""
+        found = self._store("model_blobs").query_one({"sha256": doc.sha256})
+        if found is None:
+            raise KeyError(f"checkpoint {doc.name} v{doc.version} is missing from the store")
+        data = bytes(found["data"])
+        if hashlib.sha256(data).hexdigest() != doc.sha256:
+            raise ValueError(
+                f"checkpoint {doc.name} v{doc.version} does not match its recorded sha256"
+            )
+        return data
