@@ -147,6 +147,12 @@ class CampaignDoc(_Doc):
     rounds_completed: int = 0
     references_ready: bool = False
     hull_scheme: str | None = None
+    seed_reference_ids: list[str] = Field(
+        default_factory=list, description="Seed crystals of this campaign's space in the hull"
+    )
+    reference_e_above_hull: dict[str, float] = Field(
+        default_factory=dict, description="e_above_hull of each reference at the last evaluation"
+    )
     stop_reason: str | None = None
     created_at: str = Field(default_factory=utcnow)
     updated_at: str = Field(default_factory=utcnow)

@@ -1,0 +1,211 @@
+"""Campaign configuration: a YAML file validated by pydantic, with clear errors.
+
+Every mistake is reported with the field's dotted path and what was expected, before any
+work starts. Relative paths (store folder, output folder, seed files) are taken relative to
+the directory ``matloop`` is run from.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+class ConfigError(ValueError):
+    """A campaign configuration that cannot be used; the message names every problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ChemicalSpaceConfig(_Strict):
+    elements: list[str] = Field(min_length=1, description="Allowed elements, e.g. [Ca, Ti, O]")
+    max_atoms: int = Field(12, ge=1, le=200, description="Largest cell accepted")
+
+    @field_validator("elements")
+    @classmethod
+    def _known_elements(cls, value: list[str]) -> list[str]:
+        from pymatgen.core.periodic_table import Element
+
+        unknown = [el for el in value if not Element.is_valid_symbol(el)]
+        if unknown:
+            raise ValueError(f"unknown element symbol(s): {', '.join(map(str, unknown))}")
+        if len(set(value)) != len(value):
+            raise ValueError("elements are listed more than once")
+        return value
+
+
+class PropertyWindow(_Strict):
+    name: str = Field(description="Property column (from seed data) to aim at, e.g. dir_gap")
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PropertyWindow:
+        if self.min is None and self.max is None:
+            raise ValueError("a property window needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    stability_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="e_above_hull (eV/atom) at or below which a hit counts"
+    )
+    property: PropertyWindow | None = None
+
+
+class GeneratorConfig(_Strict):
+    name: str = Field(description="Registry name, e.g. prototype_substitution")
+    weight: float = Field(1.0, gt=0, description="Share of each round's proposals")
+    settings: dict = Field(default_factory=dict, description="Passed to the generator")
+    checkpoint: str | None = Field(None, description="Trained model file for torch generators")
+
+
+class RelaxerConfig(_Strict):
+    potential: Literal["CHGNet", "SevenNet"] = "CHGNet"
+    fmax: float = Field(0.05, gt=0, le=1.0, description="Force convergence, eV/Å")
+    steps: int = Field(300, ge=1, le=10000)
+    relax_cell: bool = True
+
+
+class BudgetConfig(_Strict):
+    rounds: int = Field(3, ge=1, description="Rounds to run per `matloop run`")
+    max_rounds: int | None = Field(None, ge=1, description="Stop the campaign after this many")
+    candidates_per_round: int = Field(40, ge=1, le=100000)
+    relaxations_per_round: int = Field(8, ge=1, le=10000)
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many rounds without a new discovery"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetConfig:
+        if self.relaxations_per_round > self.candidates_per_round:
+            raise ValueError(
+                f"relaxations_per_round ({self.relaxations_per_round}) cannot exceed "
+                f"candidates_per_round ({self.candidates_per_round})"
+            )
+        return self
+
+
+class AcquisitionConfig(_Strict):
+    strategy: Literal["ucb", "greedy", "ei", "thompson", "random"] = "ucb"
+    beta: float = Field(1.0, ge=0.0, description="Exploration weight for UCB")
+    ensemble_size: int = Field(8, ge=2, le=64)
+
+
+class SeedFile(_Strict):
+    path: str
+    format: Literal["csv", "extxyz", "ase-db"] | None = Field(
+        None, description="Guessed from the suffix when omitted"
+    )
+    cif_column: str = "cif"
+    id_column: str = "material_id"
+    max_atoms: int = Field(40, ge=1, description="Larger seed crystals are skipped")
+
+
+class SeedConfig(_Strict):
+    files: list[SeedFile] = Field(default_factory=list)
+    materials_project: bool = Field(
+        False, description="Fetch known compounds of the space when MP_API_KEY is set"
+    )
+
+
+class CampaignConfig(_Strict):
+    """A campaign: what to search, how, with what budget, where to keep results."""
+
+    name: str = Field(description="Campaign name: letters, digits, '.', '_' or '-'")
+    chemical_space: ChemicalSpaceConfig
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    generators: list[GeneratorConfig] = Field(
+        default_factory=lambda: [
+            GeneratorConfig(name="prototype_substitution"),
+            GeneratorConfig(name="random_symmetric"),
+        ],
+        min_length=1,
+    )
+    relaxer: RelaxerConfig = Field(default_factory=RelaxerConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    seed_data: SeedConfig = Field(default_factory=SeedConfig)
+    store: str = Field("monty://./matloop-store", description="Store URI")
+    output: str = Field("./matloop-output", description="Folder for exported results")
+    seed: int = Field(0, description="Random seed: the same seed gives the same campaign")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "must start with a letter or digit and use only letters, digits, '.', '_', '-'"
+            )
+        return value
+
+    @field_validator("generators")
+    @classmethod
+    def _known_generators(cls, value: list[GeneratorConfig]) -> list[GeneratorConfig]:
+        from matloop.generators.registry import available_generators
+
+        known = available_generators()
+        for gen in value:
+            if gen.name not in known:
+                raise ValueError(
+                    f"unknown generator {gen.name!r}; known generators: {', '.join(known)}"
+                )
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store_uri(cls, value: str) -> str:
+        from matloop.store.backends import Backend
+
+        Backend.from_uri(value)
+        return value
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output).expanduser() / self.name
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: {error.error_count()} problem(s) in the campaign configuration"]
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling)"
+        lines.append(f"  - {where}: {message}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "config") -> CampaignConfig:
+    """Validate a mapping (e.g. loaded YAML) into a :class:`CampaignConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of fields at the top level")
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and validate a campaign YAML file (``yaml.safe_load``: no code is executed)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, source=str(path))

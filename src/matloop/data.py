@@ -1,0 +1,180 @@
+"""Reading known crystals (seed data): CSV with a CIF column, extxyz, ASE databases, and
+the Materials Project when ``MP_API_KEY`` is set.
+
+Unreadable rows are reported and skipped, never silently dropped: every reader returns the
+crystals it could read and a list of problems naming the row and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeedCrystal:
+    """A known crystal: where it came from and its numeric properties, if any."""
+
+    source_id: str
+    structure: Structure
+    source: str
+    properties: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ReadReport:
+    crystals: list[SeedCrystal]
+    problems: list[str]
+
+    def summary(self) -> str:
+        text = f"read {len(self.crystals)} crystal(s)"
+        if self.problems:
+            text += f", skipped {len(self.problems)} unreadable row(s)"
+        return text
+
+
+def _check_ordered(structure: Structure) -> None:
+    if not structure.is_ordered:
+        raise ValueError("partial occupancies are not supported")
+    if len(structure) == 0:
+        raise ValueError("no atoms")
+
+
+def _numeric(row: dict[str, Any], skip: set[str]) -> dict[str, float]:
+    out = {}
+    for key, value in row.items():
+        if key in skip:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[key] = number
+    return out
+
+
+def read_csv(path: Path, cif_column: str = "cif", id_column: str = "material_id") -> ReadReport:
+    """CSV (optionally gzipped) with one CIF text per row, as in ``../shared/data``."""
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    frame = pd.read_csv(path)
+    if cif_column not in frame.columns:
+        raise ValueError(
+            f"{path}: no column {cif_column!r} with CIF text; columns are {list(frame.columns)}"
+        )
+    crystals, problems = [], []
+    for index, row in enumerate(frame.to_dict("records")):
+        source_id = str(row.get(id_column, f"row{index}"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structure = Structure.from_str(str(row[cif_column]), fmt="cif")
+            _check_ordered(structure)
+        except Exception as err:  # pymatgen raises many kinds on broken CIFs
+            problems.append(f"{path.name} row {index} ({source_id}): {err}".strip())
+            continue
+        properties = _numeric(row, {cif_column, id_column, "nsites"})
+        crystals.append(SeedCrystal(source_id, structure, f"file:{path.name}", properties))
+    return ReadReport(crystals, problems)
+
+
+def read_ase(path: Path, fmt: str) -> ReadReport:
+    """extxyz files or ASE databases (``.db``), through ASE."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    crystals, problems = [], []
+    if fmt == "ase-db":
+        from ase.db import connect
+
+        rows = [(f"id{row.id}", row.toatoms(), dict(row.key_value_pairs)) for row in
+                connect(str(path)).select()]
+    else:
+        from ase.io import read
+
+        rows = [(f"frame{i}", atoms, dict(atoms.info)) for i, atoms in
+                enumerate(read(str(path), index=":", format="extxyz"))]
+    for source_id, atoms, info in rows:
+        try:
+            structure = AseAtomsAdaptor.get_structure(atoms)
+            _check_ordered(structure)
+        except Exception as err:
+            problems.append(f"{path.name} {source_id}: {err}")
+            continue
+        crystals.append(SeedCrystal(source_id, structure, f"file:{path.name}", _numeric(info, set())))
+    return ReadReport(crystals, problems)
+
+
+def guess_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith((".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")):
+        return "extxyz"
+    if name.endswith(".db"):
+        return "ase-db"
+    raise ValueError(f"{path}: cannot tell the format from the name; set format: csv|extxyz|ase-db")
+
+
+def read_structures(
+    path: str | Path,
+    fmt: str | None = None,
+    cif_column: str = "cif",
+    id_column: str = "material_id",
+) -> ReadReport:
+    """Read known crystals from a file; a missing file is an error, a bad row a problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"seed data file not found: {path}")
+    fmt = fmt or guess_format(path)
+    if fmt == "csv":
+        return read_csv(path, cif_column, id_column)
+    return read_ase(path, fmt)
+
+
+def in_chemical_space(structure: Structure, elements: list[str], max_atoms: int) -> bool:
+    symbols = {el.symbol for el in structure.composition.elements}
+    return symbols <= set(elements) and len(structure) <= max_atoms
+
+
+def fetch_materials_project(elements: list[str], api_key: str | None = None) -> ReadReport:
+    """Known compounds of every sub-system of ``elements`` from the Materials Project.
+
+    Needs ``MP_API_KEY`` (or ``api_key``) and the ``mp-api`` package.
+    """
+    api_key = api_key or os.environ.get("MP_API_KEY")
+    if not api_key:
+        raise RuntimeError("MP_API_KEY is not set: cannot fetch from the Materials Project")
+    from itertools import combinations
+
+    from mp_api.client import MPRester
+
+    systems = [
+        "-".join(sorted(combo))
+        for size in range(1, len(elements) + 1)
+        for combo in combinations(elements, size)
+    ]
+    crystals: list[SeedCrystal] = []
+    with MPRester(api_key) as mpr:
+        docs = mpr.materials.summary.search(
+            chemsys=systems, fields=["material_id", "structure", "energy_above_hull"]
+        )
+    for doc in docs:
+        props = {}
+        if getattr(doc, "energy_above_hull", None) is not None:
+            props["mp_energy_above_hull"] = float(doc.energy_above_hull)
+        crystals.append(
+            SeedCrystal(str(doc.material_id), doc.structure, "materials-project", props)
+        )
+    return ReadReport(crystals, [])

@@ -1,0 +1,738 @@
+"""The five steps of a round as plain functions over the store (no Prefect here).
+
+``CampaignRun`` holds what a campaign needs in one process (its config, the store, the
+generators, the relax maker) and exposes one method per step. Every step reads its inputs
+from the store and writes its results back before returning, and records itself in the
+round's ``steps_done``, so an interrupted round resumes at the step it had reached and no
+candidate is relaxed twice. Prefect tasks in :mod:`matloop.flows.campaign` wrap these
+methods; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from matloop.store import (
+    CampaignDoc,
+    CandidateDoc,
+    CandidateStatus,
+    EvaluationDoc,
+    MatloopStore,
+    ReferenceDoc,
+    RelaxationDoc,
+    RoundDoc,
+)
+from matloop.store.documents import utcnow
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+    from matloop.config import CampaignConfig
+    from matloop.generators.base import Generator
+
+log = logging.getLogger("matloop")
+
+STEPS = ("generate", "screen", "relax", "evaluate", "learn")
+#: Fewer labelled crystals than this and the surrogate is not trusted: selection is random.
+MIN_TRAINING_POINTS = 6
+
+
+class CampaignMismatchError(ValueError):
+    """The config names a campaign already in the store but with a different search."""
+
+
+@dataclass
+class Progress:
+    """Callbacks the CLI (rich) or Prefect (artifacts) hook into; all optional."""
+
+    message: Callable[[str], None] = lambda text: log.info(text)
+    relax_started: Callable[[int], None] = lambda total: None
+    relax_advanced: Callable[[int, int, str], None] = lambda done, total, cid: None
+
+
+@dataclass
+class StepResult:
+    step: str
+    round: int
+    counts: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+
+def _structure(d: dict) -> Structure:
+    from pymatgen.core import Structure
+
+    return Structure.from_dict(d)
+
+
+def _structure_dict(structure: Structure) -> dict:
+    from monty.json import jsanitize
+
+    clean = structure.copy()
+    clean.properties = {}
+    return jsanitize(clean.as_dict(), strict=False)
+
+
+class CampaignRun:
+    """One campaign in one process: its config, its store, its generators and relaxer."""
+
+    def __init__(
+        self,
+        config: CampaignConfig,
+        store: MatloopStore | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.store = store or MatloopStore(config.store)
+        self.progress = progress or Progress()
+        self._generators: list[tuple[Any, Generator]] | None = None
+        self._maker = None
+
+    # -- campaign bookkeeping ----------------------------------------------------------------
+    def ensure_campaign(self) -> CampaignDoc:
+        """Create the campaign record, or check a stored one searches the same space."""
+        doc = self.store.get_campaign(self.name)
+        config = self.config.model_dump(mode="json")
+        if doc is None:
+            doc = CampaignDoc(campaign=self.name, config=config, status="created")
+        else:
+            for part in ("chemical_space", "relaxer"):
+                if doc.config.get(part) != config[part]:
+                    raise CampaignMismatchError(
+                        f"campaign {self.name!r} is already in the store with a different "
+                        f"{part} ({doc.config.get(part)} vs {config[part]}); use a new name "
+                        "to search a different space or with another relaxer"
+                    )
+            doc.config = config
+        doc.updated_at = utcnow()
+        self.store.save_campaign(doc)
+        return doc
+
+    @property
+    def potential(self) -> str:
+        from matloop.relax.makers import potential_version
+
+        return potential_version(self.config.relaxer.potential)
+
+    @property
+    def hull_scheme(self) -> str:
+        return f"{self.potential} + MP2020 corrections"
+
+    def rng(self, round_: int, stream: int) -> np.random.Generator:
+        """Per-round, per-purpose random streams: a resumed round draws the same numbers."""
+        return np.random.default_rng([self.config.seed, round_, stream])
+
+    @property
+    def maker(self):
+        if self._maker is None:
+            from matloop.relax.makers import make_relax_maker
+
+            relaxer = self.config.relaxer
+            self._maker = make_relax_maker(
+                relaxer.potential,
+                fmax=relaxer.fmax,
+                steps=relaxer.steps,
+                relax_cell=relaxer.relax_cell,
+            )
+        return self._maker
+
+    def generators(self) -> list[tuple[Any, Generator]]:
+        """(config, generator) pairs, fitted on the seed crystals once per process."""
+        if self._generators is None:
+            from matloop.generators.base import ChemicalSpace
+            from matloop.generators.registry import build_generator, load_generator
+
+            space = ChemicalSpace(
+                elements=list(self.config.chemical_space.elements),
+                max_atoms=self.config.chemical_space.max_atoms,
+            )
+            seeds = [
+                _structure(ref.structure)
+                for ref in self.references()
+                if ref.source != "elemental"
+            ]
+            pairs = []
+            for index, gen_config in enumerate(self.config.generators):
+                if gen_config.checkpoint:
+                    generator = load_generator(gen_config.name, gen_config.checkpoint, space)
+                else:
+                    generator = build_generator(
+                        gen_config.name,
+                        space,
+                        seed=self.config.seed + index,
+                        **gen_config.settings,
+                    )
+                    if seeds:
+                        generator.fit(seeds)
+                pairs.append((gen_config, generator))
+            self._generators = pairs
+        return self._generators
+
+    # -- references ---------------------------------------------------------------------
+    def reference_ids(self) -> list[str]:
+        campaign = self.store.get_campaign(self.name)
+        ids = [f"element:{el}" for el in self.config.chemical_space.elements]
+        if campaign is not None:
+            ids += campaign.seed_reference_ids
+        return ids
+
+    def references(self) -> list[ReferenceDoc]:
+        return self.store.references(self.potential, ids=self.reference_ids())
+
+    def prepare_references(self) -> StepResult:
+        """Relax elemental ground states and seed crystals once; skip what is stored."""
+        from matloop.relax.references import relax_elemental_references
+        from matloop.relax.runner import relax_structures
+
+        campaign = self.ensure_campaign()
+        result = StepResult("references", 0)
+        if campaign.references_ready:
+            result.skipped = True
+            return result
+        elements = list(self.config.chemical_space.elements)
+        stored = {ref.reference_id for ref in self.store.references(self.potential)}
+        missing = [el for el in elements if f"element:{el}" not in stored]
+        if missing:
+            self.progress.message(f"relaxing elemental references for {', '.join(missing)}")
+            outcomes = relax_elemental_references(missing, self.maker, self.store.job_store())
+            self.store.save_references(
+                [
+                    ReferenceDoc(
+                        reference_id=f"element:{el}",
+                        potential=self.potential,
+                        formula=el,
+                        chemsys=el,
+                        energy_per_atom=float(out.energy_per_atom),
+                        structure=_structure_dict(out.structure),
+                        source="elemental",
+                    )
+                    for el, out in outcomes.items()
+                ]
+            )
+        seeds, problems = self.load_seed_crystals()
+        seed_ids = [f"seed:{seed.source}:{seed.source_id}" for seed in seeds]
+        todo = [(rid, s) for rid, s in zip(seed_ids, seeds, strict=True) if rid not in stored]
+        if todo:
+            self.progress.message(f"relaxing {len(todo)} seed crystal(s) as hull references")
+            self.progress.relax_started(len(todo))
+            failed = 0
+            for done, (rid, seed) in enumerate(todo, start=1):
+                (out,) = relax_structures([(rid, seed.structure)], self.maker,
+                                          self.store.job_store())
+                self.progress.relax_advanced(done, len(todo), rid)
+                if not out.ok:
+                    failed += 1
+                    problems.append(f"seed {seed.source_id} did not relax: {out.reason}")
+                    continue
+                self.store.save_references(
+                    [
+                        ReferenceDoc(
+                            reference_id=rid,
+                            potential=self.potential,
+                            formula=out.structure.composition.reduced_formula,
+                            chemsys=out.structure.composition.chemical_system,
+                            energy_per_atom=float(out.energy_per_atom),
+                            structure=_structure_dict(out.structure),
+                            source=seed.source,
+                            source_id=seed.source_id,
+                            properties=seed.properties,
+                        )
+                    ]
+                )
+        for problem in problems:
+            self.progress.message(f"seed data: {problem}")
+        stored = {ref.reference_id for ref in self.store.references(self.potential)}
+        campaign = self.store.get_campaign(self.name)
+        campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
+        campaign.references_ready = True
+        campaign.hull_scheme = self.hull_scheme
+        self.store.save_campaign(campaign)
+        result.counts = {
+            "elements": len(elements),
+            "seeds": len(campaign.seed_reference_ids),
+            "problems": len(problems),
+        }
+        return result
+
+    def load_seed_crystals(self):
+        """Seed crystals inside the chemical space, plus a list of problems met reading."""
+        from matloop.data import fetch_materials_project, in_chemical_space, read_structures
+
+        space = self.config.chemical_space
+        crystals, problems = [], []
+        for seed_file in self.config.seed_data.files:
+            report = read_structures(
+                seed_file.path, seed_file.format, seed_file.cif_column, seed_file.id_column
+            )
+            problems += report.problems
+            crystals += [
+                c
+                for c in report.crystals
+                if in_chemical_space(c.structure, space.elements, seed_file.max_atoms)
+            ]
+        if self.config.seed_data.materials_project:
+            report = fetch_materials_project(space.elements)
+            crystals += [
+                c for c in report.crystals if in_chemical_space(c.structure, space.elements, 40)
+            ]
+        return crystals, problems
+
+    # -- rounds ------------------------------------------------------------------------
+    def current_round(self) -> RoundDoc | None:
+        rounds = self.store.rounds(self.name)
+        return rounds[-1] if rounds else None
+
+    def stop_reason(self) -> str | None:
+        """Why the campaign should not start another round, or None."""
+        budget = self.config.budget
+        rounds = [r for r in self.store.rounds(self.name) if r.status == "completed"]
+        if budget.max_rounds is not None and len(rounds) >= budget.max_rounds:
+            return f"reached max_rounds ({budget.max_rounds})"
+        if budget.patience is not None and len(rounds) >= budget.patience:
+            recent = rounds[-budget.patience :]
+            if all(r.metrics.get("hits", 0) == 0 for r in recent):
+                return f"no new discovery in the last {budget.patience} round(s)"
+        return None
+
+    def start_round(self) -> RoundDoc:
+        """The interrupted round if there is one, else a new round."""
+        last = self.current_round()
+        if last is not None and last.status != "completed":
+            self.progress.message(f"resuming round {last.round} after {last.steps_done}")
+            return last
+        doc = RoundDoc(campaign=self.name, round=(last.round + 1) if last else 1)
+        self.store.save_round(doc)
+        return doc
+
+    def _round(self, round_: int) -> RoundDoc:
+        doc = self.store.get_round(self.name, round_)
+        if doc is None:
+            raise KeyError(f"round {round_} of {self.name!r} is not in the store")
+        return doc
+
+    def _finish_step(self, round_: int, step: str, counts: dict[str, Any]) -> StepResult:
+        doc = self._round(round_)
+        if step not in doc.steps_done:
+            doc.steps_done.append(step)
+        doc.metrics.update(counts)
+        if step == STEPS[-1]:
+            doc.status = "completed"
+            doc.completed_at = utcnow()
+        self.store.save_round(doc)
+        return StepResult(step, round_, counts)
+
+    def _already(self, round_: int, step: str) -> StepResult | None:
+        doc = self._round(round_)
+        if step in doc.steps_done:
+            return StepResult(step, round_, doc.metrics, skipped=True)
+        return None
+
+    # -- 1. generate ---------------------------------------------------------------------------
+    def generate(self, round_: int) -> StepResult:
+        """Ask each generator for its share of proposals; store the new ones as proposed."""
+        if done := self._already(round_, "generate"):
+            return done
+        from matloop.identity import candidate_id
+
+        total = self.config.budget.candidates_per_round
+        pairs = self.generators()
+        weights = np.array([cfg.weight for cfg, _ in pairs], dtype=float)
+        shares = np.floor(total * weights / weights.sum()).astype(int)
+        shares[: total - shares.sum()] += 1
+        new_total, repeats, by_generator = 0, 0, {}
+        for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
+            rng = self.rng(round_, 100 + index)
+            wanted, new_ids = int(share), []
+            for _attempt in range(3):
+                if wanted <= len(new_ids):
+                    break
+                structures = generator.sample(wanted - len(new_ids), rng=rng)
+                docs = [self._candidate_doc(s, round_, generator, candidate_id) for s in structures]
+                docs = [d for d in docs if d is not None]
+                fresh, existing = self.store.add_candidates(docs)
+                new_ids += fresh
+                repeats += len(existing)
+                if not structures:
+                    break
+            by_generator[cfg.name] = len(new_ids)
+            new_total += len(new_ids)
+        self.progress.message(
+            f"round {round_}: generated {new_total} new candidate(s) "
+            f"({', '.join(f'{k}: {v}' for k, v in by_generator.items())}); "
+            f"{repeats} repeat proposal(s) of stored crystals"
+        )
+        return self._finish_step(
+            round_, "generate",
+            {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator},
+        )
+
+    def _candidate_doc(self, structure, round_, generator, id_fn) -> CandidateDoc | None:
+        try:
+            cid = id_fn(structure)
+        except Exception as err:  # a generator produced something pymatgen cannot analyse
+            log.warning("skipping an unanalysable proposal from %s: %s", generator.name, err)
+            return None
+        comp = structure.composition
+        props = dict(structure.properties or {})
+        return CandidateDoc(
+            campaign=self.name,
+            candidate_id=cid,
+            round=round_,
+            formula=comp.reduced_formula,
+            chemsys=comp.chemical_system,
+            nsites=len(structure),
+            structure=_structure_dict(structure),
+            generator=generator.name,
+            generator_version=getattr(generator, "version", 0),
+            prototype=props.get("prototype") or props.get("template"),
+            conditions=props.get("conditions") or {},
+            history=[{"status": "proposed", "round": round_}],
+        )
+
+    # -- 2. screen -----------------------------------------------------------------------
+    def screen(self, round_: int) -> StepResult:
+        """Reject invalid and duplicate proposals, then pick what to relax with the
+        surrogate and the acquisition function."""
+        if done := self._already(round_, "screen"):
+            return done
+        from matloop.evaluators.novelty import NoveltyIndex
+        from matloop.evaluators.validity import screen_structure
+
+        space = self.config.chemical_space
+        pool = self.store.candidates(self.name, status=CandidateStatus.proposed)
+        rejections: dict[str, tuple[CandidateStatus, str | None]] = {}
+        known = NoveltyIndex()
+        for ref in self.references():
+            if ref.source != "elemental":
+                known.add(ref.reference_id, _structure(ref.structure))
+        for cand in self.store.candidates(
+            self.name,
+            status=[CandidateStatus.selected, CandidateStatus.relaxed, CandidateStatus.evaluated,
+                    CandidateStatus.relaxing],
+        ):
+            known.add(cand.candidate_id, _structure(cand.structure))
+        valid: list[tuple[CandidateDoc, Structure]] = []
+        for cand in pool:
+            structure = _structure(cand.structure)
+            check = screen_structure(
+                structure, allowed_elements=space.elements, max_atoms=space.max_atoms
+            )
+            if not check.valid:
+                rejections[cand.candidate_id] = (CandidateStatus.rejected, check.reason)
+                continue
+            if (match := known.match(structure)) is not None:
+                rejections[cand.candidate_id] = (
+                    CandidateStatus.rejected, f"duplicate of {match} (StructureMatcher)"
+                )
+                continue
+            known.add(cand.candidate_id, structure)
+            valid.append((cand, structure))
+        if rejections:
+            self.store.set_status(self.name, rejections, round_=round_)
+
+        k = min(self.config.budget.relaxations_per_round, len(valid))
+        chosen, predictions, strategy = self._acquire(round_, valid, k)
+        updates = {
+            valid[i][0].candidate_id: (CandidateStatus.selected, None) for i in chosen
+        }
+        fields = {
+            cand.candidate_id: {
+                "predicted_e_above_hull": float(predictions[0][i]),
+                "predicted_std": float(predictions[1][i]),
+                "acquisition_score": float(predictions[2][i]),
+                **({"selected_round": round_} if i in set(chosen) else {}),
+            }
+            for i, (cand, _) in enumerate(valid)
+        }
+        self.store.set_status(self.name, updates, round_=round_, fields=fields)
+        # the rest stay 'proposed' in the pool for later rounds, with updated predictions
+        rest = {
+            cand.candidate_id: (CandidateStatus.proposed, "waiting in the pool")
+            for i, (cand, _) in enumerate(valid) if i not in set(chosen)
+        }
+        if rest:
+            self.store.set_status(self.name, rest, round_=round_, fields=fields)
+        self.progress.message(
+            f"round {round_}: screened {len(pool)} — rejected {len(rejections)}, "
+            f"selected {len(chosen)} by {strategy}, {len(rest)} left in the pool"
+        )
+        return self._finish_step(
+            round_, "screen",
+            {"screened": len(pool), "rejected": len(rejections), "selected": len(chosen),
+             "pool": len(rest), "acquisition": strategy},
+        )
+
+    def training_set(self) -> tuple[list[Structure], np.ndarray]:
+        """Every labelled crystal: evaluated candidates (as proposed, the domain the
+        surrogate predicts on) and the hull references, with their e_above_hull."""
+        structures, targets = [], []
+        evaluations = {e.candidate_id: e for e in self.store.evaluations(self.name)}
+        for cand in self.store.candidates(self.name, ids=list(evaluations)):
+            structures.append(_structure(cand.structure))
+            targets.append(evaluations[cand.candidate_id].e_above_hull)
+        reference_hull = self.store.get_campaign(self.name).reference_e_above_hull
+        for ref in self.references():
+            if ref.reference_id in reference_hull:
+                structures.append(_structure(ref.structure))
+                targets.append(reference_hull[ref.reference_id])
+        return structures, np.asarray(targets, dtype=float)
+
+    def _acquire(self, round_, valid, k):
+        from matloop.evaluators.acquisition import select
+
+        n = len(valid)
+        if n == 0:
+            return [], (np.zeros(0), np.zeros(0), np.zeros(0)), "none"
+        acq = self.config.acquisition
+        rng = self.rng(round_, 1)
+        structures, targets = self.training_set()
+        if len(targets) < MIN_TRAINING_POINTS:
+            chosen = select(np.zeros(n), np.ones(n), k, strategy="random", rng=rng)
+            nan = np.full(n, np.nan)
+            return list(map(int, chosen)), (nan, nan, nan), "random (too few labels yet)"
+        from matloop.evaluators.features import featurize
+        from matloop.evaluators.surrogate import EnsembleSurrogate
+
+        surrogate = EnsembleSurrogate(n_members=acq.ensemble_size, seed=self.config.seed + round_)
+        surrogate.fit(featurize(structures), targets)
+        mean, std = surrogate.predict(featurize([s for _, s in valid]))
+        best = float(np.min(targets)) if len(targets) else None
+        chosen = select(mean, std, k, strategy=acq.strategy, beta=acq.beta, rng=rng, best=best)
+        score = mean - acq.beta * std
+        return list(map(int, chosen)), (mean, std, score), acq.strategy
+
+    # -- 3. relax ----------------------------------------------------------------------
+    def relax(self, round_: int) -> StepResult:
+        """Relax every selected candidate, storing each result as soon as it is known."""
+        if done := self._already(round_, "relax"):
+            return done
+        from matloop.relax.runner import relax_structures
+
+        todo = self.store.candidates(
+            self.name, status=[CandidateStatus.selected, CandidateStatus.relaxing]
+        )
+        self.progress.relax_started(len(todo))
+        relaxed = failed = 0
+        for done_count, cand in enumerate(todo, start=1):
+            self.store.set_status(
+                self.name, {cand.candidate_id: (CandidateStatus.relaxing, None)}, round_=round_
+            )
+            (out,) = relax_structures(
+                [(cand.candidate_id, _structure(cand.structure))],
+                self.maker,
+                self.store.job_store(),
+                max_atoms=self.config.chemical_space.max_atoms,
+            )
+            self.store.save_relaxations([
+                RelaxationDoc(
+                    campaign=self.name,
+                    candidate_id=cand.candidate_id,
+                    ok=out.ok,
+                    converged=out.converged,
+                    energy_per_atom=out.energy_per_atom,
+                    structure=_structure_dict(out.structure) if out.structure is not None else None,
+                    n_steps=out.n_steps,
+                    max_force=out.max_force,
+                    potential=self.potential,
+                    job_uuid=out.job_uuid,
+                    wall_s=out.wall_s,
+                    reason=out.reason,
+                    round=round_,
+                )
+            ])
+            status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed
+            relaxed += out.ok
+            failed += not out.ok
+            self.store.set_status(
+                self.name, {cand.candidate_id: (status, out.reason)}, round_=round_
+            )
+            self.progress.relax_advanced(done_count, len(todo), cand.candidate_id)
+        self.progress.message(f"round {round_}: relaxed {relaxed}, failed {failed}")
+        return self._finish_step(round_, "relax", {"relaxed": relaxed, "failed": failed})
+
+    # -- 4. evaluate -------------------------------------------------------------------
+    def evaluate(self, round_: int) -> StepResult:
+        """Hull, novelty and uniqueness for the newly relaxed; refresh e_above_hull of all."""
+        if done := self._already(round_, "evaluate"):
+            return done
+        from matloop.evaluators.novelty import NoveltyIndex
+        from matloop.evaluators.stability import compute_hull, make_entry
+
+        threshold = self.config.objective.stability_threshold
+        references = self.references()
+        relaxations = {r.candidate_id: r for r in self.store.relaxations(self.name) if r.ok}
+        candidates = {
+            c.candidate_id: c
+            for c in self.store.candidates(
+                self.name, status=[CandidateStatus.relaxed, CandidateStatus.evaluated]
+            )
+        }
+        ref_entries = [
+            make_entry(_structure(r.structure), r.energy_per_atom, r.reference_id)
+            for r in references
+        ]
+        cand_entries = [
+            make_entry(_structure(relaxations[cid].structure),
+                       relaxations[cid].energy_per_atom, cid)
+            for cid in candidates if cid in relaxations
+        ]
+        hull = compute_hull(ref_entries, cand_entries)
+        campaign = self.store.get_campaign(self.name)
+        campaign.reference_e_above_hull = {
+            r.reference_id: hull.e_above_hull[r.reference_id] for r in references
+        }
+        self.store.save_campaign(campaign)
+
+        known = NoveltyIndex()
+        for ref in references:
+            known.add(ref.reference_id, _structure(ref.structure))
+        previous = {e.candidate_id: e for e in self.store.evaluations(self.name)}
+        seen = NoveltyIndex()
+        docs, fresh = [], []
+        for cid in sorted(candidates, key=lambda c: (candidates[c].round, c)):
+            if cid not in relaxations:
+                continue
+            cand, relax = candidates[cid], relaxations[cid]
+            structure = _structure(relax.structure)
+            e_hull = float(hull.e_above_hull[cid])
+            if cid in previous:
+                doc = previous[cid]
+                doc.e_above_hull = e_hull
+                doc.is_stable = e_hull <= threshold
+                doc.hull_version = round_
+                doc.formation_energy_per_atom = hull.formation_energy.get(cid)
+                doc.updated_at = utcnow()
+            else:
+                duplicate = known.match(structure)
+                earlier = seen.match(structure)
+                doc = EvaluationDoc(
+                    campaign=self.name,
+                    candidate_id=cid,
+                    round=round_,
+                    formula=cand.formula,
+                    energy_per_atom=relax.energy_per_atom,
+                    corrected_energy_per_atom=hull.corrected_energy.get(cid),
+                    formation_energy_per_atom=hull.formation_energy.get(cid),
+                    e_above_hull=e_hull,
+                    e_above_hull_at_round=e_hull,
+                    is_stable=e_hull <= threshold,
+                    is_novel=duplicate is None,
+                    is_unique=earlier is None,
+                    duplicate_of=duplicate or earlier,
+                    spacegroup=_spacegroup(structure),
+                    hull_scheme=self.hull_scheme,
+                    hull_version=round_,
+                    evidence="mlip-relaxed",
+                )
+                fresh.append(doc)
+            seen.add(cid, structure)
+            docs.append(doc)
+        self.store.save_evaluations(docs)
+        self.store.set_status(
+            self.name,
+            {d.candidate_id: (CandidateStatus.evaluated, None) for d in fresh},
+            round_=round_,
+        )
+        hits = [d for d in fresh if d.is_stable and d.is_novel and d.is_unique]
+        attempted = self._round(round_).metrics.get("relaxed", 0) + self._round(
+            round_
+        ).metrics.get("failed", 0)
+        counts = {
+            "evaluated": len(fresh),
+            "stable": sum(d.is_stable for d in fresh),
+            "on_hull": sum(d.e_above_hull <= 1e-6 for d in fresh),
+            "novel": sum(d.is_novel for d in fresh),
+            "unique": sum(d.is_unique for d in fresh),
+            "hits": len(hits),
+            "hit_rate": len(hits) / attempted if attempted else 0.0,
+            "best_e_above_hull": min((d.e_above_hull for d in fresh), default=None),
+            "hull_scheme": self.hull_scheme,
+        }
+        self.progress.message(
+            f"round {round_}: evaluated {len(fresh)} — {counts['stable']} within "
+            f"{threshold} eV/atom of the hull, {counts['novel']} novel, {len(hits)} hit(s)"
+        )
+        return self._finish_step(round_, "evaluate", counts)
+
+    # -- 5. learn ------------------------------------------------------------------------
+    def learn(self, round_: int) -> StepResult:
+        """Score the surrogate's predictions for this round, feed rewards back to the
+        generators that learn, and close the round."""
+        if done := self._already(round_, "learn"):
+            return done
+        from matloop.generators.base import Feedback
+
+        evaluations = [e for e in self.store.evaluations(self.name) if e.round == round_]
+        by_id = {c.candidate_id: c for c in self.store.candidates(
+            self.name, ids=[e.candidate_id for e in evaluations])}
+        counts: dict[str, Any] = {}
+        pairs = [
+            (by_id[e.candidate_id].predicted_e_above_hull, by_id[e.candidate_id].predicted_std,
+             e.e_above_hull_at_round)
+            for e in evaluations
+            if by_id[e.candidate_id].predicted_e_above_hull is not None
+            and np.isfinite(by_id[e.candidate_id].predicted_e_above_hull)
+        ]
+        if pairs:
+            pred, std, true = (np.array(x, dtype=float) for x in zip(*pairs, strict=True))
+            counts["surrogate_mae"] = float(np.mean(np.abs(pred - true)))
+            counts["surrogate_within_1sigma"] = float(np.mean(np.abs(pred - true) <= std))
+        threshold = self.config.objective.stability_threshold
+        feedback = [
+            Feedback(
+                structure=_structure(by_id[e.candidate_id].structure),
+                reward=float(np.exp(-max(e.e_above_hull, 0.0) / max(threshold, 1e-3)))
+                * (1.0 if e.is_novel else 0.5),
+                properties={"e_above_hull": e.e_above_hull},
+            )
+            for e in evaluations
+        ]
+        updated = []
+        for _cfg, generator in self.generators():
+            if feedback and type(generator).update is not _base_update():
+                generator.update(feedback)
+                updated.append(generator.name)
+        counts["generators_updated"] = updated
+        result = self._finish_step(round_, "learn", counts)
+        campaign = self.store.get_campaign(self.name)
+        campaign.rounds_completed = sum(
+            r.status == "completed" for r in self.store.rounds(self.name)
+        )
+        campaign.status = "running"
+        campaign.updated_at = utcnow()
+        self.store.save_campaign(campaign)
+        return result
+
+    def run_round(self, round_: int | None = None) -> RoundDoc:
+        """All five steps in order, without Prefect (tests, notebooks)."""
+        doc = self.start_round() if round_ is None else self._round(round_)
+        for step in STEPS:
+            getattr(self, step)(doc.round)
+        return self._round(doc.round)
+
+    def finish(self, reason: str | None) -> None:
+        campaign = self.store.get_campaign(self.name)
+        campaign.status = "stopped" if reason else "paused"
+        campaign.stop_reason = reason
+        campaign.updated_at = utcnow()
+        self.store.save_campaign(campaign)
+
+
+def _base_update():
+    from matloop.generators.base import Generator
+
+    return Generator.update
+
+
+def _spacegroup(structure: Structure) -> str | None:
+    try:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        return SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_symbol()
+    except Exception:
+        return None

@@ -1,0 +1,102 @@
+"""Generator names used in campaign configs, mapped to their classes (imported lazily).
+
+Importing this module imports no generator: torch models and pyxtal load only when
+:func:`build_generator` asks for a generator that needs them.
+
+Examples
+--------
+>>> from matloop.generators.base import ChemicalSpace
+>>> "prototype_substitution" in available_generators()
+True
+>>> gen = build_generator("prototype_substitution", ChemicalSpace(["Na", "Cl"]), seed=1)
+>>> gen.name
+'prototype_substitution'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matloop.generators.base import ChemicalSpace, Generator
+
+__all__ = [
+    "GENERATOR_PATHS",
+    "available_generators",
+    "build_generator",
+    "generator_class",
+    "load_generator",
+]
+
+#: Config name -> ``"module:Class"``. Each class's ``name`` equals its key.
+GENERATOR_PATHS: dict[str, str] = {
+    "prototype_substitution": "matloop.generators.prototypes:PrototypeSubstitution",
+    "random_symmetric": "matloop.generators.random_symmetric:RandomSymmetric",
+}
+
+
+def available_generators() -> list[str]:
+    """Names accepted by :func:`build_generator`, sorted."""
+    return sorted(GENERATOR_PATHS)
+
+
+def generator_class(name: str) -> type[Generator]:
+    """Import and return the class registered under ``name``.
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is not registered; the message lists the known names.
+    """
+    try:
+        path = GENERATOR_PATHS[name]
+    except KeyError:
+        known = ", ".join(available_generators())
+        raise ValueError(f"unknown generator {name!r}; known generators: {known}") from None
+    module_name, _, class_name = path.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_generator(
+    name: str, chemical_space: ChemicalSpace, seed: int = 0, **settings: Any
+) -> Generator:
+    """Build the generator registered under ``name``.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`GENERATOR_PATHS`.
+    chemical_space
+        Elements and cell-size bounds of the campaign.
+    seed
+        Seed of the generator's default random number generator.
+    **settings
+        Keyword settings of that generator's constructor.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (listing the known ones).
+    TypeError
+        For a setting the generator does not take.
+    """
+    return generator_class(name)(chemical_space, seed=seed, **settings)
+
+
+def load_generator(name: str, checkpoint: str, chemical_space: ChemicalSpace) -> Generator:
+    """Load a trained generator from a checkpoint file written by its ``save``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the checkpoint file does not exist.
+    """
+    from pathlib import Path
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint for generator {name!r} not found: {checkpoint}")
+    generator = generator_class(name).load(checkpoint)
+    if hasattr(generator, "chemical_space") and generator.chemical_space is None:
+        generator.chemical_space = chemical_space
+    return generator
