@@ -74,7 +74,9 @@ def reference_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
     doc = store.get_campaign(campaign)
     if doc is None or not doc.hull_scheme:
         return []
-    potential = doc.hull_scheme.split(" + ")[0]
+    from matloop.relax.makers import potential_version
+
+    potential = potential_version(doc.config["relaxer"]["potential"])
     elements = doc.config["chemical_space"]["elements"]
     ids = [f"element:{el}" for el in elements] + doc.seed_reference_ids
     rows = [

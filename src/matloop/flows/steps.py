@@ -121,7 +121,9 @@ class CampaignRun:
 
     @property
     def hull_scheme(self) -> str:
-        return f"{self.potential} + MP2020 corrections"
+        from matloop.evaluators.stability import hull_scheme
+
+        return hull_scheme(self.potential)
 
     def rng(self, round_: int, stream: int) -> np.random.Generator:
         """Per-round, per-purpose random streams: a resumed round draws the same numbers."""
@@ -561,7 +563,7 @@ class CampaignRun:
         if done := self._already(round_, "evaluate"):
             return done
         from matloop.evaluators.novelty import NoveltyIndex
-        from matloop.evaluators.stability import compute_hull, make_entry
+        from matloop.evaluators.stability import EntryRejectedError, compute_hull, make_entry
 
         threshold = self.config.objective.stability_threshold
         references = self.references()
@@ -576,11 +578,20 @@ class CampaignRun:
             make_entry(_structure(r.structure), r.energy_per_atom, r.reference_id)
             for r in references
         ]
-        cand_entries = [
-            make_entry(_structure(relaxations[cid].structure),
-                       relaxations[cid].energy_per_atom, cid)
-            for cid in candidates if cid in relaxations
-        ]
+        cand_entries, rejected = [], {}
+        for cid in candidates:
+            if cid not in relaxations:
+                continue
+            try:
+                cand_entries.append(make_entry(
+                    _structure(relaxations[cid].structure), relaxations[cid].energy_per_atom, cid
+                ))
+            except EntryRejectedError as err:  # e.g. a chemistry MP2020 cannot correct
+                rejected[cid] = (CandidateStatus.failed, f"energy correction rejected: {err}")
+        if rejected:
+            self.store.set_status(self.name, rejected, round_=round_)
+            for cid in rejected:
+                relaxations.pop(cid)
         hull = compute_hull(ref_entries, cand_entries)
         campaign = self.store.get_campaign(self.name)
         campaign.reference_e_above_hull = {

@@ -1,0 +1,174 @@
+"""Novelty and uniqueness of proposed crystals with pymatgen's ``StructureMatcher``.
+
+Two crystals can only match when they share a reduced formula, so the index keeps one bucket
+per reduced formula and compares a query only with its own bucket. The cost of a query grows
+with the number of known polymorphs of that formula, not with the size of the store.
+
+Examples
+--------
+>>> from pymatgen.core import Lattice, Structure
+>>> fcc = Lattice([[0, 2.82, 2.82], [2.82, 0, 2.82], [2.82, 2.82, 0]])
+>>> nacl = Structure(fcc, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+>>> index = NoveltyIndex()
+>>> index.add("mp-22862", nacl)
+>>> index.match(nacl.copy().apply_strain(0.02))
+'mp-22862'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+__all__ = ["NoveltyIndex", "NoveltyResult", "novelty_and_uniqueness"]
+
+logger = logging.getLogger(__name__)
+
+
+class NoveltyResult(NamedTuple):
+    """Novelty and uniqueness of one candidate.
+
+    Attributes
+    ----------
+    is_novel
+        No matching structure among the known ones (training/seed data, earlier rounds).
+    is_unique
+        No matching structure among the earlier candidates of the same batch.
+    duplicate_of
+        Id of the match: the known structure when not novel, otherwise the earlier batch
+        member when not unique, otherwise None.
+    """
+
+    is_novel: bool
+    is_unique: bool
+    duplicate_of: Hashable | None
+
+
+class NoveltyIndex:
+    """Known structures bucketed by reduced formula, queried with ``StructureMatcher``.
+
+    Parameters
+    ----------
+    ltol, stol, angle_tol
+        ``StructureMatcher`` tolerances (pymatgen's defaults).
+    primitive_cell, scale, attempt_supercell
+        Passed to ``StructureMatcher`` (pymatgen's defaults).
+    entries
+        Optional initial ``(id, structure)`` pairs.
+
+    Attributes
+    ----------
+    n_comparisons
+        Number of ``StructureMatcher.fit`` calls made so far (for monitoring the cost).
+    """
+
+    def __init__(
+        self,
+        ltol: float = 0.2,
+        stol: float = 0.3,
+        angle_tol: float = 5.0,
+        *,
+        primitive_cell: bool = True,
+        scale: bool = True,
+        attempt_supercell: bool = False,
+        entries: Iterable[tuple[Hashable, Structure]] = (),
+    ) -> None:
+        self.settings = {
+            "ltol": ltol,
+            "stol": stol,
+            "angle_tol": angle_tol,
+            "primitive_cell": primitive_cell,
+            "scale": scale,
+            "attempt_supercell": attempt_supercell,
+        }
+        self.matcher = StructureMatcher(**self.settings)
+        self._buckets: dict[str, list[tuple[Hashable, Structure]]] = {}
+        self._n = 0
+        self.n_comparisons = 0
+        for id_, structure in entries:
+            self.add(id_, structure)
+
+    @staticmethod
+    def key(structure: Structure) -> str:
+        """Bucket key: the reduced formula (oxidation states ignored)."""
+        return structure.composition.element_composition.reduced_formula
+
+    def add(self, id_: Hashable, structure: Structure) -> None:
+        """Add a known structure (no duplicate check: call :meth:`match` first if needed)."""
+        self._buckets.setdefault(self.key(structure), []).append((id_, structure))
+        self._n += 1
+
+    def match(self, structure: Structure) -> Hashable | None:
+        """Id of the first known structure matching ``structure``, or None.
+
+        Only structures with the same reduced formula are compared.
+        """
+        for id_, known in self._buckets.get(self.key(structure), ()):
+            self.n_comparisons += 1
+            try:
+                if self.matcher.fit(structure, known):
+                    return id_
+            except Exception as exc:  # noqa: BLE001 - one odd structure must not stop a round
+                logger.debug("StructureMatcher failed on %s: %s", id_, exc)
+        return None
+
+    def bucket_size(self, structure: Structure) -> int:
+        """Number of known structures sharing ``structure``'s reduced formula."""
+        return len(self._buckets.get(self.key(structure), ()))
+
+    def spawn(self) -> NoveltyIndex:
+        """An empty index with the same matcher settings."""
+        return NoveltyIndex(**self.settings)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, structure: object) -> bool:
+        return self.match(structure) is not None  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"NoveltyIndex({self._n} structures, {len(self._buckets)} formulas)"
+
+
+def novelty_and_uniqueness(
+    candidates: Sequence[tuple[Hashable, Structure]], known: NoveltyIndex
+) -> dict[Hashable, NoveltyResult]:
+    """Novelty against ``known`` and uniqueness within the batch, per candidate id.
+
+    Parameters
+    ----------
+    candidates
+        ``(id, structure)`` pairs in proposal order. An id seen earlier in the batch is the
+        same record (ids are structure hashes), so its repeats are skipped and the first
+        occurrence's result is kept.
+    known
+        Training/seed structures and earlier rounds' candidates. It is not modified; add the
+        accepted candidates to it yourself after the round.
+
+    Returns
+    -------
+    dict
+        ``id -> NoveltyResult(is_novel, is_unique, duplicate_of)``. A candidate is unique when
+        no *earlier* batch member matches it (so the first of a group of duplicates is unique).
+    """
+    batch = known.spawn()
+    results: dict[Hashable, NoveltyResult] = {}
+    for id_, structure in candidates:
+        if id_ in results:
+            logger.debug("candidate id %s repeated in the batch; keeping the first", id_)
+            continue
+        known_match = known.match(structure)
+        batch_match = batch.match(structure)
+        results[id_] = NoveltyResult(
+            is_novel=known_match is None,
+            is_unique=batch_match is None,
+            duplicate_of=known_match if known_match is not None else batch_match,
+        )
+        batch.add(id_, structure)
+    return results

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+
+from matloop.evaluators.novelty import NoveltyIndex, NoveltyResult, novelty_and_uniqueness
+
+
+def _rocksalt(a: float = 5.64, species=("Na", "Cl")) -> Structure:
+    """Primitive rock-salt cell (2 atoms; faster to build than ``from_spacegroup``)."""
+    lattice = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+    return Structure(lattice, list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _cscl(a: float = 3.3, species=("Na", "Cl")) -> Structure:
+    return Structure(Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_strained_rocksalt_matches_cscl_type_does_not():
+    index = NoveltyIndex(entries=[("nacl", _rocksalt())])
+    strained = _rocksalt().copy()
+    strained.apply_strain([0.03, -0.02, 0.01])
+    strained.perturb(0.05, min_distance=0.0)  # type: ignore[call-arg]
+    assert index.match(strained) == "nacl"
+    # Same formula, different arrangement: compared, but no match.
+    assert index.match(_cscl()) is None
+    assert len(index) == 1
+    assert _cscl() not in index
+
+
+def test_tolerances_are_configurable():
+    sheared = Structure(Lattice.from_parameters(5.64, 5.64, 5.64, 90, 90, 80), ["Na"], [[0, 0, 0]])
+    cubic = Structure(Lattice.cubic(5.64), ["Na"], [[0, 0, 0]])
+    assert NoveltyIndex(entries=[("c", cubic)]).match(sheared) is None  # 10° > angle_tol 5°
+    loose = NoveltyIndex(angle_tol=15.0, entries=[("c", cubic)])
+    assert loose.match(sheared) == "c"
+
+
+def test_novelty_and_uniqueness_batch():
+    known = NoveltyIndex(entries=[("mp-nacl", _rocksalt())])
+    batch = [
+        ("a", _rocksalt(5.7)),  # known -> not novel, but first of its kind in the batch
+        ("b", _cscl()),  # novel and unique
+        ("c", _cscl(3.4)),  # novel, duplicate of b
+        ("d", _rocksalt(5.5, ("K", "Br"))),  # novel and unique (other formula)
+        ("b", _cscl()),  # repeated id: skipped
+    ]
+    result = novelty_and_uniqueness(batch, known)
+    assert result == {
+        "a": NoveltyResult(False, True, "mp-nacl"),
+        "b": NoveltyResult(True, True, None),
+        "c": NoveltyResult(True, False, "b"),
+        "d": NoveltyResult(True, True, None),
+    }
+    assert len(known) == 1  # the known index is not modified
+
+
+def test_different_formulas_never_compared(monkeypatch):
+    cations = [
+        "Li",
+        "Na",
+        "K",
+        "Rb",
+        "Cs",
+        "Mg",
+        "Ca",
+        "Sr",
+        "Ba",
+        "Zn",
+        "Cd",
+        "Ni",
+        "Co",
+        "Fe",
+        "Mn",
+        "Cu",
+        "Ag",
+        "Pb",
+        "Sn",
+        "Eu",
+        "Sm",
+        "Y",
+        "La",
+        "Ce",
+        "Tl",
+    ]
+    anions = ["F", "Cl", "Br", "I", "O", "S", "Se", "Te", "N", "P"]
+    items = []
+    for c in cations:
+        for a in anions:
+            items.append((f"rs-{c}{a}", _rocksalt(5.0, (c, a))))
+            items.append((f"cs-{c}{a}", _cscl(3.0, (c, a))))
+    assert len(items) == 500
+    known = NoveltyIndex(entries=items[:200:2])  # rock salts of the first 100 formulas
+
+    compared: list[tuple[str, str]] = []
+    real_fit = StructureMatcher.fit
+
+    def counting_fit(self, s1, s2, *args, **kwargs):
+        compared.append((s1.composition.reduced_formula, s2.composition.reduced_formula))
+        return real_fit(self, s1, s2, *args, **kwargs)
+
+    monkeypatch.setattr(StructureMatcher, "fit", counting_fit)
+    start = time.perf_counter()
+    result = novelty_and_uniqueness(items, known)
+    elapsed = time.perf_counter() - start
+
+    assert all(f1 == f2 for f1, f2 in compared)
+    # Against the known index: 100 rock salts + 100 CsCl-types of the known formulas.
+    assert known.n_comparisons == 200
+    # Within the batch: each CsCl-type meets the rock salt of its formula once.
+    assert len(compared) == 200 + 250
+    assert sum(not r.is_novel for r in result.values()) == 100
+    assert all(r.is_unique for r in result.values())
+    assert elapsed < 20, f"500 structures took {elapsed:.1f} s"
+
+
+def test_oxidation_states_ignored_in_bucket_key():
+    plain = _rocksalt()
+    decorated = _rocksalt()
+    decorated.add_oxidation_state_by_element({"Na": 1, "Cl": -1})
+    assert NoveltyIndex.key(plain) == NoveltyIndex.key(decorated) == "NaCl"
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_len_and_bucket_size(n):
+    index = NoveltyIndex()
+    for i in range(n):
+        index.add(i, _rocksalt(5.0 + i))
+    assert len(index) == n
+    assert index.bucket_size(_cscl()) == n
