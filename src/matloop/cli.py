@@ -72,6 +72,7 @@ def run(
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -112,6 +113,11 @@ def run(
     from matloop.flows.steps import CampaignMismatchError
 
     campaign = CampaignRun(config, progress=progress)
+    if not config.seed_data.files and not config.seed_data.materials_project:
+        console.print(
+            "  [yellow]no seed data: 'novel' means new to this campaign only; give known "
+            "crystals under seed_data to judge novelty against them[/]"
+        )
     try:
         campaign.ensure_campaign()
     except CampaignMismatchError as err:
@@ -153,29 +159,30 @@ def _status_rows(store, name: str) -> list[dict]:
 def _print_status(console, store, name: str) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{name}: rounds")
-    rows = _status_rows(store, name)
-    for column in ["round", "status", "proposed", "rejected", "relaxed", "failed",
-                   "evaluated", "stable", "novel", "hits", "hit_rate"]:
-        table.add_column(column, justify="right" if column != "status" else "left")
-    for row in rows:
-        table.add_row(*[
-            f"{row[c]:.0%}" if c == "hit_rate" else str(row[c]) for c in table_columns(table)
-        ])
+    from rich import box
+
+    table = Table(title=f"{name}: rounds (* = not finished)", box=box.SIMPLE_HEAD)
+    columns = ["round", "proposed", "rejected", "relaxed", "failed", "evaluated", "stable",
+               "novel", "hits", "hit_rate"]
+    headers = ["round", "prop", "rej", "relaxed", "failed", "eval", "stable", "novel", "hits",
+               "hit %"]
+    for header in headers:
+        table.add_column(header, justify="right")
+    for row in _status_rows(store, name):
+        cells = [f"{row['hit_rate']:.0%}" if c == "hit_rate" else str(row[c]) for c in columns]
+        if row["status"] != "completed":
+            cells[0] += "*"
+        table.add_row(*cells)
     console.print(table)
     best = sorted(store.evaluations(name), key=lambda e: e.e_above_hull)[:8]
     if best:
-        top = Table(title="best candidates (energy above hull, eV/atom)")
+        top = Table(title="best candidates (energy above hull, eV/atom)", box=box.SIMPLE_HEAD)
         for column in ["candidate", "formula", "round", "space group", "E_hull", "novel"]:
             top.add_column(column)
         for e in best:
             top.add_row(e.candidate_id, e.formula, str(e.round), e.spacegroup or "",
                         f"{e.e_above_hull:.3f}", "yes" if e.is_novel else "no")
         console.print(top)
-
-
-def table_columns(table) -> list[str]:
-    return [str(c.header) for c in table.columns]
 
 
 @app.command()

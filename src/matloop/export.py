@@ -23,7 +23,7 @@ log = logging.getLogger("matloop")
 NEAR_STABLE = 0.1  # eV/atom: what gets a CIF in cifs/
 
 CANDIDATE_COLUMNS = [
-    "candidate_id", "round", "formula", "nsites", "generator", "prototype", "status", "reason",
+    "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype", "status", "reason",
     "energy_per_atom", "corrected_energy_per_atom", "formation_energy_per_atom",
     "e_above_hull", "is_stable", "is_novel", "is_unique", "duplicate_of", "spacegroup",
     "evidence", "hull_scheme", "predicted_e_above_hull", "predicted_std", "n_steps",
@@ -154,6 +154,8 @@ def _plots(store: MatloopStore, campaign: str, folder: Path, rounds: list[dict])
         ax.set_ylim(0, 1.05)
         ax.set_xticks(xs)
         ax2 = ax.twinx()
+        ax.set_zorder(ax2.get_zorder() + 1)  # the hit-rate line in front of the bars
+        ax.patch.set_visible(False)
         cumulative, total = [], 0
         for r in rounds:
             total += r.get("hits") or 0
@@ -210,6 +212,11 @@ def _report(store, campaign, candidates, rounds, n_cifs, plots) -> str:
         "Every energy here comes from an ML potential relaxation (`mlip-relaxed`): "
         "a candidate near the hull is a lead for DFT, not a confirmed compound.",
         "",
+        (f"Novelty is judged against {len(doc.seed_reference_ids)} known crystal(s) of the "
+         "space given as seed data." if doc.seed_reference_ids else
+         "**No seed data was given: 'novel' means new to this campaign only.** Give known "
+         "crystals under `seed_data` to judge novelty against them."),
+        "",
         "## Rounds",
         "",
         "| round | proposed | rejected | relaxed | failed | stable | novel | hits | hit rate |",
@@ -225,14 +232,16 @@ def _report(store, campaign, candidates, rounds, n_cifs, plots) -> str:
         "",
         "## Best candidates",
         "",
-        "| candidate | formula | round | space group | E above hull (eV/atom) | novel | unique |",
+        "| candidate | formula | round relaxed | space group | E above hull (eV/atom) | novel "
+        "| unique |",
         "|---|---|---:|---|---:|---|---|",
     ]
     for c in best:
         cif = f"[{c['candidate_id']}](cifs/{c['candidate_id']}.cif)" if (
             c["e_above_hull"] <= NEAR_STABLE) else c["candidate_id"]
         lines.append(
-            f"| {cif} | {c['formula']} | {c['round']} | {c.get('spacegroup') or ''} | "
+            f"| {cif} | {c['formula']} | {c.get('selected_round') or c['round']} | "
+            f"{c.get('spacegroup') or ''} | "
             f"{c['e_above_hull']:.3f} | {c.get('is_novel')} | {c.get('is_unique')} |"
         )
     lines += ["", f"{n_cifs} CIF(s) of stable or nearly stable crystals in `cifs/`.", ""]

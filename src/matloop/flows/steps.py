@@ -515,15 +515,20 @@ class CampaignRun:
             return done
         from matloop.relax.runner import relax_structures
 
-        todo = self.store.candidates(
-            self.name, status=[CandidateStatus.selected, CandidateStatus.relaxing]
+        # Work is claimed one candidate at a time, atomically, so several workers can share
+        # a round and a crashed worker's claims are taken over. Claims this process left
+        # behind (a failed task attempt being retried) come first.
+        me = self.store.worker_id()
+        mine = [
+            c for c in self.store.candidates(self.name, status=CandidateStatus.relaxing)
+            if c.claimed_by == me
+        ]
+        total = len(mine) + self.store.count(
+            "candidates", {"campaign": self.name, "status": CandidateStatus.selected.value}
         )
-        self.progress.relax_started(len(todo))
-        relaxed = failed = 0
-        for done_count, cand in enumerate(todo, start=1):
-            self.store.set_status(
-                self.name, {cand.candidate_id: (CandidateStatus.relaxing, None)}, round_=round_
-            )
+        self.progress.relax_started(total)
+        done_count = 0
+        while (cand := mine.pop() if mine else self.store.claim_candidate(self.name, round_)):
             (out,) = relax_structures(
                 [(cand.candidate_id, _structure(cand.structure))],
                 self.maker,
@@ -548,12 +553,15 @@ class CampaignRun:
                 )
             ])
             status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed
-            relaxed += out.ok
-            failed += not out.ok
             self.store.set_status(
                 self.name, {cand.candidate_id: (status, out.reason)}, round_=round_
             )
-            self.progress.relax_advanced(done_count, len(todo), cand.candidate_id)
+            done_count += 1
+            self.progress.relax_advanced(done_count, max(total, done_count), cand.candidate_id)
+        # counted from the store: includes work done before a crash or by other workers
+        results = [r for r in self.store.relaxations(self.name) if r.round == round_]
+        relaxed = sum(r.ok for r in results)
+        failed = len(results) - relaxed
         self.progress.message(f"round {round_}: relaxed {relaxed}, failed {failed}")
         return self._finish_step(round_, "relax", {"relaxed": relaxed, "failed": failed})
 

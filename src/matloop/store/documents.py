@@ -63,6 +63,8 @@ class CandidateDoc(_Doc):
     acquisition_score: float | None = None
     selected_round: int | None = None
     times_proposed: int = 1
+    claimed_by: str | None = Field(None, description="Worker relaxing it (host:pid)")
+    claimed_at: str | None = None
     created_at: str = Field(default_factory=utcnow)
 
 

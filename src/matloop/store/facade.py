@@ -8,7 +8,11 @@ natural keys, so a rerun updates records in place and nothing is ever deleted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import socket
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from matloop.store.backends import Backend, redact_uri
@@ -22,6 +26,7 @@ from matloop.store.documents import (
     RelaxationDoc,
     RoundDoc,
     StatusChange,
+    utcnow,
 )
 
 if TYPE_CHECKING:
@@ -209,6 +214,77 @@ class MatloopStore:
             status.value: self.count("candidates", {"campaign": campaign, "status": status.value})
             for status in CandidateStatus
         }
+
+    # -- claiming work (several workers on one store) ------------------------------------
+    @staticmethod
+    def worker_id() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    @contextlib.contextmanager
+    def _claim_lock(self):
+        """Make claims atomic on the embedded backend too: MongoDB's find_one_and_update is
+        atomic on the server, montydb's is not across processes, so it takes a file lock."""
+        if self.backend.scheme != "monty":
+            yield
+            return
+        import fcntl
+
+        assert self.backend.path is not None
+        with open(self.backend.path / ".claims.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _claim_is_stale(self, doc: dict[str, Any], lease: timedelta) -> bool:
+        owner, at = doc.get("claimed_by"), doc.get("claimed_at")
+        if not owner or not at:
+            return True
+        host, _, pid = owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True  # the worker that claimed it is gone
+            except PermissionError:
+                pass
+        return datetime.now(UTC) - datetime.fromisoformat(at) > lease
+
+    def claim_candidate(
+        self, campaign: str, round_: int | None = None, lease_s: float = 3600.0
+    ) -> CandidateDoc | None:
+        """Atomically take one ``selected`` candidate for relaxation (status → ``relaxing``).
+
+        A candidate left ``relaxing`` by a worker that died (same host, dead pid) or whose
+        lease expired is taken over, so an interrupted round can be finished elsewhere.
+        Returns None when no work is left.
+        """
+        collection = self._store("candidates")._collection
+        me = self.worker_id()
+        now = utcnow()
+        change = {"status": "relaxing", "round": round_, "at": now, "reason": None}
+        update = {
+            "$set": {"status": "relaxing", "claimed_by": me, "claimed_at": now, "reason": None},
+            "$push": {"history": change},
+        }
+        with self._claim_lock():
+            found = collection.find_one_and_update(
+                {"campaign": campaign, "status": "selected"}, update
+            )
+            if found is None:
+                lease = timedelta(seconds=lease_s)
+                for doc in collection.find({"campaign": campaign, "status": "relaxing"}):
+                    if doc.get("claimed_by") != me and self._claim_is_stale(doc, lease):
+                        found = collection.find_one_and_update(
+                            {"_id": doc["_id"], "claimed_by": doc.get("claimed_by")}, update
+                        )
+                        if found is not None:
+                            break
+        if found is None:
+            return None
+        (doc,) = self.candidates(campaign, ids=[found["candidate_id"]])
+        return doc
 
     # -- relaxations, evaluations, references -----------------------------------------------
     def save_relaxations(self, docs: list[RelaxationDoc]) -> None:
