@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from matloop.data import fetch_materials_project, in_chemical_space, read_structures
+
+
+def _nacl() -> Structure:
+    return Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _write_csv(path, rows):
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_csv_reader_reports_every_unreadable_row(tmp_path):
+    good = _nacl().to(fmt="cif")
+    disordered = Structure(Lattice.cubic(5.6), [{"Na": 0.5, "K": 0.5}, "Cl"],
+                           [[0, 0, 0], [0.5, 0.5, 0.5]]).to(fmt="cif")
+    path = tmp_path / "seeds.csv.gz"
+    _write_csv(path, [
+        {"material_id": "good-1", "cif": good, "band_gap": 5.0},
+        {"material_id": "broken", "cif": "data_x\n_this is not a cif"},
+        {"material_id": "partial", "cif": disordered},
+    ])
+    report = read_structures(path)
+    assert [c.source_id for c in report.crystals] == ["good-1"]
+    assert report.crystals[0].properties == {"band_gap": 5.0}
+    assert len(report.problems) == 2
+    assert any("broken" in p for p in report.problems)
+    assert any("partial" in p and "partial occupancies" in p for p in report.problems)
+    assert "skipped 2" in report.summary()
+
+
+def test_csv_without_cif_column_is_a_clear_error(tmp_path):
+    path = tmp_path / "seeds.csv"
+    _write_csv(path, [{"material_id": "x", "structure": "?"}])
+    with pytest.raises(ValueError, match="no column 'cif'"):
+        read_structures(path)
+    with pytest.raises(FileNotFoundError, match="seed data file not found"):
+        read_structures(tmp_path / "absent.csv")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        (tmp_path / "seeds.json").write_text("{}")
+        read_structures(tmp_path / "seeds.json")
+
+
+def test_extxyz_and_ase_database(tmp_path):
+    from ase.db import connect
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(_nacl())
+    write(tmp_path / "seeds.extxyz", [atoms, atoms], format="extxyz")
+    assert len(read_structures(tmp_path / "seeds.extxyz").crystals) == 2
+    with connect(tmp_path / "seeds.db") as db:
+        db.write(atoms, energy_tag=1.5)
+    (crystal,) = read_structures(tmp_path / "seeds.db").crystals
+    assert crystal.structure.composition.reduced_formula == "NaCl"
+    assert crystal.properties["energy_tag"] == 1.5
+
+
+def test_shared_known_crystals_are_readable(shared_data):
+    report = read_structures(shared_data / "known_crystals_mp.csv.gz")
+    assert len(report.crystals) + len(report.problems) == 2473
+    assert len(report.crystals) > 2400
+    in_space = [c for c in report.crystals
+                if in_chemical_space(c.structure, ["Ti", "O"], max_atoms=24)]
+    assert {c.structure.composition.reduced_formula for c in in_space} >= {"TiO2", "O2"}
+
+
+def test_materials_project_fetch_at_its_one_seam(monkeypatch):
+    import mp_api.client
+
+    calls = {}
+
+    class FakeSummary:
+        def search(self, chemsys, fields):
+            calls["chemsys"] = chemsys
+            doc = type("Doc", (), {"material_id": "mp-22862", "structure": _nacl(),
+                                   "energy_above_hull": 0.0})
+            return [doc]
+
+    class FakeRester:
+        def __init__(self, api_key):
+            calls["key"] = api_key
+            self.materials = type("M", (), {"summary": FakeSummary()})()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(mp_api.client, "MPRester", FakeRester)
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="MP_API_KEY is not set"):
+        fetch_materials_project(["Na", "Cl"])
+    monkeypatch.setenv("MP_API_KEY", "k-123")
+    report = fetch_materials_project(["Na", "Cl"])
+    assert calls["key"] == "k-123"
+    assert sorted(calls["chemsys"]) == ["Cl", "Cl-Na", "Na"]
+    assert report.crystals[0].source == "materials-project"
+    assert report.crystals[0].properties == {"mp_energy_above_hull": 0.0}
