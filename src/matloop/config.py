@@ -135,7 +135,10 @@ class CampaignConfig(_Strict):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     seed_data: SeedConfig = Field(default_factory=SeedConfig)
-    store: str = Field("monty://./matloop-store", description="Store URI")
+    store: str = Field(
+        "monty://./matloop-store",
+        description="Store URI; may hold ${ENV_VAR} or ${prefect-secret:BLOCK} placeholders",
+    )
     output: str = Field("./matloop-output", description="Folder for exported results")
     seed: int = Field(0, description="Random seed: the same seed gives the same campaign")
 
@@ -153,20 +156,32 @@ class CampaignConfig(_Strict):
     def _known_generators(cls, value: list[GeneratorConfig]) -> list[GeneratorConfig]:
         from matloop.generators.registry import available_generators
 
+        from matloop.generators.training import TORCH_GENERATORS
+
         known = available_generators()
         for gen in value:
             if gen.name not in known:
                 raise ValueError(
                     f"unknown generator {gen.name!r}; known generators: {', '.join(known)}"
                 )
+            if gen.name in TORCH_GENERATORS and not gen.checkpoint:
+                raise ValueError(
+                    f"generator {gen.name!r} is a learned model and needs `checkpoint: PATH` "
+                    "(train one with `matloop train`)"
+                )
+            if gen.checkpoint and not Path(gen.checkpoint).expanduser().is_file():
+                raise ValueError(f"checkpoint of {gen.name!r} not found: {gen.checkpoint}")
         return value
 
     @field_validator("store")
     @classmethod
     def _store_uri(cls, value: str) -> str:
+        from matloop.secrets import check_placeholders
         from matloop.store.backends import Backend
 
-        Backend.from_uri(value)
+        check_placeholders(value)  # ${VAR}, ${prefect-secret:BLOCK}: resolved when opened
+        if not value.startswith("${"):
+            Backend.from_uri(value)
         return value
 
     @property

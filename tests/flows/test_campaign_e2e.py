@@ -76,7 +76,11 @@ def test_round_artifacts_are_published(first_run, campaign_config):
 
     async def read():
         async with get_client() as client:
-            return {a.key: a for a in await client.read_artifacts() if a.key}
+            latest = {}
+            for artifact in sorted(await client.read_artifacts(), key=lambda a: a.created):
+                if artifact.key:
+                    latest[artifact.key] = artifact  # each round publishes a new version
+            return latest
 
     artifacts = asyncio.run(read())
     assert {"e2e-na-cl-rounds", "e2e-na-cl-best", "e2e-na-cl-summary"} <= set(artifacts)

@@ -11,6 +11,7 @@ methods; tests call them directly.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,8 @@ log = logging.getLogger("matloop")
 STEPS = ("generate", "screen", "relax", "evaluate", "learn")
 #: Fewer labelled crystals than this and the surrogate is not trusted: selection is random.
 MIN_TRAINING_POINTS = 6
+#: Seconds between looks at the store while other workers finish relaxations they claimed.
+CLAIM_POLL_S = 2.0
 
 
 class CampaignMismatchError(ValueError):
@@ -160,7 +163,10 @@ class CampaignRun:
             ]
             pairs = []
             for index, gen_config in enumerate(self.config.generators):
-                if gen_config.checkpoint:
+                stored = self.store.models(self.name, name=gen_config.name)
+                if stored:  # the campaign's own latest version, fine-tuned by earlier rounds
+                    generator = self._load_stored_model(stored[-1], space)
+                elif gen_config.checkpoint:
                     generator = load_generator(gen_config.name, gen_config.checkpoint, space)
                 else:
                     generator = build_generator(
@@ -174,6 +180,39 @@ class CampaignRun:
                 pairs.append((gen_config, generator))
             self._generators = pairs
         return self._generators
+
+    def _load_stored_model(self, doc, space) -> Generator:
+        """A generator checkpoint from the store, refused if its bytes fail the hash."""
+        import tempfile
+        from pathlib import Path
+
+        from matloop.generators.registry import load_generator
+
+        data = self.store.load_model_bytes(doc)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{doc.name}-v{doc.version}.pt"
+            path.write_bytes(data)
+            generator = load_generator(doc.name, str(path), space)
+        generator.version = doc.version
+        return generator
+
+    def _store_model(self, name: str, generator: Generator, round_: int) -> None:
+        """Keep the generator's state after ``update`` as version ``round_`` in the store."""
+        import tempfile
+        from pathlib import Path
+
+        from matloop.store import ModelDoc
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.pt"
+            generator.save(path)
+            data = path.read_bytes()
+        generator.version = round_
+        self.store.save_model(
+            ModelDoc(campaign=self.name, name=name, version=round_, kind=generator.name,
+                     sha256=""),
+            data,
+        )
 
     # -- references ---------------------------------------------------------------------
     def reference_ids(self) -> list[str]:
@@ -528,7 +567,18 @@ class CampaignRun:
         )
         self.progress.relax_started(total)
         done_count = 0
-        while (cand := mine.pop() if mine else self.store.claim_candidate(self.name, round_)):
+        while True:
+            cand = mine.pop() if mine else self.store.claim_candidate(self.name, round_)
+            if cand is None:
+                # Nothing left to claim, but other workers may still be relaxing what they
+                # took: the step is done once every claim is settled. (A dead worker's claim
+                # is taken over by claim_candidate: same host at once, else after the lease.)
+                if not self.store.count("candidates", {
+                    "campaign": self.name, "status": CandidateStatus.relaxing.value
+                }):
+                    break
+                time.sleep(CLAIM_POLL_S)
+                continue
             (out,) = relax_structures(
                 [(cand.candidate_id, _structure(cand.structure))],
                 self.maker,
@@ -570,6 +620,7 @@ class CampaignRun:
         """Hull, novelty and uniqueness for the newly relaxed; refresh e_above_hull of all."""
         if done := self._already(round_, "evaluate"):
             return done
+        from matloop.evaluators.evidence import evidence_for_potential, reference_set_version
         from matloop.evaluators.novelty import NoveltyIndex
         from matloop.evaluators.stability import EntryRejectedError, compute_hull, make_entry
 
@@ -601,6 +652,14 @@ class CampaignRun:
             for cid in rejected:
                 relaxations.pop(cid)
         hull = compute_hull(ref_entries, cand_entries)
+        hull_entries = ref_entries + cand_entries
+        version = reference_set_version(
+            [(e.entry_id, e.composition.formula.replace(" ", ""), e.uncorrected_energy_per_atom)
+             for e in hull_entries],
+            self.hull_scheme,
+        )
+        relaxer = self.config.relaxer
+        settings = {"fmax": relaxer.fmax, "steps": relaxer.steps, "relax_cell": relaxer.relax_cell}
         campaign = self.store.get_campaign(self.name)
         campaign.reference_e_above_hull = {
             r.reference_id: hull.e_above_hull[r.reference_id] for r in references
@@ -646,9 +705,17 @@ class CampaignRun:
                     spacegroup=_spacegroup(structure),
                     hull_scheme=self.hull_scheme,
                     hull_version=round_,
-                    evidence="mlip-relaxed",
                 )
                 fresh.append(doc)
+            # how sure: how the energy was obtained, how well it converged, which hull
+            doc.potential = relax.potential or self.potential
+            doc.evidence = relax.evidence or evidence_for_potential(doc.potential)
+            doc.settings = settings
+            doc.converged, doc.max_force, doc.n_steps = (
+                relax.converged, relax.max_force, relax.n_steps
+            )
+            doc.reference_set_version = version
+            doc.n_hull_entries = len(hull_entries)
             seen.add(cid, structure)
             docs.append(doc)
         self.store.save_evaluations(docs)
@@ -671,6 +738,7 @@ class CampaignRun:
             "hit_rate": len(hits) / attempted if attempted else 0.0,
             "best_e_above_hull": min((d.e_above_hull for d in fresh), default=None),
             "hull_scheme": self.hull_scheme,
+            "reference_set_version": version,
         }
         self.progress.message(
             f"round {round_}: evaluated {len(fresh)} — {counts['stable']} within "
@@ -712,9 +780,10 @@ class CampaignRun:
             for e in evaluations
         ]
         updated = []
-        for _cfg, generator in self.generators():
+        for cfg, generator in self.generators():
             if feedback and type(generator).update is not _base_update():
                 generator.update(feedback)
+                self._store_model(cfg.name, generator, round_)
                 updated.append(generator.name)
         counts["generators_updated"] = updated
         result = self._finish_step(round_, "learn", counts)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from matloop.generators.training import TORCH_GENERATORS
+
 if TYPE_CHECKING:
     from matloop.generators.base import ChemicalSpace, Generator
 
@@ -34,6 +36,8 @@ GENERATOR_PATHS: dict[str, str] = {
     "prototype_substitution": "matloop.generators.prototypes:PrototypeSubstitution",
     "random_symmetric": "matloop.generators.random_symmetric:RandomSymmetric",
 }
+#: Learned torch models: used in a campaign through a trained checkpoint (``matloop train``).
+GENERATOR_PATHS.update(TORCH_GENERATORS)
 
 
 def available_generators() -> list[str]:
@@ -81,6 +85,11 @@ def build_generator(
     TypeError
         For a setting the generator does not take.
     """
+    if name in TORCH_GENERATORS:
+        raise ValueError(
+            f"generator {name!r} is a learned model: give it a trained checkpoint "
+            "(`matloop train ...`, then `checkpoint: PATH` in the campaign's generators)"
+        )
     return generator_class(name)(chemical_space, seed=seed, **settings)
 
 
