@@ -1,0 +1,262 @@
+"""Generation benchmark on perov-5: train each torch generator, score samples with CDVAE's metrics.
+
+Trains on a fixed 80% of ``perov_5/val.csv.gz`` (seed 0) and scores against the other 20%:
+
+* validity (structural, compositional) over all ``--n-samples`` samples;
+* COV-R / COV-P (CDVAE's perov-5 cut-offs struc 0.2, comp 4) and Wasserstein distances of
+  density, number of elements and ``dir_gap`` (from a surrogate model) over a random subset of
+  ``--n-cov`` samples (CrystalNN costs ~65 ms a crystal; CDVAE fingerprints all 10,000);
+* reconstruction match rate / RMS over the held-out 20% for models with an encoder;
+* for conditional models, the fraction of samples whose ``dir_gap`` lands in the asked window,
+  conditioned vs. unconditioned, by the surrogate and (``window_lookup``) by the DFT value of
+  samples whose composition is a perov-5 crystal.
+
+Results are merged into ``benchmarks/results/generation.json`` (one entry per model) and printed
+as a table. Example::
+
+    python benchmarks/generation.py --models crystal_cvae crystal_latent_opt --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path("/work/shared/data/perov_5/val.csv.gz")
+OUT = Path(__file__).parent / "results" / "generation.json"
+PUBLISHED_CDVAE = {
+    "struct_valid": 1.0,
+    "comp_valid": 0.9859,
+    "cov_recall": 0.9945,
+    "cov_precision": 0.9846,
+    "match_rate": 0.9752,
+    "rms_dist": 0.0356,
+    "wdist_density": 0.1258,
+    "wdist_num_elems": 0.0628,
+}
+WINDOW = (1.5, 2.5)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--csv", type=Path, default=DATA)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[
+            "crystal_vae",
+            "crystal_cvae",
+            "crystal_latent_opt",
+            "crystal_cgan",
+            "composition_vae",
+            "composition_cvae",
+            "composition_wgan",
+        ],
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override every model's default")
+    p.add_argument("--n-samples", type=int, default=10_000)
+    p.add_argument("--n-cov", type=int, default=1_000)
+    p.add_argument("--n-cond", type=int, default=1_000, help="samples per arm of the window test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--limit", type=int, default=None, help="read only the first rows (smoke runs)")
+    args = p.parse_args()
+
+    import torch
+
+    from matloop.evaluators import generation_metrics as gm
+    from matloop.generators.torch_common import read_structures_csv, split_indices
+    from matloop.generators.training import CONDITIONAL, generator_class
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    if not args.csv.exists():
+        raise SystemExit(f"data not found: {args.csv}")
+    structures, props = read_structures_csv(args.csv, ["dir_gap"], limit=args.limit)
+    tr, te = split_indices(len(structures), 0.8, args.seed)
+    train = [structures[i] for i in tr]
+    test = [structures[i] for i in te]
+    gap_tr, gap_te = props["dir_gap"][tr], props["dir_gap"][te]
+
+    t0 = time.perf_counter()
+    ref_struc, ref_comp = gm.fingerprints(test)
+    print(
+        f"reference fingerprints: {len(test)} crystals, {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    # Surrogate dir_gap: Magpie + density (no CrystalNN, to keep it cheap on 3,000 crystals).
+    tr_comp = np.array([gm.composition_fingerprint(s) for s in train])
+    surrogate = gm.SurrogateProperty(seed=args.seed).fit(
+        train, gap_tr, struc_fps=[None] * len(train), comp_fps=tr_comp
+    )
+    pred_te = surrogate.predict(test, struc_fps=[None] * len(test), comp_fps=ref_comp)
+    in_te = (gap_te >= WINDOW[0]) & (gap_te <= WINDOW[1])
+    in_pred = (pred_te >= WINDOW[0]) & (pred_te <= WINDOW[1])
+    surrogate_info = {
+        "features": "Magpie + density + volume/atom, random forest",
+        "mae_test": float(np.abs(pred_te - gap_te).mean()),
+        "window": list(WINDOW),
+        "window_rate_test_true": float(in_te.mean()),
+        "window_rate_test_pred": float(in_pred.mean()),
+        "window_recall_test": float((in_te & in_pred).sum() / max(in_te.sum(), 1)),
+        "window_precision_test": float((in_te & in_pred).sum() / max(in_pred.sum(), 1)),
+    }
+    print("surrogate:", surrogate_info, flush=True)
+
+    def gap_of(samples):
+        return surrogate.predict(
+            samples,
+            struc_fps=[None] * len(samples),
+            comp_fps=np.array([gm.composition_fingerprint(s) for s in samples]),
+        )
+
+    known_gap: dict[str, float] = {}
+    for s, g in zip(structures, props["dir_gap"], strict=True):
+        known_gap.setdefault(s.composition.reduced_formula, float(g))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.setdefault("models", {})
+    results["setup"] = {
+        "data": str(args.csv),
+        "n_train": len(train),
+        "n_test": len(test),
+        "seed": args.seed,
+        "n_samples": args.n_samples,
+        "n_cov": args.n_cov,
+        "threads": args.threads,
+        "cov_cutoffs": gm.COV_CUTOFFS["perov_5"],
+        "surrogate": surrogate_info,
+        "published_cdvae_perov5": PUBLISHED_CDVAE,
+    }
+    for kind in args.models:
+        print(f"== {kind}", flush=True)
+        cls = generator_class(kind)
+        cond = kind in CONDITIONAL
+        kwargs = {
+            "property_columns": ["dir_gap"] if cond else [],
+            "seed": args.seed,
+            "device": args.device,
+        }
+        if args.epochs is not None:
+            kwargs["epochs"] = args.epochs
+        gen = cls(**kwargs)
+        t = time.perf_counter()
+        gen.fit(train, {"dir_gap": gap_tr} if cond else None)
+        train_s = time.perf_counter() - t
+        rng = np.random.default_rng(args.seed)
+        t = time.perf_counter()
+        samples = gen.sample(args.n_samples, rng=rng)
+        sample_s = time.perf_counter() - t
+        row: dict = {
+            "train_seconds": train_s,
+            "sample_seconds": sample_s,
+            "n_sampled": len(samples),
+            "config": {
+                k: v
+                for k, v in gen.config.items()
+                if k not in {"templates", "lattice_stats", "property_stats", "atomic_volume"}
+            },
+        }
+        row.update(gm.validity_rates(samples + [None] * (args.n_samples - len(samples))))
+        if not samples:
+            results["models"][kind] = row
+            print(f"{kind}: no samples", flush=True)
+            continue
+        sub_idx = rng.choice(len(samples), size=min(args.n_cov, len(samples)), replace=False)
+        sub = [samples[i] for i in sub_idx]
+        t = time.perf_counter()
+        g_struc, g_comp = gm.fingerprints(sub)
+        row.update(
+            gm.coverage_from_fingerprints(
+                g_struc,
+                g_comp,
+                ref_struc,
+                ref_comp,
+                **{f"{k}_cutoff": v for k, v in gm.COV_CUTOFFS["perov_5"].items()},
+            )
+        )
+        valid = [s for s in sub if gm.structure_validity(s) and gm.composition_validity(s)]
+        if valid:
+            row.update(gm.distribution_metrics(valid, test, gap_of(valid), pred_te))
+        row["metric_seconds"] = time.perf_counter() - t
+        if hasattr(gen, "reconstruct") and kind.startswith("crystal") and kind != "crystal_cgan":
+            rec = gen.reconstruct(test, {"dir_gap": gap_te})
+            row.update(gm.reconstruction_metrics(rec, test))
+        if cond:
+            n = args.n_cond
+            uncond = gen.sample(n, rng=np.random.default_rng(args.seed + 1))
+            asked = gen.sample(n, {"dir_gap": WINDOW}, rng=np.random.default_rng(args.seed + 2))
+            g_u, g_a = gap_of(uncond), gap_of(asked)
+            hit_u = float(np.mean((g_u >= WINDOW[0]) & (g_u <= WINDOW[1])))
+            hit_a = float(np.mean((g_a >= WINDOW[0]) & (g_a <= WINDOW[1])))
+
+            # Look-up oracle: samples whose composition is a perov-5 crystal get its DFT gap.
+            def lookup(samples):
+                gaps = [known_gap.get(x.composition.reduced_formula) for x in samples]
+                return np.array([g for g in gaps if g is not None])
+
+            k_u, k_a = lookup(uncond), lookup(asked)
+            row["window_lookup"] = {
+                "known_fraction_unconditioned": len(k_u) / max(len(uncond), 1),
+                "known_fraction_conditioned": len(k_a) / max(len(asked), 1),
+                "hit_unconditioned": float(np.mean((k_u >= WINDOW[0]) & (k_u <= WINDOW[1])))
+                if len(k_u)
+                else None,
+                "hit_conditioned": float(np.mean((k_a >= WINDOW[0]) & (k_a <= WINDOW[1])))
+                if len(k_a)
+                else None,
+            }
+            row["window"] = {
+                "window": list(WINDOW),
+                "hit_unconditioned": hit_u,
+                "hit_conditioned": hit_a,
+                "enrichment": hit_a / hit_u if hit_u > 0 else None,
+                "valid_conditioned": gm.validity_rates(asked)["valid"],
+                "mean_gap_conditioned": float(g_a.mean()),
+                "mean_gap_unconditioned": float(g_u.mean()),
+            }
+        results["models"][kind] = row
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=float))
+        print({k: v for k, v in row.items() if k != "config"}, flush=True)
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    cols = [
+        "struct_valid",
+        "comp_valid",
+        "cov_recall",
+        "cov_precision",
+        "match_rate",
+        "rms_dist",
+        "wdist_density",
+        "wdist_num_elems",
+        "train_seconds",
+        "sample_seconds",
+    ]
+    print(f"{'model':22s}" + "".join(f"{c[:13]:>14s}" for c in cols) + f"{'window hit c/u':>18s}")
+    rows = dict(results["models"])
+    rows["CDVAE (published)"] = results["setup"]["published_cdvae_perov5"]
+    for name, row in rows.items():
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            cells.append(
+                f"{v:14.4f}" if isinstance(v, (int, float)) and v is not None else f"{'-':>14s}"
+            )
+        w = row.get("window")
+        wtxt = f"{w['hit_conditioned']:.3f}/{w['hit_unconditioned']:.3f}" if w else "-"
+        print(f"{name:22s}" + "".join(cells) + f"{wtxt:>18s}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,575 @@
+"""Crystal VAE / conditional VAE on the invertible crystal matrix, and latent optimisation.
+
+The model works on the canonical crystal matrix of
+:mod:`matloop.representations.crystal_matrix` (lattice parameters, species one-hots and
+fractional coordinates, fixed site order). Features fed to the networks:
+
+* lattice: ``log a, log b, log c, alpha, beta, gamma``, standardised over the training set;
+* species: one-hot per slot (class 0 = empty), predicted by a categorical head (cross entropy);
+* coordinates: ``(cos 2 pi x, sin 2 pi x)`` per axis, so the loss respects periodicity
+  (``|u_pred - u_true|^2 = 2 - 2 cos(2 pi dx)``).
+
+Three generators share the module:
+
+``crystal_vae``
+    Unconditional VAE. Samples come from the aggregate posterior (a Gaussian fitted to the
+    training latents after training, "ex-post density estimation"), which gives much better
+    samples than ``N(0, I)`` for a low-``beta`` VAE; ``prior="standard"`` is available.
+``crystal_cvae``
+    Conditional VAE: encoder and decoder see the standardised properties. ``conditions``
+    ask for a value or a ``(low, high)`` window per property.
+``crystal_latent_opt``
+    VAE with a property predictor on the latent mean, trained jointly; ``sample`` starts from
+    prior draws and moves each latent by gradient descent until the predicted property sits
+    in the asked window (penalised by a Gaussian prior term), then decodes.
+
+Examples
+--------
+>>> gen = CrystalCVAEGenerator(property_columns=["dir_gap"], epochs=200)  # doctest: +SKIP
+>>> gen.fit(structures, {"dir_gap": gaps})                               # doctest: +SKIP
+>>> gen.sample(100, {"dir_gap": (1.5, 2.5)})                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from matloop.generators.torch_common import (
+    Standardizer,
+    TorchGenerator,
+    condition_values,
+    kl_annealing,
+    mlp,
+    properties_matrix,
+    seed_everything,
+    train_loop,
+    weighted_mean,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from pymatgen.core import Structure
+
+    from matloop.representations.crystal_matrix import CrystalMatrixEncoder
+
+log = logging.getLogger(__name__)
+
+TWO_PI = 2.0 * math.pi
+
+
+class CrystalVAEModule(nn.Module):
+    """Pure torch VAE over (lattice, species, coordinates) with optional condition and
+    latent property head. ``loss(batch, weights)`` returns ``(scalar, logs)``.
+
+    Batch keys: ``lat`` (B, 6) standardised lattice features, ``cls`` (B, N) species classes,
+    ``frac`` (B, N, 3) fractional coordinates, ``cond`` (B, C) standardised conditions,
+    ``prop`` (B, P) standardised properties (NaN where unknown).
+    """
+
+    def __init__(
+        self,
+        n_slots: int,
+        n_classes: int,
+        n_cond: int = 0,
+        n_prop: int = 0,
+        latent_dim: int = 32,
+        hidden: int = 256,
+        beta: float = 0.01,
+        coord_weight: float = 5.0,
+        prop_weight: float = 1.0,
+        embed_dim: int = 16,
+    ):
+        super().__init__()
+        self.n_slots, self.n_classes, self.n_cond, self.n_prop = n_slots, n_classes, n_cond, n_prop
+        self.latent_dim, self.beta = latent_dim, beta
+        self.coord_weight, self.prop_weight = coord_weight, prop_weight
+        # Species enter and leave through one shared element embedding (tied weights): the
+        # latent then carries "which element" as a point in a small space, which generalises
+        # to unseen element combinations far better than one-hots through an MLP.
+        self.embed_dim = embed_dim
+        self.embedding = nn.Embedding(n_classes, embed_dim)
+        self.class_bias = nn.Parameter(torch.zeros(n_classes))
+        n_in = 6 + n_slots * (embed_dim + 6)
+        self.encoder = mlp([n_in + n_cond, hidden, hidden, 2 * latent_dim])
+        self.decoder = mlp(
+            [latent_dim + n_cond, hidden, hidden, hidden, 6 + n_slots * (embed_dim + 6)]
+        )
+        self.predictor = mlp([latent_dim, hidden // 2, hidden // 2, n_prop]) if n_prop else None
+        self.register_buffer("z_mean", torch.zeros(latent_dim))
+        self.register_buffer("z_chol", torch.eye(latent_dim))
+
+    # -- features
+    def features(self, lat: torch.Tensor, cls: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding(cls)
+        ang = TWO_PI * frac
+        sincos = torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
+        return torch.cat([lat, emb.flatten(1), sincos.flatten(1)], dim=1)
+
+    def encode(
+        self, x: torch.Tensor, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x if not self.n_cond else torch.cat([x, cond], dim=1))
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 6)
+
+    def decode(
+        self, z: torch.Tensor, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lat (B, 6), species logits (B, N, K), unit vectors (B, N, 3, 2))``."""
+        out = self.decoder(z if not self.n_cond else torch.cat([z, cond], dim=1))
+        b, n, e = len(z), self.n_slots, self.embed_dim
+        lat = out[:, :6]
+        slot = out[:, 6 : 6 + n * e].reshape(b, n, e)
+        logits = slot @ self.embedding.weight.T + self.class_bias
+        vec = out[:, 6 + n * e :].reshape(b, n, 3, 2)
+        vec = vec / vec.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return lat, logits, vec
+
+    @staticmethod
+    def to_frac(vec: torch.Tensor) -> torch.Tensor:
+        """Fractional coordinates in [0, 1) from ``(cos, sin)`` unit vectors."""
+        return torch.remainder(torch.atan2(vec[..., 1], vec[..., 0]) / TWO_PI, 1.0)
+
+    def loss(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        weights: torch.Tensor | None = None,
+        epoch: int = 0,
+        epochs: int = 1,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cond = batch.get("cond")
+        x = self.features(batch["lat"], batch["cls"], batch["frac"])
+        mu, logvar = self.encode(x, cond)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        lat, logits, vec = self.decode(z, cond)
+
+        l_lat = ((lat - batch["lat"]) ** 2).sum(dim=1)
+        l_cls = F.cross_entropy(logits.transpose(1, 2), batch["cls"], reduction="none").sum(dim=1)
+        ang = TWO_PI * batch["frac"]
+        target = torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
+        occupied = (batch["cls"] > 0).float()
+        l_coord = (((vec - target) ** 2).sum(dim=(-1, -2)) * occupied).sum(dim=1)
+        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)
+        beta = kl_annealing(epoch, epochs, self.beta)
+        per_row = l_lat + l_cls + self.coord_weight * l_coord + beta * kl
+        logs = {"lat": l_lat.mean(), "cls": l_cls.mean(), "coord": l_coord.mean(), "kl": kl.mean()}
+        if self.predictor is not None:
+            prop = batch["prop"]
+            known = ~torch.isnan(prop)
+            pred = self.predictor(mu)
+            err = torch.where(known, pred - torch.nan_to_num(prop), torch.zeros_like(pred)) ** 2
+            l_prop = err.sum(dim=1)
+            per_row = per_row + self.prop_weight * l_prop
+            logs["prop"] = l_prop.mean()
+        loss = weighted_mean(per_row, weights)
+        return loss, {k: float(v) for k, v in logs.items()} | {"loss": float(loss)}
+
+
+class CrystalVAEGenerator(TorchGenerator):
+    """Unconditional crystal VAE on the invertible crystal matrix (registry ``crystal_vae``).
+
+    Parameters
+    ----------
+    elements
+        Element set of the one-hots; ``None``: the elements of the training data.
+    max_atoms
+        Slots in the crystal matrix; ``None``: the largest training cell.
+    property_columns
+        Properties the model conditions on (``crystal_cvae``) or predicts from the latent
+        (``crystal_latent_opt``); ignored by the plain VAE.
+    latent_dim, hidden, beta, coord_weight
+        Network size and loss weights.
+    epochs, batch_size, lr, seed, device
+        Training settings; ``device=None`` picks CUDA when available.
+    """
+
+    name: ClassVar[str] = "crystal_vae"
+    conditional: ClassVar[bool] = False
+    predicts: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        elements: Sequence[str] | None = None,
+        max_atoms: int | None = None,
+        property_columns: Sequence[str] = (),
+        latent_dim: int = 64,
+        hidden: int = 256,
+        beta: float = 0.003,
+        coord_weight: float = 5.0,
+        epochs: int = 150,
+        batch_size: int = 128,
+        lr: float = 2e-3,
+        seed: int = 0,
+        device: str | None = None,
+        finetune_epochs: int = 5,
+        finetune_lr: float = 3e-4,
+        **stats: Any,
+    ):
+        super().__init__(
+            elements=None if elements is None else list(elements),
+            max_atoms=max_atoms,
+            property_columns=list(property_columns),
+            latent_dim=latent_dim,
+            hidden=hidden,
+            beta=beta,
+            coord_weight=coord_weight,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            finetune_epochs=finetune_epochs,
+            finetune_lr=finetune_lr,
+            **stats,
+        )
+        self.history: list[dict[str, float]] = []
+        self.train_seconds: float | None = None
+
+    # -- helpers
+    @property
+    def module(self) -> CrystalVAEModule:
+        return self.modules["vae"]  # type: ignore[return-value]
+
+    @property
+    def encoder(self) -> CrystalMatrixEncoder:
+        from matloop.representations.crystal_matrix import CrystalMatrixEncoder
+
+        return CrystalMatrixEncoder(self.config["elements"], max_atoms=self.config["max_atoms"])
+
+    def _build(self, config: dict[str, Any]) -> None:
+        n_cols = len(config["property_columns"])
+        self.modules = {
+            "vae": CrystalVAEModule(
+                n_slots=config["max_atoms"],
+                n_classes=len(config["elements"]) + 1,
+                n_cond=n_cols if self.conditional else 0,
+                n_prop=n_cols if self.predicts else 0,
+                latent_dim=config["latent_dim"],
+                hidden=config["hidden"],
+                beta=config["beta"],
+                coord_weight=config["coord_weight"],
+            ).to(self.device)
+        }
+        self._lat_std = Standardizer.from_dict(config["lattice_stats"])
+        self._prop_std = Standardizer.from_dict(config["property_stats"])
+
+    @staticmethod
+    def _lattice_features(params: np.ndarray) -> np.ndarray:
+        params = np.asarray(params, dtype=float).reshape(-1, 6)
+        return np.concatenate([np.log(params[:, :3]), params[:, 3:]], axis=1)
+
+    def _encode_structures(
+        self, structures: Sequence[Structure], props: np.ndarray
+    ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """Tensors of the encodable structures and the indices kept."""
+        enc = self.encoder
+        lats, clss, fracs, kept = [], [], [], []
+        for i, s in enumerate(structures):
+            try:
+                p, c, f = enc.encode_parts(s)
+            except ValueError:
+                continue
+            lats.append(p)
+            clss.append(c)
+            fracs.append(f)
+            kept.append(i)
+        if not kept:
+            raise ValueError("none of the structures fits the model's element set / max_atoms")
+        kept_arr = np.asarray(kept)
+        lat = self._lat_std.transform(self._lattice_features(np.array(lats)))
+        prop = self._prop_std.transform(props[kept_arr]) if props.shape[1] else props[kept_arr]
+        tensors = {
+            "lat": torch.tensor(lat, dtype=torch.float32),
+            "cls": torch.tensor(np.array(clss), dtype=torch.long),
+            "frac": torch.tensor(np.array(fracs), dtype=torch.float32),
+            "prop": torch.tensor(prop, dtype=torch.float32),
+            "cond": torch.tensor(np.nan_to_num(prop), dtype=torch.float32),
+        }
+        return tensors, kept_arr
+
+    # -- Generator API
+    def fit(
+        self,
+        structures: Sequence[Structure],
+        properties: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        """Train from scratch on ``structures`` (and their properties, when the model uses them)."""
+        from matloop.representations.composition import elements_of
+
+        seed_everything(self.config["seed"])
+        columns = self.config["property_columns"]
+        if (self.conditional or self.predicts) and not columns:
+            raise ValueError(f"{self.name} needs property_columns")
+        props = properties_matrix(properties, columns, len(structures))
+        if self.config["elements"] is None:
+            self.config["elements"] = elements_of(structures)
+        if self.config["max_atoms"] is None:
+            self.config["max_atoms"] = max(len(s) for s in structures)
+        params = []
+        for s in structures:
+            if len(s) <= self.config["max_atoms"]:
+                params.append(s.get_reduced_structure("niggli").lattice.parameters)
+        self.config["lattice_stats"] = Standardizer.fit(
+            self._lattice_features(np.array(params))
+        ).to_dict()
+        self.config["property_stats"] = (
+            Standardizer.fit(props).to_dict() if columns else {"mean": [], "std": []}
+        )
+        self._build(self.config)
+        tensors, kept = self._encode_structures(structures, props)
+        if len(kept) < len(structures):
+            log.warning(
+                "%s: skipped %d structures outside the element set / max_atoms",
+                self.name,
+                len(structures) - len(kept),
+            )
+        start = time.perf_counter()
+        self.history = train_loop(
+            self.module,
+            tensors,
+            epochs=self.config["epochs"],
+            batch_size=self.config["batch_size"],
+            lr=self.config["lr"],
+            device=self.device,
+            seed=self.config["seed"],
+        )
+        self._fit_aggregate_posterior(tensors)
+        self.train_seconds = time.perf_counter() - start
+        self._remember([structures[i] for i in kept], props[kept] if columns else None)
+        self.version += 1
+
+    @torch.no_grad()
+    def _fit_aggregate_posterior(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        m = self.module
+        x = m.features(*(tensors[k].to(self.device) for k in ("lat", "cls", "frac")))
+        mu, _ = m.encode(x, tensors["cond"].to(self.device))
+        mean = mu.mean(dim=0)
+        cov = torch.cov(mu.T) + 1e-4 * torch.eye(m.latent_dim, device=mu.device)
+        m.z_mean.copy_(mean)
+        m.z_chol.copy_(torch.linalg.cholesky(cov))
+
+    def _finetune(
+        self, structures: Sequence[Structure], weights: np.ndarray, props: np.ndarray
+    ) -> None:
+        tensors, kept = self._encode_structures(structures, props)
+        train_loop(
+            self.module,
+            tensors,
+            epochs=self.config["finetune_epochs"],
+            batch_size=self.config["batch_size"],
+            lr=self.config["finetune_lr"],
+            device=self.device,
+            weights=torch.tensor(weights[kept], dtype=torch.float32),
+            seed=self.config["seed"] + self.version,
+        )
+        self._fit_aggregate_posterior(
+            self._encode_structures(
+                self._replay or structures, self._replay_matrix(structures, props)
+            )[0]
+        )
+
+    def _replay_matrix(self, fallback: Sequence[Structure], props: np.ndarray) -> np.ndarray:
+        if self._replay:
+            n_cols = len(self.config["property_columns"])
+            return (
+                self._replay_props
+                if self._replay_props is not None
+                else np.zeros((len(self._replay), n_cols))
+            )
+        return props
+
+    def _draw_latents(
+        self, n: int, rng: np.random.Generator, prior: str, temperature: float
+    ) -> torch.Tensor:
+        eps = (
+            torch.tensor(
+                rng.standard_normal((n, self.config["latent_dim"])),
+                dtype=torch.float32,
+                device=self.device,
+            )
+            * temperature
+        )
+        if prior == "standard":
+            return eps
+        if prior != "aggregate":
+            raise ValueError(f"unknown prior {prior!r}; use 'aggregate' or 'standard'")
+        return self.module.z_mean + eps @ self.module.z_chol.T
+
+    @torch.no_grad()
+    def decode_latents(
+        self, z: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> list[Structure | None]:
+        """Structures for latents ``z`` (``None`` where the decoded cell is not a lattice)."""
+        lat, logits, vec = self.module.decode(z, cond)
+        params = self._lat_std.inverse(lat.cpu().numpy())
+        params = np.concatenate([np.exp(params[:, :3]), params[:, 3:]], axis=1)
+        classes = logits.argmax(dim=-1).cpu().numpy()
+        frac = self.module.to_frac(vec).cpu().numpy()
+        return [self._safe_decode(p, c, f) for p, c, f in zip(params, classes, frac, strict=True)]
+
+    def _safe_decode(
+        self, params: np.ndarray, classes: np.ndarray, frac: np.ndarray
+    ) -> Structure | None:
+        try:
+            s = self.encoder.decode_parts(params, classes, frac)
+        except (ValueError, ZeroDivisionError):
+            return None
+        return s if np.isfinite(s.volume) and s.volume > 0 else None
+
+    def _cond_tensor(self, cond: np.ndarray | None) -> torch.Tensor | None:
+        if not self.conditional or cond is None:
+            return None
+        return torch.tensor(self._prop_std.transform(cond), dtype=torch.float32, device=self.device)
+
+    def sample(
+        self,
+        n: int,
+        conditions: Mapping[str, Any] | None = None,
+        rng: np.random.Generator | None = None,
+        prior: str = "aggregate",
+        temperature: float = 1.0,
+    ) -> list[Structure]:
+        """``n`` decoded crystals (draws whose cell is not a lattice are redrawn, 3 tries)."""
+        if not self.modules:
+            raise RuntimeError("fit or load the generator before sampling")
+        rng = rng or np.random.default_rng()
+        if conditions and not (self.conditional or self.predicts):
+            raise ValueError(f"{self.name} is unconditional; it takes no conditions")
+        out: list[Structure] = []
+        for _ in range(3):
+            need = n - len(out)
+            if need <= 0:
+                break
+            out += [s for s in self._sample_batch(need, conditions, rng, prior, temperature) if s]
+        return out[:n]
+
+    def _sample_batch(self, n, conditions, rng, prior, temperature) -> list[Structure | None]:
+        z = self._draw_latents(n, rng, prior, temperature)
+        cond = None
+        if self.conditional:
+            fallback = self._prop_std.mean[None, :]
+            if self._replay_props is not None:
+                fallback = self._replay_props
+            cond = condition_values(conditions, self.config["property_columns"], n, rng, fallback)
+        return self.decode_latents(z, self._cond_tensor(cond))
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        structures: Sequence[Structure],
+        properties: Mapping[str, Sequence[float]] | None = None,
+    ) -> list[Structure | None]:
+        """Encode (posterior mean) and decode each structure; ``None`` where it cannot be
+        encoded or decoded."""
+        columns = self.config["property_columns"]
+        props = (
+            properties_matrix(properties, columns, len(structures))
+            if self.conditional
+            else np.zeros((len(structures), len(columns)))
+        )
+        tensors, kept = self._encode_structures(structures, props)
+        m = self.module
+        t = {k: v.to(self.device) for k, v in tensors.items()}
+        mu, _ = m.encode(m.features(t["lat"], t["cls"], t["frac"]), t["cond"])
+        decoded = self.decode_latents(mu, t["cond"] if self.conditional else None)
+        out: list[Structure | None] = [None] * len(structures)
+        for i, s in zip(kept, decoded, strict=True):
+            out[i] = s
+        return out
+
+
+class CrystalCVAEGenerator(CrystalVAEGenerator):
+    """Conditional crystal VAE (registry ``crystal_cvae``): pass ``property_columns``;
+    ``sample(n, {"dir_gap": (1.5, 2.5)})`` draws conditions uniformly in the window."""
+
+    name: ClassVar[str] = "crystal_cvae"
+    conditional: ClassVar[bool] = True
+
+
+class LatentOptCrystalGenerator(CrystalVAEGenerator):
+    """Crystal VAE with a latent property predictor (registry ``crystal_latent_opt``).
+
+    ``sample(n, {"dir_gap": (1.5, 2.5)})`` draws latents from the aggregate posterior and
+    moves each by Adam on ``hinge(pred, window)^2 + prior_weight * |whitened z|^2 / d`` for
+    ``opt_steps`` steps before decoding. Without conditions it samples like ``crystal_vae``.
+    """
+
+    name: ClassVar[str] = "crystal_latent_opt"
+    predicts: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *args: Any,
+        opt_steps: int = 100,
+        opt_lr: float = 0.05,
+        prior_weight: float = 0.1,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.config.update(opt_steps=opt_steps, opt_lr=opt_lr, prior_weight=prior_weight)
+
+    def predict_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Predicted properties (physical units) of latents ``z``."""
+        std = torch.tensor(self._prop_std.std, dtype=torch.float32, device=z.device)
+        mean = torch.tensor(self._prop_std.mean, dtype=torch.float32, device=z.device)
+        return self.module.predictor(z) * std + mean
+
+    def optimise_latents(self, z: torch.Tensor, windows: np.ndarray) -> torch.Tensor:
+        """Gradient-based latent optimisation towards ``windows`` (``(P, 2)`` low/high; NaN
+        rows are unconstrained)."""
+        m = self.module
+        z = z.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=self.config["opt_lr"])
+        lo = torch.tensor(
+            np.nan_to_num(windows[:, 0], nan=-np.inf), dtype=torch.float32, device=z.device
+        )
+        hi = torch.tensor(
+            np.nan_to_num(windows[:, 1], nan=np.inf), dtype=torch.float32, device=z.device
+        )
+        scale = torch.tensor(self._prop_std.std, dtype=torch.float32, device=z.device)
+        chol_inv = torch.linalg.inv(m.z_chol)
+        for p in m.parameters():
+            p.requires_grad_(False)
+        try:
+            for _ in range(self.config["opt_steps"]):
+                pred = self.predict_latent(z)
+                # Aim for the inner 60% of the window so predictor error does not push samples out.
+                margin = 0.2 * torch.nan_to_num(hi - lo, posinf=0.0)
+                gap = F.relu(lo + margin - pred) + F.relu(pred - (hi - margin))
+                whitened = (z - m.z_mean) @ chol_inv.T
+                loss = ((gap / scale) ** 2).sum(dim=1) + self.config["prior_weight"] * (
+                    whitened**2
+                ).mean(dim=1)
+                opt.zero_grad()
+                loss.sum().backward()
+                opt.step()
+        finally:
+            for p in m.parameters():
+                p.requires_grad_(True)
+        return z.detach()
+
+    def _sample_batch(self, n, conditions, rng, prior, temperature) -> list[Structure | None]:
+        z = self._draw_latents(n, rng, prior, temperature)
+        columns = self.config["property_columns"]
+        conditions = dict(conditions or {})
+        conditions.pop("method", None)
+        unknown = set(conditions) - set(columns)
+        if unknown:
+            raise ValueError(f"unknown condition(s) {sorted(unknown)}; this model knows {columns}")
+        if conditions:
+            windows = np.full((len(columns), 2), np.nan)
+            for j, c in enumerate(columns):
+                if c in conditions:
+                    v = conditions[c]
+                    windows[j] = (v[0], v[1]) if isinstance(v, (tuple, list)) else (v, v)
+            z = self.optimise_latents(z, windows)
+        return self.decode_latents(z)
