@@ -338,6 +338,11 @@ class CampaignRun:
             recent = rounds[-budget.patience :]
             if all(r.metrics.get("hits", 0) == 0 for r in recent):
                 return f"no new discovery in the last {budget.patience} round(s)"
+        target = self.config.objective.target_hits
+        if target is not None:
+            found = sum(int(r.metrics.get("hits", 0) or 0) for r in rounds)
+            if found >= target:
+                return f"target reached: {found} hit(s) (target_hits {target})"
         return None
 
     def start_round(self) -> RoundDoc:
@@ -381,18 +386,27 @@ class CampaignRun:
         from matloop.identity import candidate_id
 
         total = self.config.budget.candidates_per_round
+        # Generators start each round from what the store holds (their stored versions and
+        # the seeds), never from state left in this process, so a resumed round proposes
+        # exactly what an uninterrupted one would have.
+        self._generators = None
         pairs = self.generators()
         weights = np.array([cfg.weight for cfg, _ in pairs], dtype=float)
         shares = np.floor(total * weights / weights.sum()).astype(int)
         shares[: total - shares.sum()] += 1
-        new_total, repeats, by_generator = 0, 0, {}
+        repeats, by_generator = 0, {}
         for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
             rng = self.rng(round_, 100 + index)
             wanted, new_ids = int(share), []
             for _attempt in range(3):
                 if wanted <= len(new_ids):
                     break
-                structures = generator.sample(wanted - len(new_ids), rng=rng)
+                try:
+                    structures = generator.sample(wanted - len(new_ids), rng=rng)
+                except Exception as err:  # one broken generator must not end the round
+                    log.exception("generator %s failed", cfg.name)
+                    self.progress.message(f"round {round_}: generator {cfg.name} failed: {err}")
+                    break
                 docs = [self._candidate_doc(s, round_, generator, candidate_id) for s in structures]
                 docs = [d for d in docs if d is not None]
                 fresh, existing = self.store.add_candidates(docs)
@@ -400,8 +414,10 @@ class CampaignRun:
                 repeats += len(existing)
                 if not structures:
                     break
-            by_generator[cfg.name] = len(new_ids)
-            new_total += len(new_ids)
+        # counted from the store, so a generate step redone after a crash counts the same
+        for cand in self.store.candidates(self.name, round_=round_):
+            by_generator[cand.generator] = by_generator.get(cand.generator, 0) + 1
+        new_total = sum(by_generator.values())
         self.progress.message(
             f"round {round_}: generated {new_total} new candidate(s) "
             f"({', '.join(f'{k}: {v}' for k, v in by_generator.items())}); "
@@ -445,6 +461,14 @@ class CampaignRun:
         from matloop.evaluators.validity import screen_structure
 
         space = self.config.chemical_space
+        half_done = {
+            c.candidate_id: (CandidateStatus.proposed, "screen redone after an interruption")
+            for c in self.store.candidates(self.name, status=CandidateStatus.selected)
+            if c.selected_round == round_
+        }
+        if half_done:  # an earlier attempt of this step stopped midway: choose afresh
+            self.store.set_status(self.name, half_done, round_=round_,
+                                  fields={cid: {"selected_round": None} for cid in half_done})
         pool = self.store.candidates(self.name, status=CandidateStatus.proposed)
         rejections: dict[str, tuple[CandidateStatus, str | None]] = {}
         known = NoveltyIndex()
@@ -454,7 +478,7 @@ class CampaignRun:
         for cand in self.store.candidates(
             self.name,
             status=[CandidateStatus.selected, CandidateStatus.relaxed, CandidateStatus.evaluated,
-                    CandidateStatus.relaxing],
+                    CandidateStatus.relaxing, CandidateStatus.failed],
         ):
             known.add(cand.candidate_id, _structure(cand.structure))
         valid: list[tuple[CandidateDoc, Structure]] = []
@@ -552,7 +576,7 @@ class CampaignRun:
         """Relax every selected candidate, storing each result as soon as it is known."""
         if done := self._already(round_, "relax"):
             return done
-        from matloop.relax.runner import relax_structures
+        from matloop.relax.runner import recorded_outcome, relax_structures
 
         # Work is claimed one candidate at a time, atomically, so several workers can share
         # a round and a crashed worker's claims are taken over. Claims this process left
@@ -579,12 +603,25 @@ class CampaignRun:
                     break
                 time.sleep(CLAIM_POLL_S)
                 continue
-            (out,) = relax_structures(
-                [(cand.candidate_id, _structure(cand.structure))],
-                self.maker,
-                self.store.job_store(),
-                max_atoms=self.config.chemical_space.max_atoms,
+            done_before = self.store.relaxations(self.name, ids=[cand.candidate_id])
+            if done_before:  # relaxed, then interrupted before its status was written
+                status = CandidateStatus.relaxed if done_before[0].ok else CandidateStatus.failed
+                self.store.set_status(
+                    self.name, {cand.candidate_id: (status, done_before[0].reason)},
+                    round_=round_,
+                )
+                continue
+            structure = _structure(cand.structure)
+            out = recorded_outcome(
+                cand.candidate_id, structure, self.store.job_store(), self.potential
             )
+            if out is None:
+                (out,) = relax_structures(
+                    [(cand.candidate_id, structure)],
+                    self.maker,
+                    self.store.job_store(),
+                    max_atoms=self.config.chemical_space.max_atoms,
+                )
             self.store.save_relaxations([
                 RelaxationDoc(
                     campaign=self.name,
@@ -678,7 +715,10 @@ class CampaignRun:
             cand, relax = candidates[cid], relaxations[cid]
             structure = _structure(relax.structure)
             e_hull = float(hull.e_above_hull[cid])
-            if cid in previous:
+            if cid in previous and previous[cid].round != round_:
+                # judged in an earlier round: only its place against the newer hull changes
+                # (one evaluated in this round is judged afresh, so a redo after a crash
+                # counts exactly as the first attempt would have)
                 doc = previous[cid]
                 doc.e_above_hull = e_hull
                 doc.is_stable = e_hull <= threshold
@@ -769,22 +809,33 @@ class CampaignRun:
             pred, std, true = (np.array(x, dtype=float) for x in zip(*pairs, strict=True))
             counts["surrogate_mae"] = float(np.mean(np.abs(pred - true)))
             counts["surrogate_within_1sigma"] = float(np.mean(np.abs(pred - true) <= std))
-        threshold = self.config.objective.stability_threshold
-        feedback = [
-            Feedback(
-                structure=_structure(by_id[e.candidate_id].structure),
-                reward=float(np.exp(-max(e.e_above_hull, 0.0) / max(threshold, 1e-3)))
-                * (1.0 if e.is_novel else 0.5),
-                properties={"e_above_hull": e.e_above_hull},
-            )
-            for e in evaluations
-        ]
+        feedback, sources = self._feedback(round_, evaluations, by_id)
         updated = []
         for cfg, generator in self.generators():
-            if feedback and type(generator).update is not _base_update():
-                generator.update(feedback)
-                self._store_model(cfg.name, generator, round_)
-                updated.append(generator.name)
+            own = [f for f, g in zip(feedback, sources, strict=True) if g == generator.name]
+            if own:
+                counts.setdefault("mean_reward_per_proposal", {})[cfg.name] = float(
+                    np.mean([f.reward for f in own])
+                )
+            mode = getattr(cfg, "update", "finetune")
+            if mode == "reinforce":
+                # on-policy: only this generator's proposals, the rejected and failed included
+                ready = bool(own) and hasattr(generator, "reinforce")
+            else:
+                ready = bool(feedback) and type(generator).update is not _base_update()
+                own = feedback[: len(evaluations)]  # every evaluated candidate, as before
+            if mode == "none" or not ready:
+                continue
+            if any(m.version == round_ for m in self.store.models(self.name, cfg.name)):
+                updated.append(generator.name)  # done before an interruption
+                continue
+            if mode == "reinforce":
+                logs = generator.reinforce(own, **getattr(cfg, "update_settings", {}))
+                counts.setdefault("reinforce", {})[cfg.name] = logs
+            else:
+                generator.update(own)
+            self._store_model(cfg.name, generator, round_)
+            updated.append(generator.name)
         counts["generators_updated"] = updated
         result = self._finish_step(round_, "learn", counts)
         campaign = self.store.get_campaign(self.name)
@@ -795,6 +846,44 @@ class CampaignRun:
         campaign.updated_at = utcnow()
         self.store.save_campaign(campaign)
         return result
+
+    def _feedback(self, round_, evaluations, by_id):
+        """Rewards (:func:`matloop.evaluators.reward.reward`) of this round's evaluated
+        candidates, then reward-0 feedback for this round's proposals rejected at screening
+        and selections whose relaxation failed (the validity term; only the policy-gradient
+        update sees those). Returns (feedback, the generator name of each)."""
+        from matloop.evaluators.reward import reward
+        from matloop.generators.base import Feedback
+
+        objective = self.config.objective
+        window = objective.property
+        feedback, sources = [], []
+        for e in evaluations:
+            value = e.properties.get(window.name) if window else None
+            feedback.append(Feedback(
+                structure=_structure(by_id[e.candidate_id].structure),
+                reward=reward(
+                    e.e_above_hull,
+                    stability_threshold=objective.stability_threshold,
+                    novel=e.is_novel,
+                    unique=e.is_unique,
+                    property_value=value,
+                    window=(window.min, window.max) if window else None,
+                ),
+                properties={"e_above_hull": e.e_above_hull, **e.properties},
+            ))
+            sources.append(by_id[e.candidate_id].generator)
+        invalid = self.store.candidates(
+            self.name, status=[CandidateStatus.rejected, CandidateStatus.failed]
+        )
+        for c in invalid:
+            this_round = (c.status == CandidateStatus.rejected and c.round == round_) or (
+                c.status == CandidateStatus.failed and c.selected_round == round_
+            )
+            if this_round:
+                feedback.append(Feedback(structure=_structure(c.structure), reward=0.0))
+                sources.append(c.generator)
+        return feedback, sources
 
     def run_round(self, round_: int | None = None) -> RoundDoc:
         """All five steps in order, without Prefect (tests, notebooks)."""

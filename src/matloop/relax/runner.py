@@ -227,7 +227,13 @@ def _relax_one(
         fields = _read_task_doc(doc)
     except Exception as exc:  # one bad structure must not stop the others
         return {"ok": False, "reason": _exception_reason(exc), "job_uuid": job_uuid}
+    return _judge(fields, structure, job_uuid, max_volume_ratio)
 
+
+def _judge(
+    fields: dict[str, Any], structure: Structure, job_uuid: str | None, max_volume_ratio: float
+) -> dict[str, Any]:
+    """Decide whether a finished relaxation is usable, with the reason when it is not."""
     stress_gpa = fields.pop("_stress_gpa")
     max_steps = fields.pop("_max_steps")
     fields["job_uuid"] = job_uuid
@@ -377,3 +383,30 @@ def _thread_limits(num_threads: int | None) -> Iterator[None]:
                 yield
     finally:
         torch.set_num_threads(previous)
+
+
+def recorded_outcome(
+    candidate_id: str,
+    structure: Structure,
+    job_store: JobStore,
+    potential: str,
+    *,
+    max_volume_ratio: float = 3.0,
+) -> RelaxOutcome | None:
+    """The outcome of a relaxation of ``candidate_id`` already in the job store, if any.
+
+    A process killed after atomate2 stored its task document but before the caller saved
+    the outcome leaves exactly this behind; reading it back avoids relaxing twice.
+    """
+    found = job_store.query_one(
+        {"metadata.candidate_id": candidate_id}, properties=["uuid", "output"],
+        load=True,
+    )
+    if not found or not found.get("output"):
+        return None
+    try:
+        fields = _read_task_doc(found["output"])
+    except Exception:  # an unreadable leftover: relax again rather than guess
+        return None
+    fields = _judge(fields, structure, found["uuid"], max_volume_ratio)
+    return RelaxOutcome(candidate_id=candidate_id, potential=potential, wall_s=0.0, **fields)

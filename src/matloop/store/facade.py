@@ -15,7 +15,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from matloop.store.backends import Backend, redact_uri
+from matloop.store.backends import Backend, StoreURIError, redact_uri
 from matloop.store.documents import (
     CampaignDoc,
     CandidateDoc,
@@ -62,8 +62,13 @@ class MatloopStore:
     """
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.backend = Backend.from_uri(uri)
+        from matloop.secrets import SecretError, resolve
+
+        self.uri = uri  # the reference as configured: placeholders stay unresolved
+        try:
+            self.backend = Backend.from_uri(resolve(uri))
+        except SecretError as err:
+            raise StoreURIError(str(err)) from None
         self._stores: dict[str, Store] = {}
         self._job_store: JobStore | None = None
 
@@ -75,7 +80,8 @@ class MatloopStore:
         if name not in self._stores:
             key = COLLECTIONS[name][1] if name in COLLECTIONS else ["sha256"]
             store = self.backend.open(name, key=key[-1])
-            store.connect()
+            with self._file_lock("connect"):
+                store.connect()
             for field in key:
                 try:
                     store.ensure_index(field)
@@ -125,7 +131,8 @@ class MatloopStore:
                 self.backend.open("jobs", key="uuid"),
                 additional_stores={"data": self.backend.open("jobs_data", key="uuid")},
             )
-            self._job_store.connect()
+            with self._file_lock("connect"):
+                self._job_store.connect()
         return self._job_store
 
     # -- campaigns and rounds -------------------------------------------------------------
@@ -221,21 +228,29 @@ class MatloopStore:
         return f"{socket.gethostname()}:{os.getpid()}"
 
     @contextlib.contextmanager
-    def _claim_lock(self):
-        """Make claims atomic on the embedded backend too: MongoDB's find_one_and_update is
-        atomic on the server, montydb's is not across processes, so it takes a file lock."""
+    def _file_lock(self, name: str):
+        """An inter-process lock for the embedded backend (no-op for the others).
+
+        montydb is not safe for concurrent first use (two processes may both write its
+        repository config) and its find_one_and_update is not atomic across processes,
+        while MongoDB's is atomic on the server.
+        """
         if self.backend.scheme != "monty":
             yield
             return
         import fcntl
 
         assert self.backend.path is not None
-        with open(self.backend.path / ".claims.lock", "w") as handle:
+        self.backend.path.mkdir(parents=True, exist_ok=True)
+        with open(self.backend.path / f".{name}.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _claim_lock(self):
+        return self._file_lock("claims")
 
     def _claim_is_stale(self, doc: dict[str, Any], lease: timedelta) -> bool:
         owner, at = doc.get("claimed_by"), doc.get("claimed_at")
