@@ -32,7 +32,8 @@ def test_defaults_fill_a_minimal_config():
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"chemical_space": {"elements": ["Ca", "Xx"]}}, "chemical_space.elements: unknown element symbol(s): Xx"),
+        ({"chemical_space": {"elements": ["Ca", "Xx"]}},
+         "chemical_space.elements: unknown element symbol(s): Xx"),
         ({"chemical_space": {"elements": ["Ca"], "max_atoms": 0}}, "chemical_space.max_atoms"),
         ({"budget": {"relaxations_per_round": 50, "candidates_per_round": 10}},
          "relaxations_per_round (50) cannot exceed candidates_per_round (10)"),

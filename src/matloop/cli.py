@@ -84,7 +84,8 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from matloop.export import export_campaign
-    from matloop.flows.steps import CampaignRun, Progress as StepProgress
+    from matloop.flows.steps import CampaignRun
+    from matloop.flows.steps import Progress as StepProgress
     from matloop.store import redact_uri
 
     console = Console()
@@ -170,9 +171,8 @@ def _status_rows(store, name: str) -> list[dict]:
 
 
 def _print_status(console, store, name: str) -> None:
-    from rich.table import Table
-
     from rich import box
+    from rich.table import Table
 
     table = Table(title=f"{name}: rounds (* = not finished)", box=box.SIMPLE_HEAD)
     columns = ["round", "proposed", "rejected", "relaxed", "failed", "evaluated", "stable",
@@ -435,6 +435,9 @@ def report(
         Path | None, typer.Option("--output", help="Folder (default: the campaign's output)")
     ] = None,
     store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
+    screenshot: Annotated[
+        Path | None, typer.Option(help="Also save a PNG of the page (needs chromium)")
+    ] = None,
 ) -> None:
     """Write the campaign report (report.html, one self-contained page) with the export."""
     from matloop.export import export_campaign
@@ -448,6 +451,13 @@ def report(
         output = Path(doc.config.get("output") or "./matloop-output").expanduser() / name
     out = export_campaign(db, name, output, generators=_checkpoint_generators(doc.config))
     typer.echo(f"wrote {out / 'report.html'}")
+    if screenshot is not None:
+        from matloop.report import screenshot as take
+
+        png = take(out / "report.html", screenshot, height=2600)
+        if png is None:
+            _fail("no chromium found for --screenshot (apt-get install chromium)")
+        typer.echo(f"wrote {png}")
 
 
 def _checkpoint_generators(config: dict) -> list:

@@ -60,6 +60,14 @@ class ObjectiveConfig(_Strict):
         0.1, ge=0.0, le=1.0, description="e_above_hull (eV/atom) at or below which a hit counts"
     )
     property: PropertyWindow | None = None
+    target_hits: int | None = Field(
+        None, ge=1, description="Stop the campaign once this many hits (novel, unique, "
+        "within stability_threshold) have been found in all"
+    )
+
+
+#: Generators whose sampler has a policy that ``update: reinforce`` can train.
+REINFORCE_GENERATORS = ("crystal_vae", "crystal_cvae")
 
 
 class GeneratorConfig(_Strict):
@@ -67,6 +75,29 @@ class GeneratorConfig(_Strict):
     weight: float = Field(1.0, gt=0, description="Share of each round's proposals")
     settings: dict = Field(default_factory=dict, description="Passed to the generator")
     checkpoint: str | None = Field(None, description="Trained model file for torch generators")
+    update: Literal["finetune", "reinforce", "none"] = Field(
+        "finetune",
+        description="How a learned generator learns between rounds: reward-weighted "
+        "fine-tuning with replay, REINFORCE on its sampling policy, or not at all",
+    )
+    update_settings: dict = Field(
+        default_factory=dict,
+        description="For reinforce: steps, lr, kl_weight, baseline_momentum, clip",
+    )
+
+    @model_validator(mode="after")
+    def _update_mode(self) -> GeneratorConfig:
+        if self.update == "reinforce" and self.name not in REINFORCE_GENERATORS:
+            raise ValueError(
+                f"update: reinforce needs a generator with a sampling policy "
+                f"({', '.join(REINFORCE_GENERATORS)}), not {self.name!r}"
+            )
+        allowed = {"steps", "lr", "kl_weight", "baseline_momentum", "clip"}
+        if unknown := set(self.update_settings) - allowed:
+            raise ValueError(
+                f"unknown update_settings {sorted(unknown)}; known: {', '.join(sorted(allowed))}"
+            )
+        return self
 
 
 class RelaxerConfig(_Strict):
@@ -155,7 +186,6 @@ class CampaignConfig(_Strict):
     @classmethod
     def _known_generators(cls, value: list[GeneratorConfig]) -> list[GeneratorConfig]:
         from matloop.generators.registry import available_generators
-
         from matloop.generators.training import TORCH_GENERATORS
 
         known = available_generators()

@@ -112,7 +112,8 @@ def read_ase(path: Path, fmt: str) -> ReadReport:
         except Exception as err:
             problems.append(f"{path.name} {source_id}: {err}")
             continue
-        crystals.append(SeedCrystal(source_id, structure, f"file:{path.name}", _numeric(info, set())))
+        properties = _numeric(info, set())
+        crystals.append(SeedCrystal(source_id, structure, f"file:{path.name}", properties))
     return ReadReport(crystals, problems)
 
 

@@ -88,6 +88,11 @@ def test_round_artifacts_are_published(first_run, campaign_config):
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert [row["round"] for row in rows] == [1, 2]
     assert "round 2" in artifacts["e2e-na-cl-summary"].data
+    # the campaign flow run shows the report's key numbers and links to the report
+    assert "discoveries" in artifacts["e2e-na-cl-report"].data
+    assert artifacts["e2e-na-cl-report-link"].data.endswith("/report.html")
+    assert (campaign_config.output_dir / "report.html").is_file()
+    assert first_run["output"] == str(campaign_config.output_dir)
 
 
 def test_resume_continues_rounds_and_never_relaxes_twice(first_run, campaign_config):

@@ -87,7 +87,11 @@ def test_job_store_lives_in_the_same_database(store):
 
 @pytest.mark.parametrize(
     "uri, message",
-    [("sqlite:///x.db", "not supported"), ("./folder", "no scheme"), ("monty://", "needs a folder")],
+    [
+        ("sqlite:///x.db", "not supported"),
+        ("./folder", "no scheme"),
+        ("monty://", "needs a folder"),
+    ],
 )
 def test_bad_store_uris_are_named(uri, message):
     with pytest.raises(StoreURIError, match=message):

@@ -792,7 +792,6 @@ class CampaignRun:
         generators that learn, and close the round."""
         if done := self._already(round_, "learn"):
             return done
-        from matloop.generators.base import Feedback
 
         evaluations = [e for e in self.store.evaluations(self.name) if e.round == round_]
         by_id = {c.candidate_id: c for c in self.store.candidates(

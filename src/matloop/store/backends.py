@@ -1,7 +1,8 @@
 """Choose a maggma backend from one URI.
 
 ``monty://PATH``   the embedded default: montydb on SQLite in folder PATH, no server needed
-``mongodb://…``    a real MongoDB (``mongodb+srv://`` too); database from the URI path or ``matloop``
+``mongodb://…``    a real MongoDB (``mongodb+srv://`` too); the database is the URI's path,
+                   ``matloop`` when it has none
 ``memory://``      mongomock, for tests (gone when the process ends)
 """
 

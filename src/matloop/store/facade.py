@@ -331,7 +331,8 @@ class MatloopStore:
         """Keep a checkpoint's bytes and its sha256; returns the stored document."""
         doc.sha256 = hashlib.sha256(checkpoint).hexdigest()
         self._upsert("models", [doc])
-        self._store("model_blobs").update([{"sha256": doc.sha256, "data": checkpoint}], key="sha256")
+        blob = {"sha256": doc.sha256, "data": checkpoint}
+        self._store("model_blobs").update([blob], key="sha256")
         return doc
 
     def models(self, campaign: str, name: str | None = None) -> list[ModelDoc]:
