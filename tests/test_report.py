@@ -83,11 +83,12 @@ def test_latent_map_with_a_stand_in_encoder(tmp_path, campaign):
                         strict=True)
     ]
     training = encoder.sample(12, np.random.default_rng(1))
-    for method in ("pca", "tsne"):
+    for method, panels in (("pca", ("source", "round", "stability", "property")),
+                           ("tsne", ("stability",))):
         path = latent_map(encoder, tmp_path / f"{method}.png", training=training,
                           samples=encoder.sample(8), candidates=candidates, method=method,
-                          color_by=("source", "round", "stability", "property"),
-                          property_name="volume", training_properties=np.arange(12.0))
+                          color_by=panels, property_name="volume",
+                          training_properties=np.arange(12.0))
         assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match="unknown color_by"):
         latent_map(encoder, tmp_path / "x.png", candidates=candidates, color_by=("colour",))
@@ -173,3 +174,29 @@ def test_latent_map_of_a_real_crystal_vae(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert latent_encoder(object()) is None
+
+
+def test_a_dft_verification_raises_the_evidence_level(tmp_path):
+    store_module = pytest.importorskip("matloop.store")
+    if not hasattr(store_module, "DftDoc"):
+        pytest.skip("no DFT verification documents in this version")
+    from matloop.report import campaign_summary
+
+    run = build_campaign()  # ML only so far
+    hit = next(e for e in run.store.evaluations(NAME)
+               if e.is_stable and e.is_novel and e.is_unique)
+    run.store.save_dft([store_module.DftDoc(
+        campaign=NAME, candidate_id=hit.candidate_id, round=1, ok=True, code="cp2k",
+        kind="relax", evidence="dft-relaxed", energy_per_atom=-150.0, converged=True,
+        matches_ml_structure=True,
+    )])
+    summary = campaign_summary(run.store, NAME)
+    assert summary["confirmed"] == 1 and summary["dft_verified"] == 1
+    assert summary["discoveries_by_evidence"]["dft-relaxed"] == 1
+    out = export_campaign(run.store, NAME, tmp_path)
+    with (out / "candidates.csv").open() as handle:
+        import csv
+
+        row = next(r for r in csv.DictReader(handle) if r["candidate_id"] == hit.candidate_id)
+    assert (row["evidence"], row["dft_evidence"], row["dft_code"]) == (
+        "mlip-relaxed", "dft-relaxed", "cp2k")  # the hull energy stays the ML one

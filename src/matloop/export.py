@@ -1,21 +1,37 @@
-"""Write a campaign's results to a folder: tables, CIFs, plots and a short report.
+"""Write a campaign's results to a folder: tables, CIFs, plots and a report.
 
-``candidates.csv``   every candidate with its status, energies and flags
+``candidates.csv``   every candidate with its status, energies, evidence level and flags
 ``rounds.csv``       one row per round with the loop's metrics
-``references.csv``   every entry the hull was built from (recompute any e_above_hull)
+``references.csv``   every entry the hull was built from, with raw and corrected energies:
+                     ``PhaseDiagram([PDEntry(Composition(formula), corrected_energy), ...])``
+                     recomputes every exported ``e_above_hull`` (see :func:`recompute_hull`)
+``summary.json``     the campaign's key numbers (also shown by ``matloop status --json``)
 ``cifs/``            relaxed structures of the stable or nearly stable (≤ 0.1 eV/atom)
-``plots/``           hit rate per round, the convex hull of the chemical space
-``report.md``        a summary a person can read
+``plots/``           hit rate per round, the convex hull, latent maps of learned generators
+``report.html``      one self-contained page (plots embedded) a person can read
+``report.md``        the same in markdown
+
+Examples
+--------
+>>> from matloop.store import MatloopStore
+>>> export_campaign(MatloopStore("memory://"), "nothing", "/tmp/x")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+KeyError: "no campaign named 'nothing' in the store (campaigns: none)"
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
     from matloop.store import MatloopStore
 
 log = logging.getLogger("matloop")
@@ -23,16 +39,24 @@ log = logging.getLogger("matloop")
 NEAR_STABLE = 0.1  # eV/atom: what gets a CIF in cifs/
 
 CANDIDATE_COLUMNS = [
-    "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype", "status", "reason",
-    "energy_per_atom", "corrected_energy_per_atom", "formation_energy_per_atom",
-    "e_above_hull", "is_stable", "is_novel", "is_unique", "duplicate_of", "spacegroup",
-    "evidence", "hull_scheme", "predicted_e_above_hull", "predicted_std", "n_steps",
-    "max_force", "converged",
+    "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype",
+    "status", "reason", "energy_per_atom", "corrected_energy_per_atom",
+    "formation_energy_per_atom", "e_above_hull", "is_stable", "is_novel", "is_unique",
+    "duplicate_of", "spacegroup", "evidence", "potential", "converged", "max_force", "n_steps",
+    "hull_scheme", "hull_version", "reference_set_version", "dft_evidence", "dft_code",
+    "dft_ok", "dft_converged", "dft_energy_per_atom", "dft_matches_ml_structure",
+    "predicted_e_above_hull", "predicted_std",
 ]
 ROUND_COLUMNS = [
     "round", "status", "proposed", "rejected", "selected", "relaxed", "failed", "evaluated",
     "stable", "novel", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
-    "surrogate_within_1sigma", "acquisition", "started_at", "completed_at",
+    "surrogate_within_1sigma", "acquisition", "reference_set_version", "started_at",
+    "completed_at",
+]
+REFERENCE_COLUMNS = [
+    "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom", "energy",
+    "correction", "corrected_energy", "corrected_energy_per_atom", "correction_scheme",
+    "e_above_hull", "formation_energy_per_atom", "source", "evidence", "potential",
 ]
 
 
@@ -45,18 +69,33 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
 
 
 def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
+    """One row per candidate: the candidate, its relaxation and its evaluation merged."""
+    from matloop.evaluators.evidence import evidence_for_potential
+
     evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
     relaxations = {r.candidate_id: r for r in store.relaxations(campaign)}
+    from matloop.report import _dft_results
+
+    dft = {d.candidate_id: d for d in _dft_results(store, campaign)}
     rows = []
     for cand in store.candidates(campaign):
         row: dict[str, Any] = cand.model_dump(exclude={"structure", "history", "conditions"})
         if (relax := relaxations.get(cand.candidate_id)) is not None:
             row.update(
                 energy_per_atom=relax.energy_per_atom, n_steps=relax.n_steps,
-                max_force=relax.max_force, converged=relax.converged,
+                max_force=relax.max_force, converged=relax.converged, potential=relax.potential,
+                evidence=relax.evidence or evidence_for_potential(relax.potential),
             )
         if (ev := evaluations.get(cand.candidate_id)) is not None:
-            row.update(ev.model_dump(exclude={"round", "properties"}))
+            # evaluations written before evidence was recorded leave these None: keep the
+            # relaxation's values then
+            row.update({k: v for k, v in ev.model_dump(exclude={"round", "properties"}).items()
+                        if v is not None})
+        if (check := dft.get(cand.candidate_id)) is not None:
+            # a DFT verification beside the ML evaluation (its energy is not in the ML hull)
+            row.update(dft_evidence=check.evidence, dft_code=check.code, dft_ok=check.ok,
+                       dft_converged=check.converged, dft_energy_per_atom=check.energy_per_atom,
+                       dft_matches_ml_structure=check.matches_ml_structure)
         rows.append(row)
     return rows
 
@@ -69,38 +108,124 @@ def round_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
     ]
 
 
-def reference_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
-    """Every entry of the campaign's hull: references and relaxed candidates."""
+def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any], Any]]:
+    """Every entry of the campaign's latest hull as ``(row, corrected entry)`` pairs.
+
+    The hull of the last evaluation: the elemental and seed references, and every candidate
+    that was evaluated (a candidate relaxed but not yet evaluated, or whose energy the
+    correction scheme rejected, is not part of it). Entries are built exactly as
+    :meth:`matloop.flows.steps.CampaignRun.evaluate` builds them.
+    """
+    from pymatgen.core import Structure
+
+    from matloop.evaluators.evidence import evidence_for_potential
+    from matloop.evaluators.stability import CORRECTION_NAME, make_entry
+    from matloop.relax.makers import potential_version
+
     doc = store.get_campaign(campaign)
     if doc is None or not doc.hull_scheme:
         return []
-    from matloop.relax.makers import potential_version
-
     potential = potential_version(doc.config["relaxer"]["potential"])
     elements = doc.config["chemical_space"]["elements"]
     ids = [f"element:{el}" for el in elements] + doc.seed_reference_ids
-    rows = [
-        {"entry_id": r.reference_id, "formula": r.formula, "energy_per_atom": r.energy_per_atom,
-         "source": r.source, "evidence": r.evidence, "potential": r.potential}
+    evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
+    pairs: list[tuple[dict[str, Any], Any]] = []
+    sources = [
+        ("reference", r.reference_id, r.structure, r.energy_per_atom, r.source,
+         r.evidence, r.potential)
         for r in store.references(potential, ids=ids)
     ]
-    rows += [
-        {"entry_id": r.candidate_id, "formula": r.structure and _formula(r.structure),
-         "energy_per_atom": r.energy_per_atom, "source": f"campaign round {r.round}",
-         "evidence": "mlip-relaxed", "potential": r.potential}
-        for r in store.relaxations(campaign) if r.ok
+    sources += [
+        ("candidate", r.candidate_id, r.structure, r.energy_per_atom, f"campaign round {r.round}",
+         r.evidence or evidence_for_potential(r.potential), r.potential)
+        for r in store.relaxations(campaign, ids=list(evaluations)) if r.ok and r.structure
     ]
+    for kind, entry_id, structure, energy_per_atom, source, evidence, pot in sources:
+        entry = make_entry(Structure.from_dict(structure), energy_per_atom, entry_id)
+        composition = entry.composition
+        pairs.append((
+            {
+                "entry_id": entry_id, "kind": kind,
+                "formula": composition.formula.replace(" ", ""),
+                "reduced_formula": composition.reduced_formula,
+                "n_atoms": int(composition.num_atoms),
+                "energy_per_atom": entry.uncorrected_energy_per_atom,
+                "energy": entry.uncorrected_energy,
+                "correction": entry.correction,
+                "corrected_energy": entry.energy,
+                "corrected_energy_per_atom": entry.energy_per_atom,
+                "correction_scheme": CORRECTION_NAME,
+                "source": source, "evidence": evidence, "potential": pot,
+            },
+            entry,
+        ))
+    return pairs
+
+
+def reference_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
+    """The rows of ``references.csv``: every hull entry, raw and corrected energies, and its
+    ``e_above_hull`` in the hull they make together."""
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+    pairs = hull_entries(store, campaign)
+    if not pairs:
+        return []
+    pd = PhaseDiagram([entry for _, entry in pairs])
+    rows = []
+    for row, entry in pairs:
+        row["e_above_hull"] = float(pd.get_e_above_hull(entry))
+        row["formation_energy_per_atom"] = float(pd.get_form_energy_per_atom(entry))
+        rows.append(row)
     return rows
 
 
-def _formula(structure_dict: dict) -> str:
-    from pymatgen.core import Structure
+def reference_version_of(rows: Sequence[dict[str, Any]], scheme: str | None) -> str:
+    """The reference-set version of a hull given as ``references.csv`` rows."""
+    from matloop.evaluators.evidence import reference_set_version
 
-    return Structure.from_dict(structure_dict).composition.formula.replace(" ", "")
+    return reference_set_version(
+        [(r["entry_id"], r["formula"], float(r["energy_per_atom"])) for r in rows], scheme
+    )
 
 
-def export_campaign(store: MatloopStore, campaign: str, output: str | Path) -> Path:
-    """Write every file listed in the module docstring; returns the folder."""
+def recompute_hull(references_csv: str | Path) -> tuple[PhaseDiagram, dict[str, float]]:
+    """Rebuild a campaign's hull from an exported ``references.csv`` with plain pymatgen.
+
+    Returns the ``PhaseDiagram`` and ``entry_id -> e_above_hull`` for every row. Nothing of
+    matloop is needed; this is the whole recipe::
+
+        entries = [PDEntry(Composition(row["formula"]), float(row["corrected_energy"]),
+                           name=row["entry_id"]) for row in csv.DictReader(open(path))]
+        pd = PhaseDiagram(entries)
+        pd.get_e_above_hull(entry)
+    """
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    with Path(references_csv).open() as handle:
+        rows = list(csv.DictReader(handle))
+    entries = [
+        PDEntry(Composition(r["formula"]), float(r["corrected_energy"]), name=r["entry_id"])
+        for r in rows
+    ]
+    pd = PhaseDiagram(entries)
+    return pd, {e.name: float(pd.get_e_above_hull(e)) for e in entries}
+
+
+def export_campaign(
+    store: MatloopStore,
+    campaign: str,
+    output: str | Path,
+    *,
+    generators: Sequence[Any] = (),
+) -> Path:
+    """Write every file listed in the module docstring; returns the folder.
+
+    ``generators`` are the campaign's generators when they are at hand (``matloop run``): each
+    one with a latent space (an ``encode(structures)`` method) gets a latent map.
+    """
+    from matloop.report import campaign_summary, write_reports
+
     if store.get_campaign(campaign) is None:
         known = ", ".join(c.campaign for c in store.campaigns()) or "none"
         raise KeyError(f"no campaign named {campaign!r} in the store (campaigns: {known})")
@@ -112,14 +237,22 @@ def export_campaign(store: MatloopStore, campaign: str, output: str | Path) -> P
     _write_csv(out / "candidates.csv", CANDIDATE_COLUMNS, candidates)
     _write_csv(out / "rounds.csv", ROUND_COLUMNS, rounds)
     references = reference_rows(store, campaign)
-    _write_csv(
-        out / "references.csv",
-        ["entry_id", "formula", "energy_per_atom", "source", "evidence", "potential"],
-        references,
-    )
+    _write_csv(out / "references.csv", REFERENCE_COLUMNS, references)
+    summary = campaign_summary(store, campaign, references=references)
+    if summary["hull_stale"]:
+        log.warning(
+            "%s: the stored evaluations were judged against hull %s, the exported references "
+            "make hull %s (a round was interrupted after relaxing?)", campaign,
+            summary["stored_reference_set_versions"], summary["reference_set_version"],
+        )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     n_cifs = _write_cifs(store, campaign, out / "cifs")
-    plots = _plots(store, campaign, out / "plots", rounds)
-    (out / "report.md").write_text(_report(store, campaign, candidates, rounds, n_cifs, plots))
+    from matloop import plots
+
+    figures = plots.campaign_plots(store, campaign, out / "plots", rounds, references,
+                                   generators=generators)
+    write_reports(store, campaign, out, candidates=candidates, rounds=rounds,
+                  references=references, summary=summary, n_cifs=n_cifs, figures=figures)
     return out
 
 
@@ -136,114 +269,3 @@ def _write_cifs(store: MatloopStore, campaign: str, folder: Path) -> int:
             CifWriter(structure, symprec=0.1).write_file(folder / f"{ev.candidate_id}.cif")
             count += 1
     return count
-
-
-def _plots(store: MatloopStore, campaign: str, folder: Path, rounds: list[dict]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    if rounds:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        xs = [r["round"] for r in rounds]
-        ax.plot(xs, [r.get("hit_rate") or 0.0 for r in rounds], "o-", label="hit rate")
-        ax.set_xlabel("round")
-        ax.set_ylabel("hit rate (novel, unique, near hull)")
-        ax.set_ylim(0, 1.05)
-        ax.set_xticks(xs)
-        ax2 = ax.twinx()
-        ax.set_zorder(ax2.get_zorder() + 1)  # the hit-rate line in front of the bars
-        ax.patch.set_visible(False)
-        cumulative, total = [], 0
-        for r in rounds:
-            total += r.get("hits") or 0
-            cumulative.append(total)
-        ax2.bar(xs, cumulative, alpha=0.25, color="tab:green", label="cumulative hits")
-        ax2.set_ylabel("cumulative discoveries")
-        ax.set_title(campaign)
-        fig.tight_layout()
-        fig.savefig(folder / "hit_rate.png", dpi=120)
-        plt.close(fig)
-        written.append("plots/hit_rate.png")
-    try:
-        if _hull_plot(store, campaign, folder / "hull.png"):
-            written.append("plots/hull.png")
-    except Exception as err:  # a plot must never lose the export
-        log.warning("could not draw the convex hull: %s", err)
-    return written
-
-
-def _hull_plot(store: MatloopStore, campaign: str, path: Path) -> bool:
-    from pymatgen.core import Structure
-
-    from matloop.evaluators.stability import make_entry, plot_hull
-
-    rows = reference_rows(store, campaign)
-    if not rows:
-        return False
-    structures = {r.reference_id: r.structure for r in store.references(rows[0]["potential"])}
-    structures.update({r.candidate_id: r.structure for r in store.relaxations(campaign) if r.ok})
-    entries = [
-        make_entry(Structure.from_dict(structures[row["entry_id"]]), row["energy_per_atom"],
-                   row["entry_id"])
-        for row in rows
-    ]
-    from pymatgen.analysis.phase_diagram import PhaseDiagram
-
-    stable_ids = [e.candidate_id for e in store.evaluations(campaign) if e.is_novel and e.is_stable]
-    plot_hull(PhaseDiagram(entries), path, highlight_ids=stable_ids)
-    return path.exists()
-
-
-def _report(store, campaign, candidates, rounds, n_cifs, plots) -> str:
-    doc = store.get_campaign(campaign)
-    evaluated = [c for c in candidates if c.get("e_above_hull") not in (None, "")]
-    best = sorted(evaluated, key=lambda c: c["e_above_hull"])[:15]
-    lines = [
-        f"# Campaign {campaign}",
-        "",
-        f"Chemical space: {'-'.join(doc.config['chemical_space']['elements'])} "
-        f"(≤ {doc.config['chemical_space']['max_atoms']} atoms per cell). "
-        f"Hull: {doc.hull_scheme}. Status: {doc.status}"
-        + (f" ({doc.stop_reason})" if doc.stop_reason else "") + ".",
-        "",
-        "Every energy here comes from an ML potential relaxation (`mlip-relaxed`): "
-        "a candidate near the hull is a lead for DFT, not a confirmed compound.",
-        "",
-        (f"Novelty is judged against {len(doc.seed_reference_ids)} known crystal(s) of the "
-         "space given as seed data." if doc.seed_reference_ids else
-         "**No seed data was given: 'novel' means new to this campaign only.** Give known "
-         "crystals under `seed_data` to judge novelty against them."),
-        "",
-        "## Rounds",
-        "",
-        "| round | proposed | rejected | relaxed | failed | stable | novel | hits | hit rate |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rounds:
-        lines.append(
-            f"| {r['round']} | {r.get('proposed', 0)} | {r.get('rejected', 0)} | "
-            f"{r.get('relaxed', 0)} | {r.get('failed', 0)} | {r.get('stable', 0)} | "
-            f"{r.get('novel', 0)} | {r.get('hits', 0)} | {(r.get('hit_rate') or 0):.0%} |"
-        )
-    lines += [
-        "",
-        "## Best candidates",
-        "",
-        "| candidate | formula | round relaxed | space group | E above hull (eV/atom) | novel "
-        "| unique |",
-        "|---|---|---:|---|---:|---|---|",
-    ]
-    for c in best:
-        cif = f"[{c['candidate_id']}](cifs/{c['candidate_id']}.cif)" if (
-            c["e_above_hull"] <= NEAR_STABLE) else c["candidate_id"]
-        lines.append(
-            f"| {cif} | {c['formula']} | {c.get('selected_round') or c['round']} | "
-            f"{c.get('spacegroup') or ''} | "
-            f"{c['e_above_hull']:.3f} | {c.get('is_novel')} | {c.get('is_unique')} |"
-        )
-    lines += ["", f"{n_cifs} CIF(s) of stable or nearly stable crystals in `cifs/`.", ""]
-    lines += [f"![{p}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -82,4 +83,52 @@ def publish_round_artifacts(run: CampaignRun, round_: int) -> None:
     create_markdown_artifact(
         key=f"{base}-summary", markdown=summary_markdown(run, round_),
         description=f"{run.name}: round {round_} summary",
+    )
+
+
+def report_markdown(run: CampaignRun, summary: dict, report: Path) -> str:
+    """The campaign's key numbers and where its report is, for the campaign flow run."""
+    s = summary
+    by_evidence = ", ".join(f"{level} {n}" for level, n in s["discoveries_by_evidence"].items())
+    best = s.get("best") or {}
+    lines = [
+        f"# {run.name}: campaign report",
+        "",
+        f"**[Open the report]({report.resolve().as_uri()})** — `{report.resolve()}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| rounds completed | {s['rounds_completed']} ({s['status']}"
+        + (f": {s['stop_reason']}" if s["stop_reason"] else "") + ") |",
+        f"| proposed / relaxed / failed | {s['proposed']} / {s['relaxed']} / {s['failed']} |",
+        f"| discoveries (novel, ≤ {s['stability_threshold']} eV/atom) | "
+        f"**{s['discoveries']}** (hit rate {s['hit_rate']:.0%}) |",
+        f"| by evidence | {by_evidence} |",
+        f"| confirmed (DFT-relaxed) | **{s['confirmed']}** — the other {s['leads']} are leads |",
+        f"| best | {best.get('formula', '–')} "
+        + (f"{best['e_above_hull']:.3f} eV/atom above hull |" if best else "|"),
+        f"| energies | {s['potential']}, {s['converged']} of {s['relaxed']} converged |",
+        f"| hull | {s['hull_scheme']}, {s['n_hull_entries']} entries, reference set "
+        f"`{s['reference_set_version']}` |",
+    ]
+    return "\n".join(lines)
+
+
+def publish_report_artifacts(run: CampaignRun, output: Path) -> None:
+    """Key numbers (markdown) and a link to ``report.html`` on the campaign flow run."""
+    import json
+
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    base = _key(run.name)
+    report = Path(output) / "report.html"
+    summary = json.loads((Path(output) / "summary.json").read_text())
+    create_markdown_artifact(
+        key=f"{base}-report", markdown=report_markdown(run, summary, report),
+        description=f"{run.name}: key numbers of the campaign",
+    )
+    create_link_artifact(
+        key=f"{base}-report-link", link=report.resolve().as_uri(),
+        link_text=f"{run.name} report (report.html)",
+        description=f"{run.name}: the campaign report, one self-contained HTML page",
     )

@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from matloop.flows.artifacts import publish_round_artifacts
+from matloop.flows.artifacts import publish_report_artifacts, publish_round_artifacts
 from matloop.flows.steps import STEPS, CampaignRun, Progress
 
 # One CampaignRun per (campaign, store) in this process, so tasks share the loaded
@@ -56,7 +56,7 @@ def _with_progress_artifact(run: CampaignRun, round_: int) -> Progress:
     return Progress(message=outer.message, relax_started=started, relax_advanced=advanced)
 
 
-@task(name="references", cache_policy=NO_CACHE, retries=1)
+@task(name="references", task_run_name="references", cache_policy=NO_CACHE, retries=1)
 def references_task(config: dict[str, Any]) -> dict:
     return get_run(config).prepare_references().counts
 
@@ -83,12 +83,15 @@ def _step_task(step: str, retries: int, tags: list[str]):
     return _run_step
 
 
+# Generators sample (generate) and train (learn) on the GPU when they have one: those two
+# steps carry the `gpu` tag, so a tag concurrency limit (`prefect concurrency-limit create
+# gpu 1`, see deployments/prefect.yaml) keeps two campaigns from sharing one GPU at once.
 STEP_TASKS = {
-    "generate": _step_task("generate", retries=1, tags=["generate"]),
+    "generate": _step_task("generate", retries=1, tags=["generate", "gpu"]),
     "screen": _step_task("screen", retries=1, tags=["screen"]),
     "relax": _step_task("relax", retries=1, tags=["relax"]),
     "evaluate": _step_task("evaluate", retries=1, tags=["evaluate"]),
-    "learn": _step_task("learn", retries=0, tags=["learn"]),
+    "learn": _step_task("learn", retries=0, tags=["learn", "gpu"]),
 }
 
 
@@ -134,4 +137,22 @@ def campaign_flow(config: dict[str, Any], rounds: int | None = None) -> dict:
     if reason is None:
         reason = run.stop_reason()
     run.finish(reason)
-    return {"campaign": run.name, "rounds_run": done, "stop_reason": reason}
+    output = report_task(config)
+    return {"campaign": run.name, "rounds_run": done, "stop_reason": reason, "output": output}
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(config: dict[str, Any]) -> str | None:
+    """Export the campaign (tables, CIFs, plots, report.html) to its output folder and show
+    the key numbers and a link to the report on the campaign flow run."""
+    from matloop.export import export_campaign
+
+    run = get_run(config)
+    generators = [gen for _, gen in run._generators or []]  # only those already loaded
+    try:
+        out = export_campaign(run.store, run.name, run.config.output_dir, generators=generators)
+        publish_report_artifacts(run, out)
+    except Exception as err:  # noqa: BLE001 - a report must never fail the campaign
+        get_run_logger().warning("could not write the campaign report: %s", err)
+        return None
+    return str(out)

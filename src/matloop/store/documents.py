@@ -84,6 +84,9 @@ class RelaxationDoc(_Doc):
     wall_s: float | None = None
     reason: str | None = None
     round: int | None = None
+    evidence: str | None = Field(
+        None, description="Evidence level of the energy; None: derived from the potential"
+    )
     created_at: str = Field(default_factory=utcnow)
 
 
@@ -108,7 +111,25 @@ class EvaluationDoc(_Doc):
     spacegroup: str | None = None
     hull_scheme: str = Field(description="Potential + correction scheme used for the hull")
     hull_version: int = Field(description="Round whose hull this evaluation used")
-    evidence: str = Field("mlip-relaxed", description="How the energy was obtained")
+    evidence: str = Field(
+        "mlip-relaxed",
+        description="How the energy was obtained: mlip-relaxed | dft-single-point | dft-relaxed",
+    )
+    potential: str | None = Field(
+        None, description="Potential (name and version) or DFT code that gave the energy"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Relaxation settings (fmax, steps, functional, …)"
+    )
+    converged: bool | None = Field(None, description="Whether the relaxation converged")
+    max_force: float | None = Field(None, description="Final max force of the relaxation, eV/Å")
+    n_steps: int | None = Field(None, description="Relaxation steps taken")
+    reference_set_version: str | None = Field(
+        None,
+        description="Hash of every entry of the hull it was judged against (ids, cell formulas, "
+        "raw energies, correction scheme); recomputable from the export's references.csv",
+    )
+    n_hull_entries: int | None = Field(None, description="Entries in that hull")
     properties: dict[str, float] = Field(default_factory=dict)
     updated_at: str = Field(default_factory=utcnow)
 
@@ -170,4 +191,40 @@ class ModelDoc(_Doc):
     sha256: str
     checkpoint_path: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=utcnow)
+
+
+class DftDoc(_Doc):
+    """A DFT verification of one candidate, kept beside its ML evaluation.
+
+    DFT energies (a CP2K or VASP total energy) are on their own scale: they never enter the
+    ML hull, which stays on the potential's (MP-compatible) scale.
+    """
+
+    campaign: str
+    candidate_id: str
+    round: int = Field(description="Round whose evaluation picked it for verification")
+    ok: bool = Field(description="The calculation finished and converged")
+    code: str = Field(description="cp2k | vasp")
+    kind: str = Field(description="relax (ions and cell) | static (single point)")
+    evidence: str = Field(description="dft-relaxed | dft-single-point")
+    energy_per_atom: float | None = Field(None, description="DFT total energy, eV/atom")
+    energy: float | None = Field(None, description="DFT total energy of the cell, eV")
+    structure: dict[str, Any] | None = Field(None, description="Final DFT structure")
+    converged: bool = False
+    reason: str | None = Field(None, description="Why it failed")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Functional, basis / POTCARs, cutoffs, k-points"
+    )
+    ml_energy_per_atom: float | None = Field(None, description="ML energy, eV/atom (raw)")
+    ml_e_above_hull: float | None = Field(None, description="ML e_above_hull when picked")
+    ml_potential: str | None = Field(None, description="Potential of the ML relaxation")
+    volume_ratio: float | None = Field(
+        None, description="DFT cell volume / ML cell volume (relax only)"
+    )
+    matches_ml_structure: bool | None = Field(
+        None, description="StructureMatcher: the DFT structure is the ML one (relax only)"
+    )
+    job_uuid: str | None = None
+    wall_s: float | None = None
     created_at: str = Field(default_factory=utcnow)
