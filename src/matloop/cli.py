@@ -247,6 +247,8 @@ def _print_evidence(console, summary: dict) -> None:
         f"confirmed (DFT-relaxed): [bold]{summary['confirmed']}[/]"
         + (f", leads for DFT: {summary['leads']}" if summary["leads"] else "")
     )
+    if not summary["relaxations"]:
+        return
     console.print(
         f"energies: {summary['potential']} ({summary['converged']} of {summary['relaxed']} "
         f"relaxations converged); hull: {summary['hull_scheme']}, reference set "

@@ -105,6 +105,32 @@ class RelaxerConfig(_Strict):
     fmax: float = Field(0.05, gt=0, le=1.0, description="Force convergence, eV/Å")
     steps: int = Field(300, ge=1, le=10000)
     relax_cell: bool = True
+    executor: Literal["local", "fireworks", "dask", "jobflow-remote"] = Field(
+        "local", description="Where relaxations run (see matloop.relax.executors)"
+    )
+    executor_settings: dict = Field(
+        default_factory=dict, description="Passed to the executor, e.g. {n_workers: 2}"
+    )
+
+
+class DftConfig(_Strict):
+    """DFT verification of the best ML-stable candidates (energies kept beside, not in,
+    the ML hull)."""
+
+    code: Literal["cp2k", "vasp"] = "cp2k"
+    top_k: int = Field(
+        2, ge=0, le=1000, description="Novel stable candidates verified per round (best first)"
+    )
+    kind: Literal["relax", "static"] = Field(
+        "relax", description="relax: ions and cell; static: single point at the ML structure"
+    )
+    fast: bool = Field(False, description="Cheap CP2K settings for tiny cells (tests, demos)")
+    command: str | None = Field(None, description="Command running the code, e.g. cp2k.psmp")
+    kpoints: list[int] | int | None = Field(
+        None, description="Gamma-centred grid [n1, n2, n3] or a reciprocal k-point density"
+    )
+    settings: dict = Field(default_factory=dict, description="Input settings for the DFT maker")
+    max_atoms: int = Field(20, ge=1, description="Larger candidates are not verified")
 
 
 class BudgetConfig(_Strict):
@@ -163,6 +189,7 @@ class CampaignConfig(_Strict):
         min_length=1,
     )
     relaxer: RelaxerConfig = Field(default_factory=RelaxerConfig)
+    dft: DftConfig | None = Field(None, description="DFT verification stage; off when absent")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     seed_data: SeedConfig = Field(default_factory=SeedConfig)

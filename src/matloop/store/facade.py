@@ -20,6 +20,7 @@ from matloop.store.documents import (
     CampaignDoc,
     CandidateDoc,
     CandidateStatus,
+    DftDoc,
     EvaluationDoc,
     ModelDoc,
     ReferenceDoc,
@@ -47,6 +48,7 @@ COLLECTIONS: dict[str, tuple[type, list[str]]] = {
     "evaluations": (EvaluationDoc, ["campaign", "candidate_id"]),
     "references": (ReferenceDoc, ["potential", "reference_id"]),
     "models": (ModelDoc, ["campaign", "name", "version"]),
+    "dft": (DftDoc, ["campaign", "candidate_id"]),
 }
 
 
@@ -316,6 +318,16 @@ class MatloopStore:
 
     def evaluations(self, campaign: str) -> list[EvaluationDoc]:
         return self._find("evaluations", {"campaign": campaign}, sort={"candidate_id": 1})
+
+    def save_dft(self, docs: list[DftDoc]) -> None:
+        self._upsert("dft", docs)
+
+    def dft_results(self, campaign: str, ids: list[str] | None = None) -> list[DftDoc]:
+        """DFT verifications of the campaign's candidates (see :class:`DftDoc`)."""
+        criteria: dict[str, Any] = {"campaign": campaign}
+        if ids is not None:
+            criteria["candidate_id"] = {"$in": ids}
+        return self._find("dft", criteria, sort={"candidate_id": 1})
 
     def save_references(self, docs: list[ReferenceDoc]) -> None:
         self._upsert("references", docs)
