@@ -105,7 +105,7 @@ class CampaignRun:
             doc = CampaignDoc(campaign=self.name, config=config, status="created")
         else:
             for part in ("chemical_space", "relaxer"):
-                if doc.config.get(part) != config[part]:
+                if _physics(part, doc.config.get(part)) != _physics(part, config[part]):
                     raise CampaignMismatchError(
                         f"campaign {self.name!r} is already in the store with a different "
                         f"{part} ({doc.config.get(part)} vs {config[part]}); use a new name "
@@ -395,6 +395,10 @@ class CampaignRun:
         shares = np.floor(total * weights / weights.sum()).astype(int)
         shares[: total - shares.sum()] += 1
         repeats, by_generator = 0, {}
+        # Candidates of this round already stored were written by an attempt of this step
+        # that was interrupted: proposed again now, they count as new, not as repeats
+        # (otherwise the redo would ask the generators for replacements).
+        earlier = {c.candidate_id for c in self.store.candidates(self.name, round_=round_)}
         for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
             rng = self.rng(round_, 100 + index)
             wanted, new_ids = int(share), []
@@ -409,8 +413,14 @@ class CampaignRun:
                     break
                 docs = [self._candidate_doc(s, round_, generator, candidate_id) for s in structures]
                 docs = [d for d in docs if d is not None]
-                fresh, existing = self.store.add_candidates(docs)
-                new_ids += fresh
+                again = list(dict.fromkeys(
+                    d.candidate_id for d in docs if d.candidate_id in earlier
+                ))
+                earlier -= set(again)
+                fresh, existing = self.store.add_candidates(
+                    [d for d in docs if d.candidate_id not in again]
+                )
+                new_ids += again + fresh
                 repeats += len(existing)
                 if not structures:
                     break
@@ -784,7 +794,82 @@ class CampaignRun:
             f"round {round_}: evaluated {len(fresh)} — {counts['stable']} within "
             f"{threshold} eV/atom of the hull, {counts['novel']} novel, {len(hits)} hit(s)"
         )
+        counts.update(self.verify(round_))
         return self._finish_step(round_, "evaluate", counts)
+
+    # -- 4b. DFT verification (part of evaluate) ---------------------------------------
+    @property
+    def dft_maker(self):
+        """The DFT maker of the verification stage (``config.dft``), or None when off."""
+        dft = self.config.dft
+        if dft is None:
+            return None
+        if getattr(self, "_dft_maker", None) is None:
+            from matloop.relax.dft import make_dft_maker
+
+            kpoints = tuple(dft.kpoints) if isinstance(dft.kpoints, list) else dft.kpoints
+            self._dft_maker = make_dft_maker(
+                dft.code, dft.kind, fast=dft.fast, command=dft.command, kpoints=kpoints,
+                input_settings=dict(dft.settings),
+            )
+        return self._dft_maker
+
+    def verify(self, round_: int) -> dict[str, Any]:
+        """Re-compute with DFT the ``dft.top_k`` best novel, unique candidates within the
+        stability threshold that have no DFT result yet; store each as a ``DftDoc`` beside
+        its ML evaluation (DFT energies never enter the ML hull). Returns round metrics."""
+        dft = self.config.dft
+        if dft is None or dft.top_k == 0:
+            return {}
+        from matloop.relax.dft import verify_with_dft
+        from matloop.store import DftDoc
+
+        done = {d.candidate_id for d in self.store.dft_results(self.name)}
+        pool = sorted(
+            (e for e in self.store.evaluations(self.name)
+             if e.is_stable and e.is_novel and e.is_unique and e.candidate_id not in done),
+            key=lambda e: (e.e_above_hull, e.candidate_id),
+        )
+        relaxations = {
+            r.candidate_id: r
+            for r in self.store.relaxations(self.name, ids=[e.candidate_id for e in pool])
+        }
+        chosen = [
+            e for e in pool
+            if e.candidate_id in relaxations
+            and len(relaxations[e.candidate_id].structure["sites"]) <= dft.max_atoms
+        ][: dft.top_k]
+        ok = failed = 0
+        for evaluation in chosen:
+            relax = relaxations[evaluation.candidate_id]
+            ml_structure = _structure(relax.structure)
+            self.progress.message(
+                f"round {round_}: DFT ({dft.code} {dft.kind}) of {evaluation.formula} "
+                f"{evaluation.candidate_id[:10]}"
+            )
+            (out,) = verify_with_dft(
+                [(evaluation.candidate_id, ml_structure)], self.dft_maker, self.store.job_store()
+            )
+            volume_ratio = matches = None
+            if out.structure is not None and dft.kind == "relax":
+                from pymatgen.analysis.structure_matcher import StructureMatcher
+
+                volume_ratio = out.structure.volume / ml_structure.volume
+                matches = bool(StructureMatcher().fit(out.structure, ml_structure))
+            self.store.save_dft([DftDoc(
+                campaign=self.name, candidate_id=evaluation.candidate_id, round=round_,
+                ok=out.ok, code=out.code, kind=out.kind, evidence=out.evidence,
+                energy_per_atom=out.energy_per_atom, energy=out.energy,
+                structure=_structure_dict(out.structure) if out.structure is not None else None,
+                converged=out.converged, reason=out.reason, settings=out.settings,
+                ml_energy_per_atom=relax.energy_per_atom, ml_e_above_hull=evaluation.e_above_hull,
+                ml_potential=relax.potential, volume_ratio=volume_ratio,
+                matches_ml_structure=matches, job_uuid=out.job_uuid, wall_s=out.wall_s,
+            )])
+            ok, failed = ok + out.ok, failed + (not out.ok)
+        if chosen:
+            self.progress.message(f"round {round_}: DFT verified {ok}, failed {failed}")
+        return {"dft_verified": ok, "dft_failed": failed}
 
     # -- 5. learn ------------------------------------------------------------------------
     def learn(self, round_: int) -> StepResult:
@@ -897,6 +982,13 @@ class CampaignRun:
         campaign.stop_reason = reason
         campaign.updated_at = utcnow()
         self.store.save_campaign(campaign)
+
+
+def _physics(part: str, settings: dict | None) -> dict | None:
+    """The settings that change results: where relaxations run (the executor) does not."""
+    if part != "relaxer" or not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in ("executor", "executor_settings")}
 
 
 def _base_update():

@@ -7,8 +7,10 @@ tensors; the data helpers turn a CSV of CIFs into structures and property arrays
 ``list[Structure]`` and owns save / load / update.
 
 Checkpoints hold only what ``torch.load(path, weights_only=True)`` accepts: the generator's
-config as a JSON string and ``state_dict`` tensors. ``save`` returns the file's sha256 and
-writes it beside the file (``<path>.sha256``).
+config as a JSON string, ``state_dict`` tensors and a replay sample of the training crystals
+as plain tensors (lattice matrices, atomic numbers, fractional coordinates, properties; see
+:func:`structures_to_tensors`), so a loaded model can ``update`` without forgetting. ``save``
+returns the file's sha256 and writes it beside the file (``<path>.sha256``).
 """
 
 from __future__ import annotations
@@ -328,14 +330,58 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def structures_to_tensors(
+    structures: Sequence[Structure], props: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
+    """Plain tensors of ordered structures: ``lattice (R, 3, 3)``, ``z (R, M)`` (0 pads),
+    ``frac (R, M, 3)`` and ``props (R, P)``; :func:`tensors_to_structures` inverts it."""
+    n = len(structures)
+    m = max((len(s) for s in structures), default=0)
+    lattice = np.zeros((n, 3, 3))
+    z = np.zeros((n, m), dtype=np.int64)
+    frac = np.zeros((n, m, 3))
+    for i, s in enumerate(structures):
+        lattice[i] = s.lattice.matrix
+        z[i, : len(s)] = [site.specie.Z for site in s]
+        frac[i, : len(s)] = s.frac_coords
+    p = np.zeros((n, 0)) if props is None else np.asarray(props, dtype=float).reshape(n, -1)
+    return {
+        "lattice": torch.tensor(lattice, dtype=torch.float64),
+        "z": torch.tensor(z),
+        "frac": torch.tensor(frac, dtype=torch.float64),
+        "props": torch.tensor(p, dtype=torch.float64),
+    }
+
+
+def tensors_to_structures(
+    tensors: Mapping[str, torch.Tensor],
+) -> tuple[list[Structure], np.ndarray]:
+    """Structures and the ``(R, P)`` property matrix of :func:`structures_to_tensors`."""
+    from pymatgen.core import Lattice, Structure
+
+    lattice = tensors["lattice"].numpy()
+    z = tensors["z"].numpy()
+    frac = tensors["frac"].numpy()
+    out = []
+    for i in range(len(lattice)):
+        keep = z[i] > 0
+        out.append(Structure(Lattice(lattice[i]), [int(v) for v in z[i][keep]], frac[i][keep]))
+    return out, tensors["props"].numpy()
+
+
 def save_checkpoint(
-    path: str | Path, kind: str, config: Mapping[str, Any], modules: Mapping[str, nn.Module]
+    path: str | Path,
+    kind: str,
+    config: Mapping[str, Any],
+    modules: Mapping[str, nn.Module],
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> str:
-    """Write ``{"format", "kind", "config" (JSON text), "state": {name: state_dict}}``; return
-    (and write beside the file) its sha256."""
+    """Write ``{"format", "kind", "config" (JSON text), "state": {name: state_dict},
+    "tensors": {name: tensor}}``; return (and write beside the file) its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
+        "tensors": {k: v.detach().cpu() for k, v in (tensors or {}).items()},
         "format": CHECKPOINT_FORMAT,
         "kind": kind,
         "config": json.dumps(config),
@@ -351,9 +397,10 @@ def save_checkpoint(
 
 
 def read_checkpoint(
-    path: str | Path,
+    path: str | Path, with_tensors: bool = False
 ) -> tuple[str, dict[str, Any], dict[str, dict[str, torch.Tensor]], str]:
-    """``(kind, config, states, sha256)`` of a checkpoint, read with ``weights_only=True``.
+    """``(kind, config, states, sha256)`` of a checkpoint, read with ``weights_only=True``;
+    ``with_tensors=True`` appends the dict of extra tensors (the replay sample).
 
     Raises ``ValueError`` when a ``<path>.sha256`` sidecar exists and disagrees with the file.
     """
@@ -365,7 +412,10 @@ def read_checkpoint(
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
-    return payload["kind"], json.loads(payload["config"]), payload["state"], sha
+    out = (payload["kind"], json.loads(payload["config"]), payload["state"], sha)
+    if with_tensors:
+        return (*out, dict(payload.get("tensors") or {}))  # type: ignore[return-value]
+    return out
 
 
 # --------------------------------------------------------------------------- front-door base
@@ -376,15 +426,26 @@ class TorchGenerator(Generator):
 
     Subclasses implement ``_build(config)`` (create modules from a config), ``fit``,
     ``sample`` and ``_finetune(structures, weights)``.
+
+    ``chemical_space`` (a :class:`~matloop.generators.base.ChemicalSpace`, set by the
+    campaign when it loads a checkpoint) restricts what ``sample`` returns: species outside
+    ``chemical_space.elements`` are masked out at decoding and cells outside
+    ``min_atoms..max_atoms`` are redrawn. ``None`` (the default): no restriction.
+
+    The replay sample (up to ``replay_size`` training crystals, all of them by default for
+    data sets of that size) is saved in the checkpoint, so ``update`` after ``load`` mixes
+    the same training crystals into fine-tuning as ``update`` after ``fit``.
     """
 
     name: ClassVar[str] = "torch"
 
     def __init__(self, **config: Any):
+        config.setdefault("replay_size", 4096)
         self.config: dict[str, Any] = dict(config)
         self.modules: dict[str, nn.Module] = {}
         self.checkpoint_sha256: str | None = None
         self.version = 0
+        self.chemical_space: Any = None
         self._replay: list[Structure] = []
         self._replay_props: np.ndarray | None = None
 
@@ -398,12 +459,19 @@ class TorchGenerator(Generator):
         if not self.modules:
             raise RuntimeError(f"{type(self).__name__} is not trained: nothing to save")
         config = dict(self.config, version=self.version)
-        self.checkpoint_sha256 = save_checkpoint(path, self.name, config, self.modules)
+        tensors = None
+        if self._replay:
+            replay = {
+                f"replay_{k}": v
+                for k, v in structures_to_tensors(self._replay, self._replay_props).items()
+            }
+            tensors = replay | {"replay_has_props": torch.tensor(self._replay_props is not None)}
+        self.checkpoint_sha256 = save_checkpoint(path, self.name, config, self.modules, tensors)
         return self.checkpoint_sha256
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> TorchGenerator:
-        kind, config, states, sha = read_checkpoint(path)
+        kind, config, states, sha, tensors = read_checkpoint(path, with_tensors=True)
         if kind != cls.name:
             raise ValueError(f"{path} holds a {kind!r} checkpoint, not {cls.name!r}")
         version = int(config.pop("version", 0))
@@ -412,11 +480,25 @@ class TorchGenerator(Generator):
         gen = cls(**config)
         gen._build(gen.config)
         for name, state in states.items():
+            if name == "policy" and name not in gen.modules:  # an RL-updated sampler
+                from matloop.generators.reinforce import LatentPolicy
+
+                gen.modules[name] = LatentPolicy(len(state["mu"]), len(state["anchor_logits"]))
             gen.modules[name].load_state_dict(state)
             gen.modules[name].to(gen.device).eval()
         gen.version = version
         gen.checkpoint_sha256 = sha
+        if "replay_z" in tensors:
+            structures, props = tensors_to_structures(
+                {k: tensors[f"replay_{k}"] for k in ("lattice", "z", "frac", "props")}
+            )
+            has_props = bool(tensors.get("replay_has_props", torch.tensor(False)))
+            gen._replay, gen._replay_props = structures, props if has_props else None
+            gen._after_load()
         return gen
+
+    def _after_load(self) -> None:
+        """Hook run after a checkpoint with a replay sample is loaded (default: nothing)."""
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -450,8 +532,25 @@ class TorchGenerator(Generator):
         self.version += 1
 
     def _remember(self, structures: Sequence[Structure], props: np.ndarray | None) -> None:
-        self._replay = list(structures)
-        self._replay_props = None if props is None else np.asarray(props)
+        """Keep (a seeded random subset of at most ``replay_size``) training crystals."""
+        structures = list(structures)
+        size = int(self.config.get("replay_size", 4096))
+        idx = np.arange(len(structures))
+        if len(structures) > size:
+            rng = np.random.default_rng(self.config.get("seed", 0))
+            idx = np.sort(rng.choice(len(structures), size=size, replace=False))
+        self._replay = [structures[i] for i in idx]
+        self._replay_props = None if props is None else np.asarray(props)[idx]
+
+    # -- the campaign's chemical space
+    def _allowed_elements(self) -> list[str] | None:
+        """Elements of ``chemical_space`` (``None`` when unrestricted)."""
+        space = getattr(self, "chemical_space", None)
+        return None if space is None else list(space.elements)
+
+    def _allows(self, structure: Structure) -> bool:
+        space = getattr(self, "chemical_space", None)
+        return space is None or space.allows(structure)
 
     # -- to implement
     def _build(self, config: dict[str, Any]) -> None:  # pragma: no cover - abstract

@@ -12,9 +12,18 @@ fractional coordinates, fixed site order). Features fed to the networks:
 Three generators share the module:
 
 ``crystal_vae``
-    Unconditional VAE. Samples come from the aggregate posterior (a Gaussian fitted to the
-    training latents after training, "ex-post density estimation"), which gives much better
-    samples than ``N(0, I)`` for a low-``beta`` VAE; ``prior="standard"`` is available.
+    Unconditional VAE. Latents for sampling come from one of four priors (``prior``):
+
+    * ``"neighbourhood"`` (default): a random training crystal's posterior mean plus
+      ``temperature`` times Gaussian noise shaped like the whole training latent cloud
+      (``temperature=0`` decodes training crystals back; larger values explore further);
+    * ``"posterior"``: the aggregate posterior itself, a mixture of the training crystals'
+      ``q(z | x)`` with their standard deviations scaled by ``temperature``;
+    * ``"aggregate"``: one Gaussian fitted to the training latents ("ex-post density
+      estimation"); it blends distant crystals and decodes more overlapping atoms;
+    * ``"standard"``: ``N(0, temperature^2 I)``.
+
+    The training latents come from the replay sample, which the checkpoint keeps.
 ``crystal_cvae``
     Conditional VAE: encoder and decoder see the standardised properties. ``conditions``
     ask for a value or a ``(low, high)`` window per property.
@@ -22,6 +31,13 @@ Three generators share the module:
     VAE with a property predictor on the latent mean, trained jointly; ``sample`` starts from
     prior draws and moves each latent by gradient descent until the predicted property sits
     in the asked window (penalised by a Gaussian prior term), then decodes.
+
+Decoding snaps (``snap=True``, the default) lattice angles within ``snap_angle_tol`` degrees
+of 90/120/60 onto them, lengths that agree within ``snap_length_rtol`` onto their mean and
+fractional coordinates within ``snap_coord_tol`` of a multiple of 1/2, 1/4, 1/3 or 1/6 onto
+it (:func:`~matloop.representations.crystal_matrix.snap_lattice`, ``snap_coords``). Snapping
+changes decoded crystals, never which are returned; ``min_distance`` (0 by default) is the
+only filter, an explicit opt-in that redraws samples with atoms closer than it (Å).
 
 Examples
 --------
@@ -42,6 +58,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from matloop.generators.reinforce import (
+    policy_anchors,
+    policy_noise,
+    reinforce_generator,
+    remember_actions,
+)
 from matloop.generators.torch_common import (
     Standardizer,
     TorchGenerator,
@@ -59,6 +81,7 @@ if TYPE_CHECKING:
 
     from pymatgen.core import Structure
 
+    from matloop.generators.base import Feedback
     from matloop.representations.crystal_matrix import CrystalMatrixEncoder
 
 log = logging.getLogger(__name__)
@@ -212,9 +235,25 @@ class CrystalVAEGenerator(TorchGenerator):
         device: str | None = None,
         finetune_epochs: int = 5,
         finetune_lr: float = 3e-4,
+        site_order: str = "position",
+        prior: str = "neighbourhood",
+        temperature: float = 1.0,
+        snap: bool = True,
+        snap_coord_tol: float = 0.04,
+        snap_angle_tol: float = 3.0,
+        snap_length_rtol: float = 0.02,
+        min_distance: float = 0.0,
         **stats: Any,
     ):
         super().__init__(
+            site_order=site_order,
+            prior=prior,
+            temperature=temperature,
+            snap=snap,
+            snap_coord_tol=snap_coord_tol,
+            snap_angle_tol=snap_angle_tol,
+            snap_length_rtol=snap_length_rtol,
+            min_distance=min_distance,
             elements=None if elements is None else list(elements),
             max_atoms=max_atoms,
             property_columns=list(property_columns),
@@ -233,6 +272,7 @@ class CrystalVAEGenerator(TorchGenerator):
         )
         self.history: list[dict[str, float]] = []
         self.train_seconds: float | None = None
+        self._latents: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- helpers
     @property
@@ -243,7 +283,11 @@ class CrystalVAEGenerator(TorchGenerator):
     def encoder(self) -> CrystalMatrixEncoder:
         from matloop.representations.crystal_matrix import CrystalMatrixEncoder
 
-        return CrystalMatrixEncoder(self.config["elements"], max_atoms=self.config["max_atoms"])
+        return CrystalMatrixEncoder(
+            self.config["elements"],
+            max_atoms=self.config["max_atoms"],
+            site_order=self.config.get("site_order", "species"),
+        )
 
     def _build(self, config: dict[str, Any]) -> None:
         n_cols = len(config["property_columns"])
@@ -345,7 +389,33 @@ class CrystalVAEGenerator(TorchGenerator):
         self._fit_aggregate_posterior(tensors)
         self.train_seconds = time.perf_counter() - start
         self._remember([structures[i] for i in kept], props[kept] if columns else None)
+        self._latents = None
         self.version += 1
+
+    def _after_load(self) -> None:
+        self._latents = None
+
+    @torch.no_grad()
+    def _replay_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior means and standard deviations of the replay crystals (cached)."""
+        if self._latents is None:
+            if not self._replay:
+                raise RuntimeError(
+                    f"prior {self.config['prior']!r} needs the training crystals: this model "
+                    "has no replay sample (fit it, or load a checkpoint that holds one)"
+                )
+            n_cols = len(self.config["property_columns"])
+            props = (
+                self._replay_props
+                if self._replay_props is not None
+                else np.zeros((len(self._replay), n_cols))
+            )
+            tensors, _ = self._encode_structures(self._replay, props)
+            m = self.module
+            t = {k: v.to(self.device) for k, v in tensors.items()}
+            mu, logvar = m.encode(m.features(t["lat"], t["cls"], t["frac"]), t["cond"])
+            self._latents = (mu, torch.exp(0.5 * logvar))
+        return self._latents
 
     @torch.no_grad()
     def _fit_aggregate_posterior(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -376,6 +446,7 @@ class CrystalVAEGenerator(TorchGenerator):
                 self._replay or structures, self._replay_matrix(structures, props)
             )[0]
         )
+        self._latents = None
 
     def _replay_matrix(self, fallback: Sequence[Structure], props: np.ndarray) -> np.ndarray:
         if self._replay:
@@ -390,19 +461,53 @@ class CrystalVAEGenerator(TorchGenerator):
     def _draw_latents(
         self, n: int, rng: np.random.Generator, prior: str, temperature: float
     ) -> torch.Tensor:
-        eps = (
-            torch.tensor(
-                rng.standard_normal((n, self.config["latent_dim"])),
-                dtype=torch.float32,
-                device=self.device,
-            )
-            * temperature
+        return self._draw_latents_idx(n, rng, prior, temperature)[0]
+
+    def _draw_latents_idx(
+        self, n: int, rng: np.random.Generator, prior: str, temperature: float
+    ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Latents ``(n, d)`` and, for the priors built on training crystals, which replay
+        crystal each one started from (``None`` otherwise)."""
+        raw = torch.tensor(
+            rng.standard_normal((n, self.config["latent_dim"])),
+            dtype=torch.float32,
+            device=self.device,
         )
+        # An RL-updated model moves the noise (and the anchors below) by its policy.
+        eps = policy_noise(self, raw) * temperature
         if prior == "standard":
-            return eps
-        if prior != "aggregate":
-            raise ValueError(f"unknown prior {prior!r}; use 'aggregate' or 'standard'")
-        return self.module.z_mean + eps @ self.module.z_chol.T
+            return eps, None
+        if prior == "aggregate":
+            return self.module.z_mean + eps @ self.module.z_chol.T, None
+        if prior not in ("neighbourhood", "posterior"):
+            raise ValueError(
+                f"unknown prior {prior!r}; use 'neighbourhood', 'posterior', 'aggregate' or "
+                "'standard'"
+            )
+        mu, sigma = self._replay_latents()
+        pool = self._pool_indices()
+        idx = policy_anchors(self, pool, n, rng)
+        t_idx = torch.as_tensor(idx, device=self.device)
+        if prior == "posterior":
+            return mu[t_idx] + eps * sigma[t_idx], idx
+        return mu[t_idx] + eps @ self.module.z_chol.T, idx
+
+    def _pool_indices(self) -> np.ndarray:
+        """Replay crystals the neighbourhood priors start from: those inside the chemical
+        space when some are, else all."""
+        allowed = self._allowed_elements()
+        everything = np.arange(len(self._replay))
+        if allowed is None:
+            return everything
+        inside = np.array(
+            [
+                i
+                for i, s in enumerate(self._replay)
+                if {el.symbol for el in s.composition.elements} <= set(allowed)
+            ],
+            dtype=int,
+        )
+        return inside if len(inside) else everything
 
     @torch.no_grad()
     def decode_latents(
@@ -412,13 +517,36 @@ class CrystalVAEGenerator(TorchGenerator):
         lat, logits, vec = self.module.decode(z, cond)
         params = self._lat_std.inverse(lat.cpu().numpy())
         params = np.concatenate([np.exp(params[:, :3]), params[:, 3:]], axis=1)
-        classes = logits.argmax(dim=-1).cpu().numpy()
+        classes = self._masked_logits(logits).argmax(dim=-1).cpu().numpy()
         frac = self.module.to_frac(vec).cpu().numpy()
         return [self._safe_decode(p, c, f) for p, c, f in zip(params, classes, frac, strict=True)]
+
+    def _masked_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Species logits with the classes outside the chemical space set to ``-inf`` (the
+        empty class stays allowed)."""
+        allowed = self._allowed_elements()
+        if allowed is None:
+            return logits
+        keep = torch.tensor(
+            [True] + [el in set(allowed) for el in self.config["elements"]], device=logits.device
+        )
+        if not keep[1:].any():
+            raise ValueError(
+                f"{self.name}: none of the chemical space's elements {allowed} is in the "
+                f"model's element set"
+            )
+        return logits.masked_fill(~keep, float("-inf"))
 
     def _safe_decode(
         self, params: np.ndarray, classes: np.ndarray, frac: np.ndarray
     ) -> Structure | None:
+        if self.config.get("snap", False):
+            from matloop.representations.crystal_matrix import snap_coords, snap_lattice
+
+            params = snap_lattice(
+                params, self.config["snap_angle_tol"], self.config["snap_length_rtol"]
+            )
+            frac = snap_coords(frac, self.config["snap_coord_tol"])
         try:
             s = self.encoder.decode_parts(params, classes, frac)
         except (ValueError, ZeroDivisionError):
@@ -435,32 +563,65 @@ class CrystalVAEGenerator(TorchGenerator):
         n: int,
         conditions: Mapping[str, Any] | None = None,
         rng: np.random.Generator | None = None,
-        prior: str = "aggregate",
-        temperature: float = 1.0,
+        prior: str | None = None,
+        temperature: float | None = None,
     ) -> list[Structure]:
-        """``n`` decoded crystals (draws whose cell is not a lattice are redrawn, 3 tries)."""
+        """``n`` decoded crystals.
+
+        ``prior`` and ``temperature`` default to the config's (see the module docstring).
+        Draws are redrawn (up to 5 rounds) when the decoded cell is not a lattice, when it
+        falls outside ``chemical_space`` (cell size; elements are masked at decoding) and,
+        only if ``min_distance > 0`` was asked for, when two atoms are closer than that.
+        """
         if not self.modules:
             raise RuntimeError("fit or load the generator before sampling")
         rng = rng or np.random.default_rng()
+        prior = prior or self.config.get("prior", "aggregate")
+        temperature = self.config.get("temperature", 1.0) if temperature is None else temperature
         if conditions and not (self.conditional or self.predicts):
             raise ValueError(f"{self.name} is unconditional; it takes no conditions")
         out: list[Structure] = []
-        for _ in range(3):
+        for _ in range(5):
             need = n - len(out)
             if need <= 0:
                 break
-            out += [s for s in self._sample_batch(need, conditions, rng, prior, temperature) if s]
+            batch = self._sample_batch(need, conditions, rng, prior, temperature)
+            out += [s for s in batch if s is not None and self._keep(s)]
         return out[:n]
 
+    def _keep(self, structure: Structure) -> bool:
+        """The campaign's cell-size bounds and the opt-in ``min_distance`` filter."""
+        if not self._allows(structure):
+            return False
+        cutoff = float(self.config.get("min_distance") or 0.0)
+        if cutoff > 0 and len(structure) > 1:
+            dist = structure.distance_matrix + np.eye(len(structure)) * (cutoff + 10.0)
+            return bool(dist.min() >= cutoff) and min(structure.lattice.abc) >= cutoff
+        return True
+
     def _sample_batch(self, n, conditions, rng, prior, temperature) -> list[Structure | None]:
-        z = self._draw_latents(n, rng, prior, temperature)
+        z, idx = self._draw_latents_idx(n, rng, prior, temperature)
         cond = None
         if self.conditional:
             fallback = self._prop_std.mean[None, :]
             if self._replay_props is not None:
                 fallback = self._replay_props
             cond = condition_values(conditions, self.config["property_columns"], n, rng, fallback)
-        return self.decode_latents(z, self._cond_tensor(cond))
+            if idx is not None and self._replay_props is not None:
+                # Properties not asked for: those of the crystal each latent started from.
+                asked = set(conditions or {})
+                for j, c in enumerate(self.config["property_columns"]):
+                    if c not in asked:
+                        cond[:, j] = self._replay_props[idx, j]
+        structures = self.decode_latents(z, self._cond_tensor(cond))
+        remember_actions(self, structures)
+        return structures
+
+    def reinforce(self, feedback: Sequence[Feedback], **settings: Any) -> dict[str, float]:
+        """Policy-gradient update of the sampler (REINFORCE with a moving-average baseline
+        and a KL penalty to the pre-trained sampler; see :mod:`matloop.generators.reinforce`).
+        ``settings``: ``steps``, ``lr``, ``kl_weight``, ``baseline_momentum``."""
+        return reinforce_generator(self, feedback, **settings)
 
     @torch.no_grad()
     def reconstruct(
