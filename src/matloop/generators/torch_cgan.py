@@ -282,7 +282,7 @@ class CrystalCGANGenerator(CrystalCVAEGenerator):
         lat, probs, frac = self.module.split(self.module.generate(z, cond))
         params = self._lat_std.inverse(lat.cpu().numpy())
         params = np.concatenate([np.exp(params[:, :3]), params[:, 3:]], axis=1)
-        classes = probs.argmax(dim=-1).cpu().numpy()
+        classes = self._masked_logits(probs).argmax(dim=-1).cpu().numpy()
         frac_np = frac.cpu().numpy()
         return [
             self._safe_decode(p, c, f) for p, c, f in zip(params, classes, frac_np, strict=True)

@@ -327,6 +327,12 @@ class _CompositionGenerator(TorchGenerator):
         out = []
         with torch.no_grad():
             mats = self._draw(n, self._cond(n, conditions, rng), rng)
+        allowed = self._allowed_elements()
+        if allowed is not None:
+            # Elements outside the campaign's chemical space get count 0.
+            outside = [i for i, el in enumerate(self.config["elements"]) if el not in allowed]
+            mats = np.array(mats, copy=True)
+            mats[:, outside, 0] = np.inf
         enc = self.encoder
         for m in mats:
             comp = enc.decode_onehot(m)
@@ -340,7 +346,10 @@ class _CompositionGenerator(TorchGenerator):
         conditions: Mapping[str, Any] | None = None,
         rng: np.random.Generator | None = None,
     ) -> list[Structure]:
-        """Crystals for sampled compositions (template decoration); up to 5 rounds of redraws."""
+        """Crystals for sampled compositions (template decoration); up to 5 rounds of redraws.
+
+        With a ``chemical_space`` set, elements outside it are given count 0 at decoding and
+        crystals outside its cell-size bounds are redrawn."""
         rng = rng or np.random.default_rng()
         out: list[Structure] = []
         for _ in range(5):
@@ -349,7 +358,7 @@ class _CompositionGenerator(TorchGenerator):
                 break
             for comp in self.sample_compositions(max(need, 16), conditions, rng):
                 s = self._bank.structure(comp, rng)
-                if s is not None:
+                if s is not None and self._allows(s):
                     out.append(s)
         return out[:n]
 

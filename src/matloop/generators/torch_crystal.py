@@ -34,7 +34,7 @@ Three generators share the module:
 
 Decoding snaps (``snap=True``, the default) lattice angles within ``snap_angle_tol`` degrees
 of 90/120/60 onto them, lengths that agree within ``snap_length_rtol`` onto their mean and
-fractional coordinates within ``snap_coord_tol`` of a multiple of 1/2, 1/4, 1/3 or 1/6 onto
+fractional coordinates within ``snap_coord_tol`` of a multiple of 1/2, 1/4 or 1/3 onto
 it (:func:`~matloop.representations.crystal_matrix.snap_lattice`, ``snap_coords``). Snapping
 changes decoded crystals, never which are returned; ``min_distance`` (0 by default) is the
 only filter, an explicit opt-in that redraws samples with atoms closer than it (Å).
