@@ -29,6 +29,26 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
 
 
+#: pymongo settings for a campaign: give up on an unreachable server after seconds, not
+#: pymongo's 30 s per operation; retry a write or read once after a dropped connection.
+#: Options written in the URI (``?serverSelectionTimeoutMS=...``) win.
+MONGO_CLIENT_OPTIONS = {
+    "serverSelectionTimeoutMS": 5000,
+    "connectTimeoutMS": 5000,
+    "socketTimeoutMS": 120000,
+    "retryWrites": True,
+    "retryReads": True,
+}
+
+
+def mongo_client_options(uri: str) -> dict:
+    """:data:`MONGO_CLIENT_OPTIONS` less those the URI sets itself."""
+    from urllib.parse import parse_qsl
+
+    given = {k.lower() for k, _ in parse_qsl(urlsplit(uri).query)}
+    return {k: v for k, v in MONGO_CLIENT_OPTIONS.items() if k.lower() not in given}
+
+
 @dataclass(frozen=True)
 class Backend:
     """A parsed store URI that can open one maggma store per collection."""
@@ -81,7 +101,10 @@ class Backend:
             return MemoryStore(collection, key=key)
         from maggma.stores import MongoURIStore
 
-        return MongoURIStore(self.uri, collection, database=self.database, key=key)
+        return MongoURIStore(
+            self.uri, collection, database=self.database, key=key,
+            mongoclient_kwargs=mongo_client_options(self.uri),
+        )
 
     def __repr__(self) -> str:  # never leak credentials into logs or artifacts
         return f"Backend({redact_uri(self.uri)!r})"

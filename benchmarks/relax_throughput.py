@@ -1,0 +1,247 @@
+"""Relaxation throughput: matloop's relax stage vs. atomate2 job-per-crystal vs. bare CHGNet.
+
+Relaxes the same real crystals (Materials Project structures from
+``../shared/data/known_crystals_mp.csv.gz``, up to ``--max-atoms`` sites, a seeded sample of
+``--n``) three ways in one process, all with CHGNet, FIRE + Fréchet cell filter,
+``fmax`` 0.05 eV/Å, at most 300 steps and one torch thread:
+
+* ``matloop``: :func:`matloop.relax.runner.relax_structures` with
+  :func:`matloop.relax.makers.make_relax_maker` — what the loop's relax step runs (jobflow
+  jobs, atomate2 task documents in a JobStore, sanity checks, the model loaded once);
+* ``atomate2``: atomate2's ``ForceFieldRelaxMaker``, one job per crystal through jobflow's
+  ``run_locally`` (each job builds its own calculator, as atomate2 does);
+* ``bare``: a loop over ``chgnet.model.StructOptimizer.relax`` with one loaded model.
+
+Prints a table and writes ``benchmarks/results/relax_throughput.json`` (crystals/s of each
+path, the ratios, how well the paths agree on energies and structures, and the machine's
+load while it ran). The goal on CPU is matloop ≥ bare (ratio ≥ 1.0). Example::
+
+    python benchmarks/relax_throughput.py --n 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "known_crystals_mp.csv.gz"
+OUT = Path(__file__).parent / "results" / "relax_throughput.json"
+
+
+def load_crystals(path: Path, n: int, max_atoms: int, seed: int):
+    """A seeded sample of ``n`` crystals of at most ``max_atoms`` sites: [(id, Structure)]."""
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    frame = pd.read_csv(path, usecols=["material_id", "nsites", "cif"])
+    frame = frame[frame["nsites"] <= max_atoms].sort_values("material_id")
+    rows = frame.sample(n=min(n, len(frame)), random_state=seed)
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mid, cif in zip(rows["material_id"], rows["cif"], strict=True):
+            out.append((str(mid), Structure.from_str(cif, fmt="cif")))
+    return out
+
+
+def run_matloop(items, fmax: float, steps: int) -> tuple[float, dict]:
+    from jobflow import JobStore
+    from maggma.stores import MemoryStore
+
+    from matloop.relax.makers import clear_calculator_cache, make_relax_maker
+    from matloop.relax.runner import relax_structures
+
+    clear_calculator_cache()  # the model load counts, as for the other paths
+    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+    start = time.perf_counter()
+    maker = make_relax_maker("CHGNet", fmax=fmax, steps=steps)
+    outs = relax_structures(items, maker, store, num_threads=1)
+    wall = time.perf_counter() - start
+    return wall, {
+        o.candidate_id: {
+            "ok": o.ok,
+            "energy_per_atom": o.energy_per_atom,
+            "structure": o.structure,
+            "reason": o.reason,
+        }
+        for o in outs
+    }
+
+
+def run_atomate2(items, fmax: float, steps: int) -> tuple[float, dict]:
+    from atomate2.forcefields.jobs import ForceFieldRelaxMaker
+    from jobflow import JobStore, run_locally
+    from maggma.stores import MemoryStore
+
+    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+    results = {}
+    start = time.perf_counter()
+    for mid, structure in items:
+        maker = ForceFieldRelaxMaker(
+            force_field_name="CHGNet", steps=steps, relax_kwargs={"fmax": fmax}
+        )
+        job = maker.make(structure)
+        try:
+            responses = run_locally(job, store=store, log=False, create_folders=False)
+            doc = responses[job.uuid][1].output
+            energy = doc.output.energy_per_atom
+            results[mid] = {
+                "ok": str(getattr(doc.state, "value", doc.state)) == "successful",
+                "energy_per_atom": energy,
+                "structure": doc.output.structure,
+                "reason": None,
+            }
+        except Exception as exc:  # keep going, as the other paths do
+            results[mid] = {"ok": False, "energy_per_atom": None, "structure": None,
+                            "reason": f"{type(exc).__name__}: {exc}"}
+    return time.perf_counter() - start, results
+
+
+def run_bare(items, fmax: float, steps: int) -> tuple[float, dict]:
+    from chgnet.model import CHGNet, StructOptimizer
+
+    results = {}
+    start = time.perf_counter()
+    relaxer = StructOptimizer(model=CHGNet.load(verbose=False), optimizer_class="FIRE")
+    for mid, structure in items:
+        try:
+            out = relaxer.relax(structure, fmax=fmax, steps=steps, relax_cell=True,
+                                verbose=False)
+            final = out["final_structure"]
+            n_steps = len(out["trajectory"].energies)
+            energy = float(out["trajectory"].energies[-1]) / len(final)
+            results[mid] = {"ok": n_steps < steps, "energy_per_atom": energy,
+                            "structure": final, "reason": None}
+        except Exception as exc:
+            results[mid] = {"ok": False, "energy_per_atom": None, "structure": None,
+                            "reason": f"{type(exc).__name__}: {exc}"}
+    return time.perf_counter() - start, results
+
+
+def agreement(a: dict, b: dict) -> dict:
+    """Energy differences (meV/atom) and StructureMatcher agreement over crystals both
+    paths relaxed."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    diffs, matches, both = [], 0, 0
+    for mid, ra in a.items():
+        rb = b.get(mid)
+        if rb is None or ra["energy_per_atom"] is None or rb["energy_per_atom"] is None:
+            continue
+        both += 1
+        diffs.append(abs(ra["energy_per_atom"] - rb["energy_per_atom"]) * 1000)
+        if ra["structure"] is not None and rb["structure"] is not None:
+            matches += bool(matcher.fit(ra["structure"], rb["structure"]))
+    diffs.sort()
+    return {
+        "compared": both,
+        "max_abs_dE_meV_atom": round(max(diffs), 3) if diffs else None,
+        "median_abs_dE_meV_atom": round(diffs[len(diffs) // 2], 3) if diffs else None,
+        "within_5_meV_atom": sum(d <= 5 for d in diffs),
+        "structure_matches": matches,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--csv", type=Path, default=DATA)
+    p.add_argument("--n", type=int, default=64, help="crystals to relax (default 64)")
+    p.add_argument("--max-atoms", type=int, default=20)
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paths", nargs="+", default=["matloop", "atomate2", "bare"],
+                   choices=["matloop", "atomate2", "bare"])
+    p.add_argument("--output", type=Path, default=OUT)
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    warnings.filterwarnings("ignore")
+    items = load_crystals(args.csv, args.n, args.max_atoms, args.seed)
+    runners = {"matloop": run_matloop, "atomate2": run_atomate2, "bare": run_bare}
+    timings, results = {}, {}
+    load_before = os.getloadavg()
+    for name in args.paths:
+        print(f"relaxing {len(items)} crystals: {name} ...", flush=True)
+        wall, res = runners[name](items, args.fmax, args.steps)
+        timings[name] = wall
+        results[name] = res
+        print(f"  {wall:.1f} s", flush=True)
+    load_after = os.getloadavg()
+
+    paths = {}
+    for name in args.paths:
+        res = results[name]
+        paths[name] = {
+            "wall_s": round(timings[name], 2),
+            "crystals_per_s": round(len(items) / timings[name], 4),
+            "converged": sum(r["ok"] for r in res.values()),
+            "failed": [f"{mid}: {r['reason']}" for mid, r in res.items() if r["reason"]],
+        }
+    ratios = {}
+    if "matloop" in paths:
+        for other in ("bare", "atomate2"):
+            if other in paths:
+                ratios[f"matloop_vs_{other}"] = round(
+                    paths["matloop"]["crystals_per_s"] / paths[other]["crystals_per_s"], 3
+                )
+    agree = {}
+    names = list(results)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            agree[f"{first}_vs_{second}"] = agreement(results[first], results[second])
+
+    report = {
+        "benchmark": "relax_throughput",
+        "n_crystals": len(items),
+        "n_requested": args.n,
+        "max_atoms": args.max_atoms,
+        "sites_total": sum(len(s) for _, s in items),
+        "fmax": args.fmax,
+        "steps": args.steps,
+        "potential": "CHGNet",
+        "torch_threads": 1,
+        "paths": paths,
+        "ratios": ratios,
+        "goal": "matloop_vs_bare >= 1.0 on CPU",
+        "agreement": agree,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_before": [round(x, 2) for x in load_before],
+            "load_avg_after": [round(x, 2) for x in load_after],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+        "material_ids": [mid for mid, _ in items],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"\n{len(items)} crystals (≤ {args.max_atoms} atoms, {report['sites_total']} sites)")
+    print(f"{'path':<10} {'wall s':>8} {'crystals/s':>11} {'converged':>10}")
+    for name, row in paths.items():
+        print(f"{name:<10} {row['wall_s']:>8.1f} {row['crystals_per_s']:>11.3f} "
+              f"{row['converged']:>10}")
+    for key, value in ratios.items():
+        print(f"{key}: {value:.3f}")
+    for key, value in agree.items():
+        print(f"{key}: {value}")
+    print(f"load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,618 @@
+"""DFT verification: atomate2's CP2K makers (Debian's ``cp2k``) and VASP makers.
+
+The ML potential decides which candidates look stable; DFT checks the best few. This module
+builds the DFT makers and runs them in-process through jobflow, one candidate at a time,
+turning each atomate2 task document into a small :class:`DftOutcome`. DFT energies are kept
+beside the ML ones and never enter the ML hull: a CP2K total energy (GTH pseudopotentials)
+and a CHGNet energy (MP's GGA / GGA+U scale) are not on one scale.
+
+CP2K needs no set-up by the user. atomate2's CP2K input sets name their basis sets and
+pseudopotentials by pymatgen hashes, which pymatgen resolves through a per-element resource
+folder normally made with ``pmg config --cp2k``. :func:`configure_cp2k` builds that folder
+once from the data files of Debian's ``cp2k-data`` package (``/usr/share/cp2k``; about 30 s,
+cached under ``~/.cache/matloop/``) and points pymatgen at it; the matloop CP2K makers call
+it before writing their inputs, so it also happens on FireWorks or Dask workers. The CP2K
+binary is found on ``PATH`` (``cp2k.psmp``, ``cp2k.ssmp``, ``cp2k``, ``cp2k.popt``) unless
+a ``command`` is given (e.g. ``"srun cp2k.psmp"`` on a cluster).
+
+Settings for tiny cells (``fast=True``): atomate2's CP2K defaults are production settings
+(spin-polarised, TZVP-MOLOPT basis, k-points at 64 per Å⁻³); a 2-atom silicon cell takes
+about 2 minutes on one core with them. ``fast=True`` keeps the basis, pseudopotentials and
+PBE and spin polarisation, but use a 2×2×2 Monkhorst-Pack k-point grid, CP2K's own default
+integral thresholds (``EPS_DEFAULT`` 1e-10 and a matching ``EPS_PGF_ORB`` instead of
+atomate2's 1e-12 / 1e-16, which make small cells spend minutes on real-space grids), loosen
+the SCF threshold to 1e-5 and cap geometry optimisation at 30 steps. A single point of
+2-atom silicon then takes about a minute on one busy core. These settings exercise the whole
+path (inputs, CP2K, parsing, storage) cheaply; they are too coarse for numbers: a cell
+optimisation of diamond silicon with them took 15 minutes here and sheared the cell
+(angles 65° instead of 60°), an artefact of the coarse k-point grid and the low automatic
+cutoff. Use atomate2's defaults, or your own ``input_settings`` (e.g. ``{"cutoff": 400}``)
+and ``kpoints``, for production.
+
+Examples
+--------
+>>> maker = make_dft_maker("cp2k", "static", fast=True)  # doctest: +SKIP
+>>> outs = verify_with_dft([("si", si)], maker, job_store)  # doctest: +SKIP
+>>> outs[0].ok, outs[0].evidence  # doctest: +SKIP
+(True, 'dft-single-point')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from atomate2.cp2k.jobs.base import BaseCp2kMaker, cp2k_job
+from atomate2.cp2k.jobs.core import CellOptMaker as _Cp2kCellOptMaker
+from atomate2.cp2k.jobs.core import StaticMaker as _Cp2kStaticMaker
+from atomate2.cp2k.sets.core import CellOptSetGenerator as _CellOptSetGenerator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pymatgen.core import Structure
+
+if TYPE_CHECKING:
+    from jobflow import JobStore, Maker, Response
+
+__all__ = [
+    "CP2K_COMMANDS",
+    "Cp2kCellOptMaker",
+    "Cp2kCellOptSetGenerator",
+    "Cp2kStaticMaker",
+    "DftOutcome",
+    "configure_cp2k",
+    "cp2k_command",
+    "describe_dft_settings",
+    "make_dft_maker",
+    "verify_with_dft",
+]
+
+log = logging.getLogger("matloop")
+
+#: CP2K executables looked for on PATH, in this order (Debian ships the first and last).
+CP2K_COMMANDS: tuple[str, ...] = ("cp2k.psmp", "cp2k.ssmp", "cp2k", "cp2k.popt")
+
+#: Where Debian's cp2k-data package puts basis sets and pseudopotentials.
+DEFAULT_CP2K_DATA = "/usr/share/cp2k"
+
+_EVIDENCE = {"relax": "dft-relaxed", "static": "dft-single-point"}
+_CONFIGURE_LOCK = threading.Lock()
+
+# Settings for tiny cells (see the module docstring).
+# Spin polarisation stays on: atomate2 0.1.5 cannot parse the output of a spin-restricted
+# (RKS) CP2K run (``CalculationInput.cleanup_dft`` calls ``.upper()`` on integers).
+_FAST_CP2K_INPUT = {
+    "eps_default": 1e-10,  # CP2K's own default; atomate2 asks for 1e-12
+    "eps_pgf_orb": 1e-5,  # atomate2: 1e-16, which multiplies the real-space grid work
+    "eps_scf": 1e-5,
+    "activate_motion": {"max_iter": 30},
+}
+_FAST_KPOINT_GRID = (2, 2, 2)
+
+
+# -- CP2K set-up ---------------------------------------------------------------------------
+def cp2k_command() -> str | None:
+    """The CP2K executable on PATH (see :data:`CP2K_COMMANDS`), or None if there is none.
+
+    ``ATOMATE2_CP2K_CMD`` in the environment wins when set.
+    """
+    if cmd := os.environ.get("ATOMATE2_CP2K_CMD"):
+        return cmd
+    for name in CP2K_COMMANDS:
+        if shutil.which(name):
+            return name
+    return None
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "matloop"
+
+
+def configure_cp2k(data_dir: str | Path | None = None) -> Path:
+    """Make pymatgen find CP2K basis sets and pseudopotentials; build its folder if needed.
+
+    Parameters
+    ----------
+    data_dir : str or Path, optional
+        CP2K's data folder (``BASIS_MOLOPT_UZH``, ``POTENTIAL_UZH``...). Default:
+        ``$MATLOOP_CP2K_DATA_DIR``, else ``/usr/share/cp2k`` (Debian's ``cp2k-data``).
+
+    Returns
+    -------
+    Path
+        The pymatgen resource folder (one YAML file per element), cached under
+        ``~/.cache/matloop/cp2k-pymatgen-<hash of the data folder>``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the CP2K data folder has no basis set files.
+
+    Notes
+    -----
+    Sets pymatgen's ``PMG_CP2K_DATA_DIR`` and default functional (PBE), basis type
+    (DZVP-MOLOPT, used only for elements atomate2 has no default for) and auxiliary basis
+    type (pFIT) in this process, unless the user configured them. pymatgen reads a
+    ``CP2K_DATA_DIR`` environment variable before its own setting; one that points at a
+    folder pymatgen cannot use is removed from this process's environment (CP2K itself does
+    not need it: atomate2 writes the basis and potential files next to the input).
+    """
+    from pymatgen.core import SETTINGS
+
+    source = Path(data_dir or os.environ.get("MATLOOP_CP2K_DATA_DIR") or DEFAULT_CP2K_DATA)
+    basis_files = sorted(source.glob("*BASIS*"))
+    if not basis_files:
+        raise FileNotFoundError(
+            f"no CP2K basis set files in {source}; install Debian's cp2k-data package "
+            "(apt-get install cp2k-data) or set MATLOOP_CP2K_DATA_DIR"
+        )
+    fingerprint = hashlib.sha256()
+    for path in sorted(source.glob("*BASIS*")) + sorted(source.glob("*POTENTIAL*")):
+        stat = path.stat()
+        fingerprint.update(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    target = _cache_root() / f"cp2k-pymatgen-{fingerprint.hexdigest()[:12]}"
+
+    with _CONFIGURE_LOCK:
+        if not (target / "Si").is_file():
+            _build_pymatgen_cp2k_folder(source, target)
+        env_dir = os.environ.get("CP2K_DATA_DIR")
+        if env_dir and not (Path(env_dir) / "Si").is_file():
+            log.info("ignoring CP2K_DATA_DIR=%s for pymatgen (no element files)", env_dir)
+            os.environ.pop("CP2K_DATA_DIR")
+        SETTINGS["PMG_CP2K_DATA_DIR"] = str(target)
+        SETTINGS.setdefault("PMG_DEFAULT_CP2K_FUNCTIONAL", "PBE")
+        SETTINGS.setdefault("PMG_DEFAULT_CP2K_BASIS_TYPE", "DZVP-MOLOPT")
+        SETTINGS.setdefault("PMG_DEFAULT_CP2K_AUX_BASIS_TYPE", "pFIT")
+    return target
+
+
+def _build_pymatgen_cp2k_folder(source: Path, target: Path) -> None:
+    """Run pymatgen's ``pmg config --cp2k`` conversion into ``target`` (atomically)."""
+    from pymatgen.cli.pmg_config import setup_cp2k_data
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    staging.rmdir()  # pymatgen asks before writing into an existing folder
+    log.info("building pymatgen's CP2K data folder from %s (once, ~30 s)", source)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            setup_cp2k_data([str(source), str(staging)])
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "Si").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
+    """atomate2's CP2K cell-optimisation inputs on a full Monkhorst-Pack k-point grid.
+
+    atomate2 turns a k-point density into a Gamma-centred grid that pymatgen reduces by the
+    symmetry of the *starting* cell, with fixed weights. Once the cell moves those weights
+    are wrong, and the optimiser happily lowers the energy by breaking the symmetry (seen
+    here: diamond silicon sheared away from cubic). A Monkhorst-Pack grid of the same
+    divisions lets CP2K use the full grid, which stays valid for every cell.
+    """
+
+    def _get_kpoints(self, structure: Structure, kpoints_updates: dict | None) -> Any:
+        from pymatgen.io.vasp import Kpoints
+
+        kpoints = super()._get_kpoints(structure, kpoints_updates)
+        if kpoints is not None and kpoints.style == Kpoints.supported_modes.Gamma:
+            divisions = tuple(int(k) for k in kpoints.kpts[0])
+            if divisions not in {(1, 1, 1), (1,)}:
+                return Kpoints.monkhorst_automatic(divisions)
+        return kpoints
+
+
+class _Cp2kSetupMixin:
+    """Configure pymatgen's CP2K data before atomate2 writes the input files."""
+
+    def _configured_make(self, structure: Structure, prev_dir: str | Path | None) -> Response:
+        configure_cp2k()
+        return BaseCp2kMaker.make.original(self, structure, prev_dir=prev_dir)
+
+
+@dataclass
+class Cp2kStaticMaker(_Cp2kSetupMixin, _Cp2kStaticMaker):
+    """atomate2's CP2K ``StaticMaker`` that sets up pymatgen's CP2K data by itself."""
+
+    name: str = "cp2k static"
+
+    @cp2k_job
+    def make(self, structure: Structure, prev_dir: str | Path | None = None) -> Response:
+        """Run a CP2K single point (energy, forces, stress) of ``structure``."""
+        return self._configured_make(structure, prev_dir)
+
+
+@dataclass
+class Cp2kCellOptMaker(_Cp2kSetupMixin, _Cp2kCellOptMaker):
+    """atomate2's CP2K ``CellOptMaker`` (ions and cell) that sets up pymatgen's CP2K data."""
+
+    name: str = "cp2k relax"
+
+    @cp2k_job
+    def make(self, structure: Structure, prev_dir: str | Path | None = None) -> Response:
+        """Relax atomic positions and the cell of ``structure`` with CP2K."""
+        return self._configured_make(structure, prev_dir)
+
+
+# -- makers --------------------------------------------------------------------------------
+def make_dft_maker(
+    code: Literal["cp2k", "vasp"] = "cp2k",
+    kind: Literal["relax", "static"] = "relax",
+    *,
+    fast: bool = False,
+    command: str | None = None,
+    kpoints: tuple[int, int, int] | int | None = None,
+    input_settings: dict[str, Any] | None = None,
+    **maker_kwargs: Any,
+) -> Maker:
+    """Build the DFT maker of the verification stage.
+
+    Parameters
+    ----------
+    code : {"cp2k", "vasp"}
+        ``"cp2k"``: atomate2's CP2K makers (cell optimisation or single point), run with
+        Debian's CP2K. ``"vasp"``: atomate2's VASP ``RelaxMaker`` / ``StaticMaker`` (needs a
+        VASP licence, ``VASP_CMD`` and POTCARs configured for atomate2 / pymatgen).
+    kind : {"relax", "static"}
+        Relax ions and cell, or a single point at the ML-relaxed structure.
+    fast : bool
+        CP2K only: the cheap settings for tiny cells described in the module docstring.
+    command : str, optional
+        The command that runs the code (default: CP2K found on PATH; atomate2's
+        ``VASP_CMD`` for VASP).
+    kpoints : (int, int, int) or int, optional
+        A grid (CP2K: full Monkhorst-Pack, which contains Γ for odd divisions; VASP:
+        Gamma-centred), or a reciprocal k-point density (per Å⁻³).
+    input_settings : dict, optional
+        Merged over the input set: pymatgen ``DftSet`` keywords for CP2K (``cutoff``,
+        ``rel_cutoff``, ``spin_polarized``, ``eps_scf``, ``activate_motion``...), INCAR tags
+        for VASP (``{"ENCUT": 520}``).
+    **maker_kwargs
+        Other fields of the atomate2 maker (``name``, ``run_cp2k_kwargs``...).
+
+    Returns
+    -------
+    jobflow.Maker
+        A maker whose ``make(structure)`` returns one DFT job.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``code`` or ``kind``.
+
+    Examples
+    --------
+    >>> maker = make_dft_maker("cp2k", "static", fast=True, command="cp2k.psmp")
+    >>> maker.name, maker.run_cp2k_kwargs["cp2k_cmd"]
+    ('cp2k static', 'cp2k.psmp')
+    >>> make_dft_maker("vasp", "relax").input_set_generator.__class__.__name__
+    'RelaxSetGenerator'
+    """
+    if kind not in _EVIDENCE:
+        raise ValueError(f"unknown DFT kind {kind!r}; expected 'relax' or 'static'")
+    code_key = str(code).lower()
+    if code_key == "cp2k":
+        return _cp2k_maker(kind, fast, command, kpoints, input_settings, maker_kwargs)
+    if code_key == "vasp":
+        return _vasp_maker(kind, command, kpoints, input_settings, maker_kwargs)
+    raise ValueError(f"unknown DFT code {code!r}; expected 'cp2k' or 'vasp'")
+
+
+def _kpoints(kpoints: tuple[int, int, int] | int | None, monkhorst: bool = False) -> Any:
+    """User k-point settings for atomate2's generators: a grid or a reciprocal density."""
+    from pymatgen.io.vasp import Kpoints
+
+    if kpoints is None:
+        return None
+    if isinstance(kpoints, int | float):
+        return {"reciprocal_density": kpoints}
+    grid = tuple(int(k) for k in kpoints)
+    if len(grid) != 3 or min(grid) < 1:
+        raise ValueError(f"kpoints must be three positive integers, got {kpoints!r}")
+    return Kpoints.monkhorst_automatic(grid) if monkhorst else Kpoints.gamma_automatic(grid)
+
+
+def _cp2k_maker(kind, fast, command, kpoints, input_settings, maker_kwargs) -> Maker:
+    from atomate2.cp2k.sets.core import StaticSetGenerator
+
+    settings: dict[str, Any] = {}
+    if fast:
+        settings.update(_FAST_CP2K_INPUT)
+        kpoints = kpoints if kpoints is not None else _FAST_KPOINT_GRID
+    if kind == "static":
+        settings.pop("activate_motion", None)
+    settings.update(input_settings or {})
+    generator_cls = Cp2kCellOptSetGenerator if kind == "relax" else StaticSetGenerator
+    generator_kwargs: dict[str, Any] = {"user_input_settings": settings}
+    # CP2K: a grid is a full Monkhorst-Pack grid (contains Gamma for odd divisions)
+    if (kp := _kpoints(kpoints, monkhorst=True)) is not None:
+        generator_kwargs["user_kpoints_settings"] = kp
+    run_kwargs = dict(maker_kwargs.pop("run_cp2k_kwargs", {}))
+    cmd = command or run_kwargs.get("cp2k_cmd") or cp2k_command() or CP2K_COMMANDS[0]
+    run_kwargs["cp2k_cmd"] = cmd
+    maker_cls = Cp2kCellOptMaker if kind == "relax" else Cp2kStaticMaker
+    return maker_cls(
+        input_set_generator=generator_cls(**generator_kwargs),
+        run_cp2k_kwargs=run_kwargs,
+        **maker_kwargs,
+    )
+
+
+def _vasp_maker(kind, command, kpoints, input_settings, maker_kwargs) -> Maker:
+    from atomate2.vasp.jobs.core import RelaxMaker, StaticMaker
+    from atomate2.vasp.sets.core import RelaxSetGenerator, StaticSetGenerator
+
+    generator_cls = RelaxSetGenerator if kind == "relax" else StaticSetGenerator
+    generator_kwargs: dict[str, Any] = {"user_incar_settings": dict(input_settings or {})}
+    if (kp := _kpoints(kpoints)) is not None:
+        generator_kwargs["user_kpoints_settings"] = kp
+    run_kwargs = dict(maker_kwargs.pop("run_vasp_kwargs", {}))
+    if command:
+        run_kwargs["vasp_cmd"] = command
+    maker_cls = RelaxMaker if kind == "relax" else StaticMaker
+    return maker_cls(
+        input_set_generator=generator_cls(**generator_kwargs),
+        run_vasp_kwargs=run_kwargs,
+        **maker_kwargs,
+    )
+
+
+def _maker_code_kind(maker: Maker) -> tuple[str, str]:
+    """(code, kind) of a DFT maker built by :func:`make_dft_maker` or atomate2."""
+    module = type(maker).__module__
+    from atomate2.cp2k.jobs.base import BaseCp2kMaker as _Cp2kBase
+
+    code = "cp2k" if isinstance(maker, _Cp2kBase) else "vasp" if ".vasp." in module else "dft"
+    name = type(maker).__name__.lower()
+    kind = "static" if "static" in name else "relax"
+    return code, kind
+
+
+def describe_dft_settings(maker: Maker, structure: Structure) -> dict[str, Any]:
+    """A short summary of what a DFT maker will compute for ``structure``.
+
+    Generates the input set (no files, no POTCARs) and reads the choices that decide the
+    energy: functional, basis / pseudopotentials, cutoffs, k-points, spin.
+
+    Parameters
+    ----------
+    maker : jobflow.Maker
+        A maker from :func:`make_dft_maker` (or an atomate2 CP2K / VASP maker).
+    structure : Structure
+        The structure to be computed.
+
+    Returns
+    -------
+    dict
+        JSON-friendly; ``{"code", "kind", "maker", "command", ...}``; an ``"error"`` entry
+        when the input set could not be generated.
+    """
+    code, kind = _maker_code_kind(maker)
+    summary: dict[str, Any] = {"code": code, "kind": kind, "maker": type(maker).__name__}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if code == "cp2k":
+                summary["command"] = maker.run_cp2k_kwargs.get("cp2k_cmd")
+                configure_cp2k()
+                inp = maker.input_set_generator.get_input_set(structure, optional_files=False)
+                cp2k = inp.cp2k_input
+                summary["functional"] = "PBE"
+                per_element = {
+                    el: cp2k.basis_and_potential[el] for el in sorted(structure.symbol_set)
+                }
+                summary["basis"] = {el: _name(v.get("basis")) for el, v in per_element.items()}
+                summary["potential"] = {
+                    el: _name(v.get("potential")) for el, v in per_element.items()
+                }
+                summary["cutoff_ry"] = float(cp2k.cutoff)
+                summary["rel_cutoff_ry"] = float(cp2k.rel_cutoff)
+                summary["spin_polarized"] = bool(cp2k.kwargs.get("spin_polarized", True))
+                summary["kpoints"] = _describe_kpoints(cp2k.kpoints)
+                summary["run_type"] = str(cp2k["GLOBAL"]["RUN_TYPE"].values[0])
+            elif code == "vasp":
+                summary["command"] = maker.run_vasp_kwargs.get("vasp_cmd")
+                inp = maker.input_set_generator.get_input_set(structure, potcar_spec=True)
+                incar = inp.incar
+                summary["incar"] = {
+                    k: incar[k]
+                    for k in ("GGA", "METAGGA", "ENCUT", "ISPIN", "ISIF", "IBRION", "NSW",
+                              "EDIFF", "EDIFFG", "KSPACING")
+                    if k in incar
+                }
+                summary["potcar"] = str(inp.potcar).split()
+                if inp.kpoints is not None:
+                    summary["kpoints"] = _describe_kpoints(inp.kpoints)
+    except Exception as exc:  # a summary must never stop a verification
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+    return summary
+
+
+def _name(obj: Any) -> str | None:
+    return None if obj is None else str(getattr(obj, "name", obj))
+
+
+def _describe_kpoints(kpoints: Any) -> Any:
+    if kpoints is None:
+        return None
+    style = str(getattr(kpoints, "style", ""))
+    if kpoints.kpts and len(kpoints.kpts) == 1 and "reciprocal" not in style.lower():
+        return {"grid": [int(k) for k in kpoints.kpts[0]], "style": style.split(".")[-1]}
+    return {"n_kpoints": len(kpoints.kpts), "style": style.split(".")[-1]}
+
+
+# -- running -------------------------------------------------------------------------------
+class DftOutcome(BaseModel):
+    """What the loop keeps of one DFT verification.
+
+    Examples
+    --------
+    >>> DftOutcome(candidate_id="x", ok=False, code="cp2k", kind="static",
+    ...            evidence="dft-single-point", reason="no cp2k", wall_s=0.0).converged
+    False
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    candidate_id: str = Field(description="Id of the candidate that was computed.")
+    ok: bool = Field(description="True when the calculation finished and converged.")
+    code: str = Field(description="'cp2k' or 'vasp'.")
+    kind: str = Field(description="'relax' (ions and cell) or 'static' (single point).")
+    evidence: str = Field(description="'dft-relaxed' or 'dft-single-point'.")
+    energy: float | None = Field(None, description="Final total energy in eV.")
+    energy_per_atom: float | None = Field(None, description="Final energy in eV/atom.")
+    structure: Structure | None = Field(None, description="Final (relaxed) structure.")
+    converged: bool = Field(False, description="Whether atomate2 marked the task successful.")
+    reason: str | None = Field(None, description="Why it failed; None if ok.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Summary of the DFT settings (describe_dft_settings)."
+    )
+    job_uuid: str | None = Field(None, description="uuid of the job whose task document is "
+                                 "in the JobStore.")
+    wall_s: float = Field(description="Wall-clock seconds spent on this candidate.")
+
+    @field_serializer("structure", when_used="json")
+    def _structure_as_dict(self, structure: Structure | None) -> dict | None:
+        from monty.json import jsanitize
+
+        return None if structure is None else jsanitize(structure.as_dict(), strict=True)
+
+
+def verify_with_dft(
+    items: list[tuple[str, Structure]],
+    maker: Maker,
+    job_store: JobStore,
+    *,
+    root_dir: str | Path | None = None,
+    log_jobs: bool = False,
+) -> list[DftOutcome]:
+    """Run a DFT maker on each structure in-process, one jobflow job at a time.
+
+    Parameters
+    ----------
+    items : list of (str, Structure)
+        Candidate ids and their (ML-relaxed) structures.
+    maker : jobflow.Maker
+        From :func:`make_dft_maker`.
+    job_store : jobflow.JobStore
+        Where the atomate2 task documents go (the campaign's job store).
+    root_dir : str or Path, optional
+        Keep each job's folder (gzipped inputs and outputs) under this folder; by default
+        they go to a temporary folder that is removed afterwards (the task document holds
+        what matters).
+    log_jobs : bool
+        Let jobflow log each job.
+
+    Returns
+    -------
+    list of DftOutcome
+        One per item, in order. A failure (CP2K missing, SCF or geometry not converged,
+        crash) is an outcome with ``ok=False`` and a ``reason``; it never stops the others.
+    """
+    code, kind = _maker_code_kind(maker)
+    outcomes = []
+    with contextlib.ExitStack() as stack:
+        if root_dir is None:
+            root_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="matloop-dft-"))
+        Path(root_dir).mkdir(parents=True, exist_ok=True)
+        jobflow_logger = logging.getLogger("jobflow")
+        previous = jobflow_logger.level
+        if not log_jobs:
+            jobflow_logger.setLevel(logging.WARNING)
+        try:
+            for candidate_id, structure in items:
+                start = time.perf_counter()
+                settings = describe_dft_settings(maker, structure)
+                fields = _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs)
+                outcomes.append(
+                    DftOutcome(
+                        candidate_id=candidate_id,
+                        code=code,
+                        kind=kind,
+                        evidence=_EVIDENCE[kind],
+                        settings=settings,
+                        wall_s=time.perf_counter() - start,
+                        **fields,
+                    )
+                )
+        finally:
+            jobflow_logger.setLevel(previous)
+    return outcomes
+
+
+def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> dict[str, Any]:
+    from jobflow import run_locally
+
+    job_uuid = None
+    try:
+        job = maker.make(structure)
+        # not "candidate_id": that key marks ML relaxations (runner.recorded_outcome)
+        job.update_metadata({"dft_candidate_id": candidate_id, "matloop_stage": "dft"})
+        job_uuid = job.uuid
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            responses = run_locally(
+                job,
+                store=job_store,
+                log=log_jobs,
+                create_folders=True,
+                root_dir=root_dir,
+                raise_immediately=True,
+            )
+        response = responses.get(job_uuid, {})
+        doc = response[max(response)].output if response else job.output.resolve(job_store)
+        fields = _read_dft_doc(doc)
+    except Exception as exc:
+        from matloop.relax.runner import _exception_reason
+
+        return {"ok": False, "reason": _exception_reason(exc), "job_uuid": job_uuid}
+    fields["job_uuid"] = job_uuid
+    energy = fields["energy_per_atom"]
+    if energy is None or not math.isfinite(energy):
+        fields.update(ok=False, energy_per_atom=None, reason="no finite energy in task document")
+    elif not fields["converged"]:
+        fields.update(ok=False, reason="DFT task not successful (SCF or geometry not converged)")
+    else:
+        fields["ok"] = True
+    return fields
+
+
+def _read_dft_doc(doc: Any) -> dict[str, Any]:
+    """Energy, structure and state of an atomate2 CP2K or VASP task document."""
+    if isinstance(doc, dict):
+        from monty.json import MontyDecoder
+
+        doc = MontyDecoder().process_decoded(doc)
+    output = doc.output
+    final = output.structure or doc.structure
+    if isinstance(final, dict):
+        final = Structure.from_dict(final)
+    energy = output.energy
+    per_atom = getattr(output, "energy_per_atom", None)
+    if per_atom is None and energy is not None and final is not None:
+        per_atom = energy / len(final)
+    state = getattr(doc, "state", None)
+    converged = str(getattr(state, "value", state)).lower() == "successful"
+    return {
+        "energy": None if energy is None else float(energy),
+        "energy_per_atom": None if per_atom is None else float(per_atom),
+        "structure": final,
+        "converged": converged,
+    }
