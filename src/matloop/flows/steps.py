@@ -440,13 +440,29 @@ class CampaignRun:
 
     def _candidate_doc(self, structure, round_, generator, id_fn) -> CandidateDoc | None:
         try:
-            cid = id_fn(structure)
+            problem = _unanalysable(structure)
+            cid = id_fn(structure) if problem is None else None
         except Exception as err:  # a generator produced something pymatgen cannot analyse
-            log.warning("skipping an unanalysable proposal from %s: %s", generator.name, err)
+            problem = f"{type(err).__name__}: {err}"
+        try:
+            comp = structure.composition
+            props = dict(structure.properties or {})
+        except Exception as err:
+            log.warning("skipping a proposal from %s that is not a crystal: %s",
+                        generator.name, err)
             return None
-        comp = structure.composition
-        props = dict(structure.properties or {})
+        history = [{"status": "proposed", "round": round_}]
+        extra: dict[str, Any] = {}
+        if problem is not None:
+            # Kept as a rejected record (its id a hash of its raw form) so the bad proposal
+            # shows up with its reason; it never reaches screening or relaxation.
+            reason = f"unanalysable proposal: {problem}"
+            log.warning("rejected a proposal from %s: %s", generator.name, reason)
+            cid = _raw_id(structure)
+            history.append({"status": "rejected", "round": round_, "reason": reason})
+            extra = {"status": CandidateStatus.rejected, "reason": reason}
         return CandidateDoc(
+            **extra,
             campaign=self.name,
             candidate_id=cid,
             round=round_,
@@ -458,7 +474,7 @@ class CampaignRun:
             generator_version=getattr(generator, "version", 0),
             prototype=props.get("prototype") or props.get("template"),
             conditions=props.get("conditions") or {},
-            history=[{"status": "proposed", "round": round_}],
+            history=history,
         )
 
     # -- 2. screen -----------------------------------------------------------------------
@@ -480,6 +496,12 @@ class CampaignRun:
             self.store.set_status(self.name, half_done, round_=round_,
                                   fields={cid: {"selected_round": None} for cid in half_done})
         pool = self.store.candidates(self.name, status=CandidateStatus.proposed)
+        # rejected earlier in this round (unanalysable at generation, or by that interrupted
+        # attempt): not screened again, but counted as this round's
+        rejected_before = sum(
+            any(h.status == CandidateStatus.rejected and h.round == round_ for h in c.history)
+            for c in self.store.candidates(self.name, status=CandidateStatus.rejected)
+        )
         rejections: dict[str, tuple[CandidateStatus, str | None]] = {}
         known = NoveltyIndex()
         for ref in self.references():
@@ -532,13 +554,14 @@ class CampaignRun:
         }
         if rest:
             self.store.set_status(self.name, rest, round_=round_, fields=fields)
+        screened, rejected = len(pool) + rejected_before, len(rejections) + rejected_before
         self.progress.message(
-            f"round {round_}: screened {len(pool)} — rejected {len(rejections)}, "
+            f"round {round_}: screened {screened} — rejected {rejected}, "
             f"selected {len(chosen)} by {strategy}, {len(rest)} left in the pool"
         )
         return self._finish_step(
             round_, "screen",
-            {"screened": len(pool), "rejected": len(rejections), "selected": len(chosen),
+            {"screened": screened, "rejected": rejected, "selected": len(chosen),
              "pool": len(rest), "acquisition": strategy},
         )
 
@@ -600,10 +623,25 @@ class CampaignRun:
             "candidates", {"campaign": self.name, "status": CandidateStatus.selected.value}
         )
         self.progress.relax_started(total)
+        relaxer = self.config.relaxer
+        executor, batch_size = None, 1
+        if relaxer.executor != "local":
+            # Dask / FireWorks / jobflow-remote fan a batch out: claim all there is.
+            from matloop.relax.executors import make_executor
+
+            executor = make_executor(relaxer.executor,
+                                     max_atoms=self.config.chemical_space.max_atoms,
+                                     **relaxer.executor_settings)
+            batch_size = max(total, 1)
         done_count = 0
         while True:
-            cand = mine.pop() if mine else self.store.claim_candidate(self.name, round_)
-            if cand is None:
+            batch = []
+            while len(batch) < batch_size:
+                cand = mine.pop() if mine else self.store.claim_candidate(self.name, round_)
+                if cand is None:
+                    break
+                batch.append(cand)
+            if not batch:
                 # Nothing left to claim, but other workers may still be relaxing what they
                 # took: the step is done once every claim is settled. (A dead worker's claim
                 # is taken over by claim_candidate: same host at once, else after the lease.)
@@ -613,54 +651,65 @@ class CampaignRun:
                     break
                 time.sleep(CLAIM_POLL_S)
                 continue
-            done_before = self.store.relaxations(self.name, ids=[cand.candidate_id])
-            if done_before:  # relaxed, then interrupted before its status was written
-                status = CandidateStatus.relaxed if done_before[0].ok else CandidateStatus.failed
-                self.store.set_status(
-                    self.name, {cand.candidate_id: (status, done_before[0].reason)},
-                    round_=round_,
+            todo = []
+            for cand in batch:
+                done_before = self.store.relaxations(self.name, ids=[cand.candidate_id])
+                if done_before:  # relaxed, then interrupted before its status was written
+                    ok = done_before[0].ok
+                    status = CandidateStatus.relaxed if ok else CandidateStatus.failed
+                    self.store.set_status(
+                        self.name, {cand.candidate_id: (status, done_before[0].reason)},
+                        round_=round_,
+                    )
+                    continue
+                structure = _structure(cand.structure)
+                out = recorded_outcome(
+                    cand.candidate_id, structure, self.store.job_store(), self.potential
                 )
-                continue
-            structure = _structure(cand.structure)
-            out = recorded_outcome(
-                cand.candidate_id, structure, self.store.job_store(), self.potential
-            )
-            if out is None:
-                (out,) = relax_structures(
-                    [(cand.candidate_id, structure)],
-                    self.maker,
-                    self.store.job_store(),
-                    max_atoms=self.config.chemical_space.max_atoms,
-                )
-            self.store.save_relaxations([
-                RelaxationDoc(
-                    campaign=self.name,
-                    candidate_id=cand.candidate_id,
-                    ok=out.ok,
-                    converged=out.converged,
-                    energy_per_atom=out.energy_per_atom,
-                    structure=_structure_dict(out.structure) if out.structure is not None else None,
-                    n_steps=out.n_steps,
-                    max_force=out.max_force,
-                    potential=self.potential,
-                    job_uuid=out.job_uuid,
-                    wall_s=out.wall_s,
-                    reason=out.reason,
-                    round=round_,
-                )
-            ])
-            status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed
-            self.store.set_status(
-                self.name, {cand.candidate_id: (status, out.reason)}, round_=round_
-            )
-            done_count += 1
-            self.progress.relax_advanced(done_count, max(total, done_count), cand.candidate_id)
+                if out is None:
+                    todo.append((cand.candidate_id, structure))
+                else:
+                    self._save_outcome(out, round_)
+            if todo:
+                job_store = self.store.job_store()
+                if executor is None:
+                    outcomes = relax_structures(todo, self.maker, job_store,
+                                                max_atoms=self.config.chemical_space.max_atoms)
+                else:
+                    outcomes = executor.run(todo, self.maker, job_store)
+                for out in outcomes:
+                    self._save_outcome(out, round_)
+                    done_count += 1
+                    self.progress.relax_advanced(done_count, max(total, done_count),
+                                                 out.candidate_id)
         # counted from the store: includes work done before a crash or by other workers
         results = [r for r in self.store.relaxations(self.name) if r.round == round_]
         relaxed = sum(r.ok for r in results)
         failed = len(results) - relaxed
         self.progress.message(f"round {round_}: relaxed {relaxed}, failed {failed}")
         return self._finish_step(round_, "relax", {"relaxed": relaxed, "failed": failed})
+
+    def _save_outcome(self, out, round_: int) -> None:
+        """Store one relaxation outcome, then move its candidate to relaxed or failed."""
+        self.store.save_relaxations([
+            RelaxationDoc(
+                campaign=self.name,
+                candidate_id=out.candidate_id,
+                ok=out.ok,
+                converged=out.converged,
+                energy_per_atom=out.energy_per_atom,
+                structure=_structure_dict(out.structure) if out.structure is not None else None,
+                n_steps=out.n_steps,
+                max_force=out.max_force,
+                potential=self.potential,
+                job_uuid=out.job_uuid,
+                wall_s=out.wall_s,
+                reason=out.reason,
+                round=round_,
+            )
+        ])
+        status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed
+        self.store.set_status(self.name, {out.candidate_id: (status, out.reason)}, round_=round_)
 
     # -- 4. evaluate -------------------------------------------------------------------
     def evaluate(self, round_: int) -> StepResult:
@@ -989,6 +1038,39 @@ def _physics(part: str, settings: dict | None) -> dict | None:
     if part != "relaxer" or not isinstance(settings, dict):
         return settings
     return {k: v for k, v in settings.items() if k not in ("executor", "executor_settings")}
+
+
+def _unanalysable(structure: Structure) -> str | None:
+    """Why a proposal is too broken to fingerprint, or None: the id's symmetry and
+    neighbour searches fail, or never finish, on non-finite or degenerate cells."""
+    n = len(structure)
+    if n == 0:
+        return "empty structure"
+    if n > 2000:
+        return f"{n} atoms"
+    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(structure.frac_coords))):
+        return "non-finite lattice or coordinates"
+    volume = float(abs(np.linalg.det(matrix)))
+    if volume / n > 1e6:
+        return f"absurd cell: {volume / n:.3g} Å³ per atom"
+    a, b, c = np.asarray(structure.lattice.lll_matrix, dtype=float)
+    areas = [np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)),
+             np.linalg.norm(np.cross(a, b))]
+    spacing = volume / max(areas) if max(areas) > 0 else 0.0
+    if not np.isfinite(spacing) or spacing < 0.1:
+        return f"degenerate cell: lattice planes {spacing:.2g} Å apart"
+    return None
+
+
+def _raw_id(structure: Structure) -> str:
+    """An id for a proposal that cannot be fingerprinted: a hash of its raw form."""
+    import hashlib
+    import json
+
+    raw = json.dumps(_structure_dict(structure), sort_keys=True, default=str)
+    formula = structure.composition.reduced_formula or "empty"
+    return f"{formula}-invalid-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
 def _base_update():
