@@ -164,6 +164,7 @@ def screen_structure(
     max_atoms: int,
     min_distance: float = 0.5,
     min_volume: float = 0.1,
+    max_volume_per_atom: float | None = 200.0,
 ) -> ValidityResult:
     """Everything a campaign checks before spending a relaxation on a proposal.
 
@@ -181,6 +182,9 @@ def screen_structure(
         Largest number of sites allowed in the cell.
     min_distance, min_volume
         Passed to :func:`structural_validity`.
+    max_volume_per_atom
+        Sparser cells (Å³ per atom) are rejected: their atoms see no neighbours within an
+        ML potential's cutoff (the relaxation runner refuses them too). None: no limit.
     """
     n = len(structure)
     if n > max_atoms:
@@ -194,4 +198,9 @@ def screen_structure(
     result = structural_validity(structure, min_distance=min_distance, min_volume=min_volume)
     if not result.valid:
         return result
+    per_atom = float(abs(np.linalg.det(structure.lattice.matrix))) / n
+    if max_volume_per_atom is not None and per_atom > max_volume_per_atom:
+        return ValidityResult(
+            False, f"cell too sparse: {per_atom:.3g} Å³/atom > {max_volume_per_atom:g}"
+        )
     return compositional_validity(structure.composition)

@@ -226,6 +226,8 @@ def _relax_one(
             doc = response[max(response)].output
         fields = _read_task_doc(doc)
     except Exception as exc:  # one bad structure must not stop the others
+        if _store_unreachable(exc):
+            raise  # not the structure's fault: the caller stops (and is retried)
         return {"ok": False, "reason": _exception_reason(exc), "job_uuid": job_uuid}
     return _judge(fields, structure, job_uuid, max_volume_ratio)
 
@@ -336,6 +338,17 @@ def _not_converged_reason(
     if stress_gpa is not None:
         details.append(f"max stress {stress_gpa:.2f} GPa")
     return text + (": " + ", ".join(details) if details else "")
+
+
+def _store_unreachable(exc: BaseException) -> bool:
+    """A lost connection to the job store (pymongo's ConnectionFailure, or OSError's)."""
+    if isinstance(exc, ConnectionError):
+        return True
+    try:
+        from pymongo.errors import ConnectionFailure
+    except ImportError:  # pragma: no cover - pymongo comes with maggma
+        return False
+    return isinstance(exc, ConnectionFailure)
 
 
 def _exception_reason(exc: BaseException) -> str:
