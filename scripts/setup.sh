@@ -4,11 +4,14 @@
 # build. Versions are pinned by requirements/constraints.txt so every machine gets the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# CP2K (the DFT verification stage and its test) comes from Debian: install it when we can.
-if ! command -v cp2k.psmp >/dev/null && ! command -v cp2k >/dev/null \
-    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cp2k cp2k-data) \
-    >/dev/null 2>&1 || echo "setup.sh: could not install cp2k (DFT tests will be skipped)" >&2
+# From Debian, when we can: CP2K (the DFT verification stage and its test) and Chromium
+# (rendering the HTML report and the Prefect UI in headless screenshots).
+missing=()
+command -v cp2k.psmp >/dev/null || command -v cp2k >/dev/null || missing+=(cp2k cp2k-data)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
+    >/dev/null 2>&1 || echo "setup.sh: could not install ${missing[*]}" >&2
 fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
