@@ -120,12 +120,13 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
 
     from matloop.evaluators.evidence import evidence_for_potential
     from matloop.evaluators.stability import CORRECTION_NAME, make_entry
-    from matloop.relax.makers import potential_version
+    from matloop.relax.makers import needs_mp2020_correction, potential_version
 
     doc = store.get_campaign(campaign)
     if doc is None or not doc.hull_scheme:
         return []
     potential = potential_version(doc.config["relaxer"]["potential"])
+    correct = needs_mp2020_correction(doc.config["relaxer"]["potential"])
     elements = doc.config["chemical_space"]["elements"]
     ids = [f"element:{el}" for el in elements] + doc.seed_reference_ids
     evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
@@ -141,7 +142,8 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
         for r in store.relaxations(campaign, ids=list(evaluations)) if r.ok and r.structure
     ]
     for kind, entry_id, structure, energy_per_atom, source, evidence, pot in sources:
-        entry = make_entry(Structure.from_dict(structure), energy_per_atom, entry_id)
+        entry = make_entry(Structure.from_dict(structure), energy_per_atom, entry_id,
+                           correct=correct)
         composition = entry.composition
         pairs.append((
             {
@@ -154,7 +156,7 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
                 "correction": entry.correction,
                 "corrected_energy": entry.energy,
                 "corrected_energy_per_atom": entry.energy_per_atom,
-                "correction_scheme": CORRECTION_NAME,
+                "correction_scheme": CORRECTION_NAME if correct else "none",
                 "source": source, "evidence": evidence, "potential": pot,
             },
             entry,

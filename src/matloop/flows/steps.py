@@ -126,7 +126,14 @@ class CampaignRun:
     def hull_scheme(self) -> str:
         from matloop.evaluators.stability import hull_scheme
 
-        return hull_scheme(self.potential)
+        return hull_scheme(self.potential, "MP2020" if self.corrects_energies else None)
+
+    @property
+    def corrects_energies(self) -> bool:
+        """Whether entries pass through MP2020 (see ``relax.makers.NEEDS_MP2020_CORRECTION``)."""
+        from matloop.relax.makers import needs_mp2020_correction
+
+        return needs_mp2020_correction(self.config.relaxer.potential)
 
     def rng(self, round_: int, stream: int) -> np.random.Generator:
         """Per-round, per-purpose random streams: a resumed round draws the same numbers."""
@@ -730,7 +737,8 @@ class CampaignRun:
             )
         }
         ref_entries = [
-            make_entry(_structure(r.structure), r.energy_per_atom, r.reference_id)
+            make_entry(_structure(r.structure), r.energy_per_atom, r.reference_id,
+                       correct=self.corrects_energies)
             for r in references
         ]
         cand_entries, rejected = [], {}
@@ -739,7 +747,8 @@ class CampaignRun:
                 continue
             try:
                 cand_entries.append(make_entry(
-                    _structure(relaxations[cid].structure), relaxations[cid].energy_per_atom, cid
+                    _structure(relaxations[cid].structure), relaxations[cid].energy_per_atom, cid,
+                    correct=self.corrects_energies,
                 ))
             except EntryRejectedError as err:  # e.g. a chemistry MP2020 cannot correct
                 rejected[cid] = (CandidateStatus.failed, f"energy correction rejected: {err}")

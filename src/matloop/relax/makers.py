@@ -292,3 +292,18 @@ def maker_potential(maker: Maker) -> str:
             meta = maker.calculator_meta
             return ff_name if ff_name != "Forcefield" else str(meta)
     return type(maker).__name__
+
+
+#: Whether a potential's energies need MaterialsProject2020Compatibility to sit on MP's
+#: corrected scale. Measured here against MP (rutile TiO2, rock-salt CaO, with each
+#: potential's own elemental references): CHGNet 0.3.0 already gives MP2020-corrected
+#: formation energies (TiO2 -3.51, CaO -3.30 eV/atom, as MP's corrected values), since it
+#: learned MPtrj's corrected energies; SevenNet 7net-0 gives raw GGA ones (TiO2 -3.05,
+#: CaO -2.99), which the correction brings to the same scale. Correcting CHGNet again
+#: would count the oxide correction twice.
+NEEDS_MP2020_CORRECTION: dict[str, bool] = {"CHGNet": False, "SevenNet": True}
+
+
+def needs_mp2020_correction(potential: str) -> bool:
+    """True when ``potential``'s energies must pass through MP2020 before a hull."""
+    return NEEDS_MP2020_CORRECTION[_canonical_potential(potential)]
