@@ -70,9 +70,9 @@ def chgnet_benchmark(args) -> dict:
     scale = {
         "elements": ["Ca", "Ti", "O"],
         "max_atoms": 5,
-        "rounds": 3 if args.quick else 5,
-        "candidates_per_round": 24 if args.quick else 40,
-        "relaxations_per_round": 6 if args.quick else 10,
+        "rounds": args.rounds or (3 if args.quick else 5),
+        "candidates_per_round": args.proposals or (24 if args.quick else 40),
+        "relaxations_per_round": args.relaxations or (6 if args.quick else 10),
         "seeds": list(args.seeds[:2]) if args.quick else list(args.seeds),
         "vae_epochs": 40 if args.quick else 100,
     }
@@ -126,7 +126,8 @@ def chgnet_benchmark(args) -> dict:
                   "relaxer": "CHGNet, fmax 0.1 eV/Å, 200 steps", "acquisition": "ucb, beta 1",
                   "seed_crystals": MP_SEEDS.name,
                   "wall_s": round(time.perf_counter() - start_all)},  # fmt: skip
-        "hit": "novel, unique, within 0.1 eV/atom of the campaign's CHGNet hull (CHGNet energies are already on the MP2020 scale)",
+        "hit": "novel, unique, within 0.1 eV/atom of the campaign's CHGNet hull (CHGNet "
+        "energies are already on the MP2020 scale)",
         "strategies": summary,
         "plot": "benchmarks/results/discovery_hit_rate.png",
     }

@@ -100,8 +100,36 @@ class GeneratorConfig(_Strict):
         return self
 
 
+class ReplayTable(_Strict):
+    """A labelled table that answers "relaxations" by lookup (agent benchmarks, no physics).
+
+    ``energy_column`` must be a formation energy per atom relative to the elements (e.g.
+    perov-5's ``heat_ref``): the elemental references of the hull then sit at 0 eV/atom.
+    """
+
+    path: str = Field(description="CSV (optionally gzipped) with a CIF column")
+    energy_column: str = Field(description="Formation energy per atom, eV/atom")
+    property_columns: list[str] = Field(
+        default_factory=list, description="Other labels reported with each answer, e.g. dir_gap"
+    )
+    cif_column: str = "cif"
+    id_column: str = "material_id"
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        if not Path(value).expanduser().is_file():
+            raise ValueError(f"replay table not found: {value}")
+        return value
+
+
 class RelaxerConfig(_Strict):
-    potential: Literal["CHGNet", "SevenNet"] = "CHGNet"
+    potential: Literal["CHGNet", "SevenNet", "replay"] = Field(
+        "CHGNet", description="ML potential, or 'replay': answers from relaxer.replay's table"
+    )
+    replay: ReplayTable | None = Field(
+        None, description="The labelled table of potential: replay"
+    )
     fmax: float = Field(0.05, gt=0, le=1.0, description="Force convergence, eV/Å")
     steps: int = Field(300, ge=1, le=10000)
     relax_cell: bool = True
@@ -111,6 +139,42 @@ class RelaxerConfig(_Strict):
     executor_settings: dict = Field(
         default_factory=dict, description="Passed to the executor, e.g. {n_workers: 2}"
     )
+    batched: bool = Field(
+        False,
+        description="Relax many candidates together in one torch state, on CUDA when present "
+        "(matloop.relax.batched; CHGNet and the local executor only). Same relaxed structures "
+        "and energies as one atomate2 job per candidate, faster",
+    )
+    batch_size: int = Field(
+        32, ge=1, le=4096, description="Candidates relaxed together when batched"
+    )
+
+    @model_validator(mode="after")
+    def _batched_needs_chgnet(self) -> RelaxerConfig:
+        if self.batched and self.potential != "CHGNet":
+            raise ValueError(
+                f"batched: true relaxes with CHGNet only, not potential: {self.potential} "
+                "(set batched: false, or potential: CHGNet)"
+            )
+        if self.batched and self.executor != "local":
+            raise ValueError(
+                f"batched: true relaxes in this process; executor must be local, not "
+                f"{self.executor!r} (set batched: false to fan jobs out)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _replay_table(self) -> RelaxerConfig:
+        if self.potential == "replay" and self.replay is None:
+            raise ValueError(
+                "potential: replay needs a table: relaxer.replay: {path, energy_column}"
+            )
+        if self.potential != "replay" and self.replay is not None:
+            raise ValueError(f"relaxer.replay is only used with potential: replay, "
+                             f"not {self.potential}")  # fmt: skip
+        if self.potential == "replay" and self.executor != "local":
+            raise ValueError("potential: replay answers in-process; executor must be local")
+        return self
 
 
 class DftConfig(_Strict):
@@ -153,7 +217,11 @@ class BudgetConfig(_Strict):
 
 
 class AcquisitionConfig(_Strict):
-    strategy: Literal["ucb", "greedy", "ei", "thompson", "random"] = "ucb"
+    strategy: Literal["ucb", "greedy", "ei", "thompson", "random", "joint"] = Field(
+        "ucb",
+        description="joint: highest P(stable) x P(property in the objective's window), "
+        "see matloop.evaluators.reward",
+    )
     beta: float = Field(1.0, ge=0.0, description="Exploration weight for UCB")
     ensemble_size: int = Field(8, ge=2, le=64)
 

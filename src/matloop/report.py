@@ -261,6 +261,14 @@ def _img(folder: Path, relative: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
 
 
+def _calibration(round_metrics: dict) -> str:
+    """'62% / 91%' from a round's surrogate calibration metrics, '' when not measured."""
+    one, two = (round_metrics.get(f"surrogate_within_{k}sigma") for k in (1, 2))
+    if one is None:
+        return ""
+    return f"{one:.0%}" + ("" if two is None else f" / {two:.0%}")
+
+
 def _num(value: Any, fmt: str = "{:.3f}") -> str:
     if value in (None, ""):
         return ""
@@ -380,14 +388,19 @@ def html_report(
          str(r.get("proposed", 0)), str(r.get("rejected", 0)), str(r.get("relaxed", 0)),
          str(r.get("failed", 0)), str(r.get("stable", 0)), str(r.get("novel", 0)),
          str(r.get("hits", 0)), f"{(r.get('hit_rate') or 0):.0%}",
-         _num(r.get("best_e_above_hull")), _num(r.get("surrogate_mae"))]
+         _num(r.get("best_e_above_hull")), _num(r.get("surrogate_mae")),
+         _calibration(r)]
         for r in rounds
     ]
     parts.append(_table(
         ["round", "proposed", "rejected", "relaxed", "failed", "stable", "novel", "hits",
-         "hit rate", "best E hull", "surrogate MAE"], round_rows, set(range(11))))
+         "hit rate", "best E hull", "surrogate MAE", "within 1σ / 2σ"], round_rows,
+        set(range(12))))
     parts.append("<p class='muted'>stable: within the threshold of the hull when evaluated; "
-                 "hits: stable, novel and unique; * round not finished.</p></div>")
+                 "hits: stable, novel and unique; * round not finished. Within 1σ / 2σ: share "
+                 "of the round's relaxed candidates whose e_above_hull fell within one / two "
+                 "predicted standard deviations of the surrogate's prediction (calibrated: "
+                 "about 68 % / 95 %).</p></div>")
     if "hit_rate" in figures:
         parts.append(f"<div class='fig'>{_img(folder, figures['hit_rate'], 'hit rate')}</div>")
     parts.append("</div>")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-__all__ = ["STRATEGIES", "expected_improvement", "scores", "select"]
+__all__ = ["STRATEGIES", "best_k", "expected_improvement", "scores", "select"]
 
 STRATEGIES: tuple[str, ...] = ("greedy", "ucb", "ei", "thompson", "random")
 
@@ -137,8 +137,22 @@ def select(
         For an unknown strategy (the message lists the known ones) or mismatched inputs.
     """
     score = scores(mean, std, strategy=strategy, beta=beta, rng=rng, best=best)
+    return best_k(score, k, tie_break=mean)
+
+
+def best_k(score: np.ndarray, k: int, *, tie_break: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` lowest scores, ties broken by ``tie_break`` (lower first), then
+    by index; NaN scores rank last. Used by :func:`select` and for scores computed elsewhere
+    (e.g. :func:`matloop.evaluators.reward.multiobjective_scores`).
+
+    Examples
+    --------
+    >>> best_k(np.array([0.2, -0.5, 0.2, np.nan]), 3, tie_break=np.array([0, 0, -1, 0]))
+    array([1, 2, 0])
+    """
+    score = np.where(np.isnan(score := np.asarray(score, dtype=float).ravel()), np.inf, score)
     n = score.shape[0]
     k = max(0, min(int(k), n))
-    tie_mean = np.nan_to_num(np.asarray(mean, dtype=float).ravel(), nan=np.inf)
-    order = np.lexsort((np.arange(n), tie_mean, score))
+    tie = np.zeros(n) if tie_break is None else np.asarray(tie_break, dtype=float).ravel()
+    order = np.lexsort((np.arange(n), np.nan_to_num(tie, nan=np.inf), score))
     return order[:k].astype(np.intp)

@@ -8,6 +8,7 @@ those entries to ``references.csv``, so anyone can recompute the hash and every
 
 Evidence levels, weakest first:
 
+``table-lookup``      answered from a labelled table by a replay campaign (an agent benchmark)
 ``mlip-relaxed``      relaxed with a machine-learned potential (CHGNet, SevenNet): a *lead*
 ``dft-single-point``  one DFT energy on the ML-relaxed structure: DFT-checked, not relaxed
 ``dft-relaxed``       relaxed with DFT (CP2K, VASP): the only level called *confirmed*
@@ -44,6 +45,7 @@ __all__ = [
 class EvidenceLevel(StrEnum):
     """How an energy was obtained, weakest first."""
 
+    table_lookup = "table-lookup"
     mlip_relaxed = "mlip-relaxed"
     dft_single_point = "dft-single-point"
     dft_relaxed = "dft-relaxed"
@@ -54,6 +56,7 @@ CONFIRMED: frozenset[str] = frozenset({EvidenceLevel.dft_relaxed.value})
 
 #: What each level means, for tables and reports.
 MEANING: dict[str, str] = {
+    EvidenceLevel.table_lookup.value: "replayed from a labelled table (benchmark only)",
     EvidenceLevel.mlip_relaxed.value: "lead (ML potential only)",
     EvidenceLevel.dft_single_point.value: "DFT-checked (single point, not relaxed)",
     EvidenceLevel.dft_relaxed.value: "confirmed (DFT-relaxed)",
@@ -73,6 +76,8 @@ def evidence_for_potential(potential: str, *, single_point: bool = False) -> str
     'dft-single-point'
     """
     name = (potential or "").lower()
+    if name.startswith("replay:"):
+        return EvidenceLevel.table_lookup.value
     if any(name.startswith(code) for code in _DFT_CODES):
         return (EvidenceLevel.dft_single_point if single_point else EvidenceLevel.dft_relaxed).value
     return EvidenceLevel.mlip_relaxed.value
@@ -84,14 +89,17 @@ def is_confirmed(evidence: str | None) -> bool:
 
 
 def count_by_evidence(levels: Iterable[str | None]) -> dict[str, int]:
-    """Counts per evidence level, every known level present (zero when absent).
+    """Counts per evidence level, every physical level present (zero when absent);
+    ``table-lookup`` only when a replay campaign produced some.
 
     Examples
     --------
     >>> count_by_evidence(["mlip-relaxed", "mlip-relaxed"])
     {'mlip-relaxed': 2, 'dft-single-point': 0, 'dft-relaxed': 0}
     """
-    counts = {level.value: 0 for level in EvidenceLevel}
+    counts = {
+        level.value: 0 for level in EvidenceLevel if level is not EvidenceLevel.table_lookup
+    }
     for level in levels:
         key = level or EvidenceLevel.mlip_relaxed.value
         counts[key] = counts.get(key, 0) + 1

@@ -95,6 +95,7 @@ class CampaignRun:
         self.progress = progress or Progress()
         self._generators: list[tuple[Any, Generator]] | None = None
         self._maker = None
+        self._batched_relaxer = None
 
     # -- campaign bookkeeping ----------------------------------------------------------------
     def ensure_campaign(self) -> CampaignDoc:
@@ -118,9 +119,30 @@ class CampaignRun:
 
     @property
     def potential(self) -> str:
+        if self.replaying:
+            return f"replay:{self.oracle.name}"
         from matloop.relax.makers import potential_version
 
         return potential_version(self.config.relaxer.potential)
+
+    @property
+    def replaying(self) -> bool:
+        """A replay campaign: "relaxations" are answered from a labelled table."""
+        return self.config.relaxer.potential == "replay"
+
+    @property
+    def oracle(self):
+        """The replay table (:class:`matloop.relax.replay.ReplayOracle`), parsed once."""
+        from matloop.relax.replay import cached_oracle
+
+        table = self.config.relaxer.replay
+        return cached_oracle(table.path, (table.energy_column, *table.property_columns),
+                             cif_column=table.cif_column, id_column=table.id_column)  # fmt: skip
+
+    def _replay(self, items: list[tuple[str, Structure]]) -> list:
+        """Outcomes answered by the replay table, one per (id, structure)."""
+        column = self.config.relaxer.replay.energy_column
+        return [self.oracle.relax_outcome(cid, structure, column) for cid, structure in items]
 
     @property
     def hull_scheme(self) -> str:
@@ -133,6 +155,8 @@ class CampaignRun:
         """Whether entries pass through MP2020 (see ``relax.makers.NEEDS_MP2020_CORRECTION``)."""
         from matloop.relax.makers import needs_mp2020_correction
 
+        if self.replaying:  # a table of formation energies: already on its own scale
+            return False
         return needs_mp2020_correction(self.config.relaxer.potential)
 
     def rng(self, round_: int, stream: int) -> np.random.Generator:
@@ -152,6 +176,25 @@ class CampaignRun:
                 relax_cell=relaxer.relax_cell,
             )
         return self._maker
+
+    @property
+    def batched_relaxer(self):
+        """The :class:`~matloop.relax.batched.BatchedRelaxer` of ``relaxer.batched`` configs.
+
+        It gives the same structures and energies as :attr:`maker`'s one-job-per-candidate
+        path (tests/relax/test_batched.py), so its outcomes carry the same potential name.
+        """
+        if self._batched_relaxer is None:
+            from matloop.relax.batched import BatchedRelaxer
+
+            relaxer = self.config.relaxer
+            self._batched_relaxer = BatchedRelaxer(
+                fmax=relaxer.fmax,
+                steps=relaxer.steps,
+                relax_cell=relaxer.relax_cell,
+                batch_size=relaxer.batch_size,
+            )
+        return self._batched_relaxer
 
     def generators(self) -> list[tuple[Any, Generator]]:
         """(config, generator) pairs, fitted on the seed crystals once per process."""
@@ -245,7 +288,20 @@ class CampaignRun:
         elements = list(self.config.chemical_space.elements)
         stored = {ref.reference_id for ref in self.store.references(self.potential)}
         missing = [el for el in elements if f"element:{el}" not in stored]
-        if missing:
+        if missing and self.replaying:
+            # the table holds formation energies: every element sits at 0 eV/atom
+            from pymatgen.core import Lattice
+            from pymatgen.core import Structure as _Structure
+
+            self.store.save_references([
+                ReferenceDoc(
+                    reference_id=f"element:{el}", potential=self.potential, formula=el,
+                    chemsys=el, energy_per_atom=0.0, source="elemental",
+                    structure=_structure_dict(_Structure(Lattice.cubic(3.0), [el], [[0, 0, 0]])),
+                )
+                for el in missing
+            ])
+        elif missing:
             self.progress.message(f"relaxing elemental references for {', '.join(missing)}")
             outcomes = relax_elemental_references(missing, self.maker, self.store.job_store())
             self.store.save_references(
@@ -270,8 +326,11 @@ class CampaignRun:
             self.progress.relax_started(len(todo))
             failed = 0
             for done, (rid, seed) in enumerate(todo, start=1):
-                (out,) = relax_structures([(rid, seed.structure)], self.maker,
-                                          self.store.job_store())
+                if self.replaying:
+                    (out,) = self._replay([(rid, seed.structure)])
+                else:
+                    (out,) = relax_structures([(rid, seed.structure)], self.maker,
+                                              self.store.job_store())
                 self.progress.relax_advanced(done, len(todo), rid)
                 if not out.ok:
                     failed += 1
@@ -588,7 +647,7 @@ class CampaignRun:
         return structures, np.asarray(targets, dtype=float)
 
     def _acquire(self, round_, valid, k):
-        from matloop.evaluators.acquisition import select
+        from matloop.evaluators.acquisition import best_k, select
 
         n = len(valid)
         if n == 0:
@@ -605,11 +664,62 @@ class CampaignRun:
 
         surrogate = EnsembleSurrogate(n_members=acq.ensemble_size, seed=self.config.seed + round_)
         surrogate.fit(featurize(structures), targets)
-        mean, std = surrogate.predict(featurize([s for _, s in valid]))
+        features = featurize([s for _, s in valid])
+        mean, std = surrogate.predict(features)
+        if acq.strategy == "joint":
+            score, label = self._joint_scores(mean, std, features, round_)
+            chosen = best_k(score, k, tie_break=mean)
+            return list(map(int, chosen)), (mean, std, score), label
         best = float(np.min(targets)) if len(targets) else None
         chosen = select(mean, std, k, strategy=acq.strategy, beta=acq.beta, rng=rng, best=best)
         score = mean - acq.beta * std
         return list(map(int, chosen)), (mean, std, score), acq.strategy
+
+    def _joint_scores(self, e_mean, e_std, features, round_):
+        """``-P(stable) * P(property in window)`` per candidate (see
+        :func:`matloop.evaluators.reward.multiobjective_scores`). The property comes from a
+        second ensemble fitted on every known value of it: seed crystals' columns and what
+        the relaxer reported (a replay table). Too few values: stability alone."""
+        from matloop.evaluators.reward import multiobjective_scores
+
+        objective = self.config.objective
+        window = objective.property
+        p_mean = p_std = None
+        if window is not None:
+            structures, values = self.property_labels(window.name)
+            if len(values) >= MIN_TRAINING_POINTS:
+                from matloop.evaluators.features import featurize
+                from matloop.evaluators.surrogate import EnsembleSurrogate
+
+                model = EnsembleSurrogate(n_members=self.config.acquisition.ensemble_size,
+                                          seed=self.config.seed + round_ + 7919)  # fmt: skip
+                model.fit(featurize(structures), values)
+                p_mean, p_std = model.predict(features)
+        score = multiobjective_scores(
+            e_mean, e_std, objective.stability_threshold, p_mean, p_std,
+            (window.min, window.max) if window is not None else None,
+        )
+        if window is None:
+            return score, "joint (stability only: no property window)"
+        if p_mean is None:
+            return score, f"joint (stability only: too few {window.name} values yet)"
+        return score, f"joint (stability x {window.name} window)"
+
+    def property_labels(self, name: str) -> tuple[list[Structure], np.ndarray]:
+        """Every known value of property ``name``: evaluated candidates (as proposed) whose
+        relaxer reported it, and seed crystals that carry it."""
+        structures, values = [], []
+        evaluations = {e.candidate_id: e for e in self.store.evaluations(self.name)
+                       if np.isfinite(e.properties.get(name, np.nan))}  # fmt: skip
+        for cand in self.store.candidates(self.name, ids=list(evaluations)):
+            structures.append(_structure(cand.structure))
+            values.append(evaluations[cand.candidate_id].properties[name])
+        for ref in self.references():
+            value = (ref.properties or {}).get(name)
+            if value is not None and np.isfinite(value):
+                structures.append(_structure(ref.structure))
+                values.append(float(value))
+        return structures, np.asarray(values, dtype=float)
 
     # -- 3. relax ----------------------------------------------------------------------
     def relax(self, round_: int) -> StepResult:
@@ -640,6 +750,8 @@ class CampaignRun:
                                      max_atoms=self.config.chemical_space.max_atoms,
                                      **relaxer.executor_settings)
             batch_size = max(total, 1)
+        elif relaxer.batched:  # one claim per batch of candidates relaxed together
+            batch_size = relaxer.batch_size
         done_count = 0
         while True:
             batch = []
@@ -679,7 +791,13 @@ class CampaignRun:
                     self._save_outcome(out, round_)
             if todo:
                 job_store = self.store.job_store()
-                if executor is None:
+                if self.replaying:
+                    outcomes = self._replay(todo)
+                elif relaxer.batched:
+                    outcomes = self.batched_relaxer.relax(
+                        todo, max_atoms=self.config.chemical_space.max_atoms
+                    )
+                elif executor is None:
                     outcomes = relax_structures(todo, self.maker, job_store,
                                                 max_atoms=self.config.chemical_space.max_atoms)
                 else:
@@ -713,6 +831,7 @@ class CampaignRun:
                 wall_s=out.wall_s,
                 reason=out.reason,
                 round=round_,
+                properties=out.properties,
             )
         ])
         status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed
@@ -815,6 +934,7 @@ class CampaignRun:
                     hull_version=round_,
                 )
                 fresh.append(doc)
+            doc.properties = {**doc.properties, **relax.properties}
             # how sure: how the energy was obtained, how well it converged, which hull
             doc.potential = relax.potential or self.potential
             doc.evidence = relax.evidence or evidence_for_potential(doc.potential)
@@ -950,7 +1070,9 @@ class CampaignRun:
         if pairs:
             pred, std, true = (np.array(x, dtype=float) for x in zip(*pairs, strict=True))
             counts["surrogate_mae"] = float(np.mean(np.abs(pred - true)))
+            # calibration: a calibrated Gaussian spread holds ~68 % within 1 sigma, ~95 % in 2
             counts["surrogate_within_1sigma"] = float(np.mean(np.abs(pred - true) <= std))
+            counts["surrogate_within_2sigma"] = float(np.mean(np.abs(pred - true) <= 2 * std))
         feedback, sources = self._feedback(round_, evaluations, by_id)
         updated = []
         for cfg, generator in self.generators():
@@ -1042,11 +1164,17 @@ class CampaignRun:
         self.store.save_campaign(campaign)
 
 
+#: Relaxer settings that change how relaxations run but not their results: where they run,
+#: and whether candidates relax together (the batched path agrees with the per-structure
+#: one, see tests/relax/test_batched.py), so a campaign may switch them between runs.
+_NOT_PHYSICS = ("executor", "executor_settings", "batched", "batch_size")
+
+
 def _physics(part: str, settings: dict | None) -> dict | None:
-    """The settings that change results: where relaxations run (the executor) does not."""
+    """The settings that change results: where and how relaxations run do not."""
     if part != "relaxer" or not isinstance(settings, dict):
         return settings
-    return {k: v for k, v in settings.items() if k not in ("executor", "executor_settings")}
+    return {k: v for k, v in settings.items() if k not in _NOT_PHYSICS}
 
 
 def _unanalysable(structure: Structure) -> str | None:

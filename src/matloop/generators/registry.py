@@ -35,6 +35,7 @@ __all__ = [
 GENERATOR_PATHS: dict[str, str] = {
     "prototype_substitution": "matloop.generators.prototypes:PrototypeSubstitution",
     "random_symmetric": "matloop.generators.random_symmetric:RandomSymmetric",
+    "table_rows": "matloop.generators.table:TableRows",
 }
 #: Learned torch models: used in a campaign through a trained checkpoint (``matloop train``).
 GENERATOR_PATHS.update(TORCH_GENERATORS)

@@ -38,7 +38,28 @@ if TYPE_CHECKING:
 
     from matloop.relax.runner import RelaxOutcome
 
-__all__ = ["ReplayOracle"]
+__all__ = ["ReplayOracle", "cached_oracle"]
+
+
+def cached_oracle(
+    path: str | Path,
+    property_columns: tuple[str, ...],
+    *,
+    cif_column: str = "cif",
+    id_column: str = "material_id",
+) -> ReplayOracle:
+    """:meth:`ReplayOracle.from_csv`, parsed once per process and arguments (a replay
+    campaign's generator and relaxer read the same table; parsing 4,000 CIFs takes seconds).
+    The instance is shared: its ``queried`` log is the process's, not one campaign's."""
+    key = (str(Path(path).expanduser().resolve()), tuple(property_columns), cif_column, id_column)
+    if key not in _ORACLES:
+        _ORACLES[key] = ReplayOracle.from_csv(
+            key[0], list(property_columns), cif_column=cif_column, id_column=id_column
+        )
+    return _ORACLES[key]
+
+
+_ORACLES: dict[tuple, ReplayOracle] = {}
 
 
 class ReplayOracle:
@@ -165,7 +186,8 @@ class ReplayOracle:
         if row is None:
             return RelaxOutcome(ok=False, reason="not in the replay table",
                                 wall_s=time.perf_counter() - start, **common)  # fmt: skip
-        value = float(self.query([row])[energy_column][0])
+        labels = {k: float(v[0]) for k, v in self.query([row]).items()}
+        value = labels.pop(energy_column)
         if not np.isfinite(value):
             return RelaxOutcome(ok=False, reason=f"no {energy_column} in the replay table",
                                 wall_s=time.perf_counter() - start, **common)  # fmt: skip
@@ -177,5 +199,6 @@ class ReplayOracle:
             n_steps=0,
             max_force=0.0,
             wall_s=time.perf_counter() - start,
+            properties={k: v for k, v in labels.items() if np.isfinite(v)},
             **common,
         )

@@ -87,6 +87,10 @@ class RelaxOutcome(BaseModel):
     )
     potential: str = Field(description="Potential and model version, e.g. 'CHGNet 0.3.0'.")
     wall_s: float = Field(description="Wall-clock seconds spent on this structure.")
+    properties: dict[str, float] = Field(
+        default_factory=dict,
+        description="Other computed labels (a replay table's columns, e.g. dir_gap).",
+    )
 
     @field_serializer("structure", when_used="json")
     def _structure_as_dict(self, structure: Structure | None) -> dict | None:
@@ -171,10 +175,7 @@ def relax_structures(
     ):
         for done, (candidate_id, structure) in enumerate(items, start=1):
             start = time.perf_counter()
-            try:
-                reason = _precheck(structure, max_atoms, min_distance, max_volume_per_atom)
-            except Exception as exc:  # a structure too broken to inspect
-                reason = f"invalid structure: {_exception_reason(exc)}"
+            reason = _reject_reason(structure, max_atoms, min_distance, max_volume_per_atom)
             if reason is not None:
                 fields: dict[str, Any] = {"ok": False, "reason": reason}
             else:
@@ -256,6 +257,23 @@ def _judge(
     else:
         fields["ok"] = True
     return fields
+
+
+def _reject_reason(
+    structure: Structure,
+    max_atoms: int | None,
+    min_distance: float,
+    max_volume_per_atom: float | None,
+) -> str | None:
+    """Why a structure must not be relaxed (see :func:`_precheck`), never raising.
+
+    Shared with the batched path (:mod:`matloop.relax.batched`), as is :func:`_judge`, so
+    both reject and judge with the same rules and the same reason texts.
+    """
+    try:
+        return _precheck(structure, max_atoms, min_distance, max_volume_per_atom)
+    except Exception as exc:  # a structure too broken to inspect
+        return f"invalid structure: {_exception_reason(exc)}"
 
 
 def _precheck(

@@ -87,6 +87,9 @@ class RelaxationDoc(_Doc):
     evidence: str | None = Field(
         None, description="Evidence level of the energy; None: derived from the potential"
     )
+    properties: dict[str, float] = Field(
+        default_factory=dict, description="Other labels the relaxer computed (replay tables)"
+    )
     created_at: str = Field(default_factory=utcnow)
 
 
