@@ -121,12 +121,12 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
 
     from matloop.evaluators.evidence import evidence_for_potential
     from matloop.evaluators.stability import CORRECTION_NAME, make_entry
-    from matloop.relax.makers import needs_mp2020_correction, potential_version
+    from matloop.relax.makers import needs_mp2020_correction, relaxer_potential
 
     doc = store.get_campaign(campaign)
     if doc is None or not doc.hull_scheme:
         return []
-    potential = potential_version(doc.config["relaxer"]["potential"])
+    potential = relaxer_potential(doc.config["relaxer"])
     correct = needs_mp2020_correction(doc.config["relaxer"]["potential"])
     elements = doc.config["chemical_space"]["elements"]
     ids = [f"element:{el}" for el in elements] + doc.seed_reference_ids

@@ -311,9 +311,9 @@ def campaign_latent_maps(
     ]
     potential = None
     if doc.config.get("relaxer"):
-        from matloop.relax.makers import potential_version
+        from matloop.relax.makers import relaxer_potential
 
-        potential = potential_version(doc.config["relaxer"]["potential"])
+        potential = relaxer_potential(doc.config["relaxer"])
     seeds = [Structure.from_dict(r.structure)
              for r in store.references(potential or "", ids=doc.seed_reference_ids)]
     written: dict[str, Path] = {}

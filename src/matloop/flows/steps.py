@@ -119,11 +119,9 @@ class CampaignRun:
 
     @property
     def potential(self) -> str:
-        if self.replaying:
-            return f"replay:{self.oracle.name}"
-        from matloop.relax.makers import potential_version
+        from matloop.relax.makers import relaxer_potential
 
-        return potential_version(self.config.relaxer.potential)
+        return relaxer_potential(self.config.relaxer.model_dump())
 
     @property
     def replaying(self) -> bool:
@@ -155,8 +153,6 @@ class CampaignRun:
         """Whether entries pass through MP2020 (see ``relax.makers.NEEDS_MP2020_CORRECTION``)."""
         from matloop.relax.makers import needs_mp2020_correction
 
-        if self.replaying:  # a table of formation energies: already on its own scale
-            return False
         return needs_mp2020_correction(self.config.relaxer.potential)
 
     def rng(self, round_: int, stream: int) -> np.random.Generator:

@@ -26,6 +26,7 @@ from atomate2.forcefields.jobs import ForceFieldRelaxMaker
 from atomate2.forcefields.utils import MLFF, ForceFieldMixin, ase_calculator
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     from ase.calculators.calculator import Calculator
@@ -305,5 +306,24 @@ NEEDS_MP2020_CORRECTION: dict[str, bool] = {"CHGNet": False, "SevenNet": True}
 
 
 def needs_mp2020_correction(potential: str) -> bool:
-    """True when ``potential``'s energies must pass through MP2020 before a hull."""
+    """True when ``potential``'s energies must pass through MP2020 before a hull (never for
+    a replay table: its energies are on the table's own scale)."""
+    if str(potential).startswith("replay"):
+        return False
     return NEEDS_MP2020_CORRECTION[_canonical_potential(potential)]
+
+
+def relaxer_potential(relaxer: Mapping[str, Any]) -> str:
+    """The potential label of a campaign's ``relaxer`` settings (a config dict): e.g.
+    ``'CHGNet 0.3.0'``, or ``'replay:perov_5/val'`` for a replay table.
+
+    Examples
+    --------
+    >>> relaxer_potential({"potential": "replay", "replay": {"path": "data/perov_5/val.csv.gz"}})
+    'replay:perov_5/val'
+    """
+    if relaxer.get("potential") == "replay":
+        from matloop.relax.replay import table_name
+
+        return f"replay:{table_name(relaxer['replay']['path'])}"
+    return potential_version(relaxer["potential"])

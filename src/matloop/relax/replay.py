@@ -54,9 +54,16 @@ def cached_oracle(
     key = (str(Path(path).expanduser().resolve()), tuple(property_columns), cif_column, id_column)
     if key not in _ORACLES:
         _ORACLES[key] = ReplayOracle.from_csv(
-            key[0], list(property_columns), cif_column=cif_column, id_column=id_column
+            key[0], list(property_columns), cif_column=cif_column, id_column=id_column,
+            name=table_name(path),
         )
     return _ORACLES[key]
+
+
+def table_name(path: str | Path) -> str:
+    """A table's short name: its folder and file stem, e.g. ``perov_5/val``."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name.split('.')[0]}" if path.parent.name else path.stem
 
 
 _ORACLES: dict[tuple, ReplayOracle] = {}
