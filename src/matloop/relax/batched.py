@@ -1,0 +1,714 @@
+"""Batched relaxation: many crystals relaxed together with CHGNet in one torch state.
+
+The per-structure path (:func:`matloop.relax.runner.relax_structures`) runs one atomate2 job
+per crystal: ASE's FIRE optimiser on a ``FrechetCellFilter``, one CHGNet call per step.
+:class:`BatchedRelaxer` runs the same algorithm for many crystals at once, in the spirit of
+torch-sim: the positions, cells and FIRE state of every crystal in the batch live in
+concatenated tensors (``crystal_of`` maps each atom to its crystal), and each step makes one
+batched CHGNet call for all crystals still relaxing. A crystal leaves the batch as soon as it
+is done (converged, out of steps, or broken) and the next waiting crystal takes its place, so
+the batch stays full.
+
+Same results as the per-structure path
+--------------------------------------
+Per crystal it mirrors what atomate2's ``ForceFieldRelaxMaker`` does by default:
+
+- FIRE with ASE's default parameters (:class:`_Fire`). As in ASE, the velocity mixing, the
+  restart test (power ``F·v``) and the 0.2 Å step cap act on each crystal's whole vector of
+  degrees of freedom: its atoms and its cell together.
+- ASE's ``FrechetCellFilter`` for the cell: the degrees of freedom are the atom positions in
+  the starting cell plus ``N log(F)`` of the deformation gradient ``F`` (``N`` atoms); the
+  generalised forces are ``f F`` on atoms and, on the cell, the adjoint Fréchet derivative of
+  the matrix exponential applied to the virial (one 6x6 matrix exponential, see
+  :func:`_cell_forces`), divided by ``N``.
+- Convergence: every row of the generalised force (each atom and the three cell rows) below
+  ``fmax``, tested before the first step and after each step, at most ``steps`` steps. So
+  the stress counts, exactly as in the per-structure path.
+- Energy: CHGNet's energy per atom, the value atomate2's task documents report.
+
+Only floating-point details differ (CHGNet runs in float32, sums run in another order), so
+trajectories drift apart slightly but end in the same minima: ``tests/relax/test_batched.py``
+checks energies within 5 meV/atom and matching relaxed structures (``StructureMatcher``) on
+real crystals. That is why outcomes carry the same potential name as the per-structure path
+(``"CHGNet 0.3.0"``): both feed the same hulls.
+
+Differences that leave results alone: there is no jobflow job and no task document
+(``job_uuid`` is None); a crystal whose volume leaves the ``max_volume_ratio`` window stops at
+once instead of running to the end; ``wall_s`` is the crystal's share of the batch's time.
+
+Speed: forces and stress come from one backward pass without a double-backward graph (CHGNet's
+own ``forward`` builds one for training, which doubles the cost of each step on a CPU). On a
+CPU the batched forward pass costs about as much per crystal as single ones; the gain there
+is that backward pass and fewer Python calls. On a GPU the batch fills the device.
+
+Examples
+--------
+>>> relaxer = BatchedRelaxer(fmax=0.05, steps=300, batch_size=32)
+>>> outcomes = relaxer.relax([("si", si), ("nacl", nacl)], max_atoms=20)  # doctest: +SKIP
+>>> outcomes[0].ok, outcomes[0].potential  # doctest: +SKIP
+(True, 'CHGNet 0.3.0')
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pymatgen.core import Lattice, Structure
+
+from matloop.relax.runner import (
+    RelaxOutcome,
+    _exception_reason,
+    _judge,
+    _quiet,
+    _reject_reason,
+    _thread_limits,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from chgnet.graph import CrystalGraph
+    from chgnet.model import CHGNet
+    from pymatgen.core import Species
+
+__all__ = ["BatchedRelaxer", "clear_model_cache", "relax_batched"]
+
+#: CHGNet reports stress in GPa; 1 eV/Å³ is this many GPa.
+_GPA_PER_EV_A3 = 160.21766208
+
+
+@dataclass(frozen=True)
+class _Fire:
+    """ASE's FIRE defaults (``ase.optimize.FIRE``), which atomate2 uses unchanged."""
+
+    dt: float = 0.1  # first time step
+    maxstep: float = 0.2  # largest step of a crystal's whole degree-of-freedom vector
+    dtmax: float = 1.0
+    n_min: int = 5  # downhill steps before dt may grow
+    finc: float = 1.1
+    fdec: float = 0.5
+    astart: float = 0.1  # velocity-mixing weight after a restart
+    fa: float = 0.99
+
+
+_FIRE = _Fire()
+
+
+@dataclass
+class BatchedRelaxer:
+    """Relax crystals in batches with CHGNet: FIRE with Fréchet cell relaxation on torch.
+
+    Settings mirror :func:`matloop.relax.makers.make_relax_maker`; the relaxed structures and
+    energies agree with that per-structure path (see the module documentation).
+
+    Parameters
+    ----------
+    fmax : float
+        Convergence threshold in eV/Å on every atomic force and, when the cell relaxes, on
+        the cell's generalised forces (the stress).
+    steps : int
+        Most optimiser steps per crystal.
+    relax_cell : bool
+        Whether the cell shape and volume relax too.
+    batch_size : int
+        Most crystals relaxing together.
+    max_batch_atoms : int or None
+        Most atoms in a batch (bounds memory on a GPU); a crystal larger than this still
+        relaxes, alone. None: only ``batch_size`` limits the batch.
+    device : str or None
+        Torch device, e.g. ``"cuda"`` or ``"cpu"``; None picks CUDA when present. Ignored
+        when ``model`` is given: the relaxation runs where the model is.
+    model : chgnet.model.CHGNet or None
+        A loaded CHGNet; None loads CHGNet 0.3.0 (its default) once per process and device.
+
+    Examples
+    --------
+    >>> BatchedRelaxer(steps=100).batch_size
+    32
+    """
+
+    fmax: float = 0.05
+    steps: int = 300
+    relax_cell: bool = True
+    batch_size: int = 32
+    max_batch_atoms: int | None = None
+    device: str | None = None
+    model: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+        if self.steps < 0:
+            raise ValueError(f"steps must not be negative, not {self.steps}")
+
+    @property
+    def potential(self) -> str:
+        """Potential name stored with every outcome, e.g. ``"CHGNet 0.3.0"``."""
+        from matloop.relax.makers import potential_version
+
+        if self.model is None:
+            return potential_version("CHGNet")
+        return potential_version("CHGNet", {"model": self.model})
+
+    def relax(
+        self,
+        items: list[tuple[str, Structure]],
+        *,
+        max_atoms: int | None = None,
+        max_volume_ratio: float = 3.0,
+        progress: Callable[[int, int], None] | None = None,
+        min_distance: float = 0.5,
+        max_volume_per_atom: float | None = 200.0,
+        num_threads: int | None = 1,
+        log: bool = False,
+    ) -> list[RelaxOutcome]:
+        """Relax structures together and summarise each result.
+
+        Takes the keyword arguments of :func:`matloop.relax.runner.relax_structures` and
+        returns the same outcomes: the same pre-checks, failure reasons and fields (with
+        ``job_uuid`` None). One failing crystal never stops the others in its batch.
+
+        Parameters
+        ----------
+        items : list of (str, Structure)
+            Candidate ids and their structures.
+        max_atoms, max_volume_ratio, min_distance, max_volume_per_atom, num_threads, log
+            As in :func:`~matloop.relax.runner.relax_structures`.
+        progress : callable, optional
+            Called as ``progress(done, total)`` each time a crystal finishes (crystals finish
+            in any order).
+
+        Returns
+        -------
+        list of RelaxOutcome
+            One per item, in order.
+        """
+        potential = self.potential
+        outcomes: list[RelaxOutcome | None] = [None] * len(items)
+        total = len(items)
+        done = 0
+
+        def finish(index: int, wall_s: float, fields: dict[str, Any]) -> None:
+            nonlocal done
+            outcomes[index] = RelaxOutcome(
+                candidate_id=items[index][0], potential=potential, wall_s=wall_s, **fields
+            )
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        with _quiet(not log), _thread_limits(num_threads):
+            waiting: list[tuple[int, float]] = []  # (item index, seconds spent on its checks)
+            for index, (_, structure) in enumerate(items):
+                start = time.perf_counter()
+                reason = _reject_reason(structure, max_atoms, min_distance, max_volume_per_atom)
+                if reason is None:
+                    waiting.append((index, time.perf_counter() - start))
+                else:
+                    finish(index, time.perf_counter() - start, {"ok": False, "reason": reason})
+            if waiting:
+                self._run(items, waiting, max_volume_ratio, finish)
+        return outcomes  # type: ignore[return-value]  # every slot is filled by now
+
+    # -- the batch loop ----------------------------------------------------------------------
+    def _run(
+        self,
+        items: list[tuple[str, Structure]],
+        waiting: list[tuple[int, float]],
+        max_volume_ratio: float,
+        finish: Callable[[int, float, dict[str, Any]], None],
+    ) -> None:
+        """Relax the waiting crystals, keeping the batch full, and ``finish`` each one.
+
+        Each pass mirrors one iteration of ASE's ``Optimizer.irun``: evaluate every crystal
+        in the batch, let those that are done leave (converged, out of steps, broken), then
+        take one FIRE step with the rest.
+        """
+        model = self.model if self.model is not None else _load_chgnet(self._device())
+        batch = _Batch(next(model.parameters()).device)
+        queue = list(reversed(waiting))  # pop() takes the next crystal in input order
+        while queue or len(batch):
+            self._refill(batch, queue, items)
+            start = time.perf_counter()
+            now = self._evaluate(model, batch, max_volume_ratio)
+            batch.share_time(time.perf_counter() - start)
+            for b in now.stop.nonzero().flatten().tolist():
+                member = batch.members[b]
+                fields = self._fields(now, b, items[member.index][1], max_volume_ratio)
+                finish(member.index, member.wall_s, fields)
+
+            start = time.perf_counter()
+            keep = ~now.stop
+            atom_keep = keep[batch.crystal_of]
+            batch.keep(keep)
+            if len(batch):
+                batch.fire_step(now.atom_force[atom_keep], now.cell_force[keep])
+            batch.share_time(time.perf_counter() - start)
+
+    def _refill(
+        self, batch: _Batch, queue: list[tuple[int, float]], items: list[tuple[str, Structure]]
+    ) -> None:
+        """Move waiting crystals into the batch while ``batch_size`` and ``max_batch_atoms``
+        allow (an empty batch always takes one)."""
+        while queue and len(batch) < self.batch_size:
+            index, check_s = queue[-1]
+            n_atoms = len(items[index][1])
+            if (len(batch) and self.max_batch_atoms is not None
+                    and batch.n_atoms + n_atoms > self.max_batch_atoms):  # fmt: skip
+                break
+            queue.pop()
+            batch.add(index, items[index][1], check_s)
+
+    def _evaluate(self, model: CHGNet, batch: _Batch, max_volume_ratio: float) -> _Evaluation:
+        """CHGNet on the batch's current crystals, the filter's forces, and who stops now."""
+        import torch
+
+        deform = batch.deformation()
+        cells, positions = batch.cells_and_positions(deform)
+        structures = batch.structures(cells, positions)
+        energy, forces, stress, errors = _predict(model, structures, batch.device)
+
+        # ASE's FrechetCellFilter forces, and what it tests for convergence
+        atom_force = torch.einsum("ni,nij->nj", forces, deform[batch.crystal_of])
+        if self.relax_cell:
+            cell_force = _cell_forces(batch, deform, cells, stress)
+        else:
+            cell_force = torch.zeros_like(deform)
+        residual = torch.maximum(
+            batch.per_crystal_max(atom_force.norm(dim=1)), cell_force.norm(dim=2).amax(dim=1)
+        )
+        forces_finite = torch.isfinite(batch.per_crystal_sum(forces.sum(dim=1))) & (
+            torch.isfinite(stress.sum(dim=(1, 2)))
+        )
+        healthy = torch.isfinite(energy) & forces_finite
+        # atomate2 takes steps <= 1 as a single-point calculation, converged by definition
+        single_point = self.steps <= 1
+        converged = healthy & ((residual < self.fmax) | single_point)
+        out_of_steps = batch.n_steps >= (0 if single_point else self.steps)
+        volume_ratio = torch.linalg.det(cells).abs() / batch.volume0
+        out_of_window = (volume_ratio > max_volume_ratio) | (volume_ratio < 1 / max_volume_ratio)
+        failed = torch.tensor([e is not None for e in errors], device=batch.device)
+        return _Evaluation(
+            structures=structures,
+            energy=energy,
+            max_force=batch.per_crystal_max(forces.norm(dim=1)),
+            stress_gpa=stress.abs().amax(dim=(1, 2)) * _GPA_PER_EV_A3,
+            forces_finite=forces_finite,
+            errors=errors,
+            atom_force=atom_force,
+            cell_force=cell_force,
+            converged=converged,
+            n_steps=batch.n_steps,
+            stop=converged | ~healthy | out_of_steps | out_of_window | failed,
+        )
+
+    def _fields(
+        self, now: _Evaluation, b: int, start: Structure, max_volume_ratio: float
+    ) -> dict[str, Any]:
+        """The outcome fields of batch row ``b``, which stops now, judged as the
+        per-structure path judges (:func:`matloop.relax.runner._judge`)."""
+        if now.errors[b] is not None:  # its graph or the model call raised
+            return {"ok": False, "reason": now.errors[b]}
+        energy = float(now.energy[b])
+        if math.isfinite(energy) and not bool(now.forces_finite[b]):
+            return {
+                "ok": False,
+                "reason": "forces or stress are NaN",
+                "structure": now.structures[b],
+                "energy_per_atom": energy,
+            }
+        fields = {  # what runner._read_task_doc reads from an atomate2 task document
+            "structure": now.structures[b],
+            "energy_per_atom": energy,
+            "n_steps": int(now.n_steps[b]) + 2,  # atomate2 counts the first and last frames
+            "max_force": float(now.max_force[b]),
+            "converged": bool(now.converged[b]),
+            "_stress_gpa": float(now.stress_gpa[b]),
+            "_max_steps": self.steps,
+        }
+        return _judge(fields, start, None, max_volume_ratio)
+
+    def _device(self) -> str:
+        if self.device is not None:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def relax_batched(
+    items: list[tuple[str, Structure]],
+    *,
+    fmax: float = 0.05,
+    steps: int = 300,
+    relax_cell: bool = True,
+    batch_size: int = 32,
+    device: str | None = None,
+    **relax_kwargs: Any,
+) -> list[RelaxOutcome]:
+    """Relax ``items`` with a :class:`BatchedRelaxer`; a shortcut for one call.
+
+    Examples
+    --------
+    >>> outs = relax_batched([("si", si)], steps=200, max_atoms=20)  # doctest: +SKIP
+    """
+    relaxer = BatchedRelaxer(
+        fmax=fmax, steps=steps, relax_cell=relax_cell, batch_size=batch_size, device=device
+    )
+    return relaxer.relax(items, **relax_kwargs)
+
+
+@dataclass
+class _Evaluation:
+    """One evaluation of a batch: per crystal (rows), or per atom where noted."""
+
+    structures: list[Structure]  # current crystals
+    energy: torch.Tensor  # eV/atom
+    max_force: torch.Tensor  # largest Cartesian force, eV/Å
+    stress_gpa: torch.Tensor  # largest stress component, GPa
+    forces_finite: torch.Tensor  # forces and stress are finite
+    errors: list[str | None]  # why the model could not evaluate it
+    atom_force: torch.Tensor  # per atom: the filter's generalised force
+    cell_force: torch.Tensor  # (B, 3, 3): the filter's generalised cell force
+    converged: torch.Tensor
+    n_steps: torch.Tensor  # FIRE steps taken so far
+    stop: torch.Tensor  # leaves the batch now
+
+
+# -- the state of a batch ----------------------------------------------------------------------
+@dataclass
+class _Member:
+    """What the batch keeps outside tensors about one crystal."""
+
+    index: int  # position in the caller's items
+    species: list[Species]
+    n_atoms: int
+    wall_s: float  # seconds spent on it so far
+
+
+class _Batch:
+    """Positions, cells and FIRE state of the crystals relaxing together.
+
+    Atoms of all crystals are concatenated; ``crystal_of[i]`` is the batch row of atom ``i``.
+    Per crystal ``b`` (a row of the per-crystal tensors): ``cell0[b]`` is its starting cell
+    (rows are lattice vectors), ``cell_x[b] = N log F`` its cell degrees of freedom, with
+    ``F`` the deformation gradient (current cell ``cell0 @ F.T``); per atom, ``x`` is the
+    position in the starting cell (current position ``x @ F.T``). ``v`` and ``cell_v`` are
+    the FIRE velocities; ``dt``, ``alpha`` and ``n_pos`` (downhill steps in a row) the rest of
+    FIRE's state, as in ASE. Everything is float64, as ASE's numpy arrays are.
+
+    (ASE's own cell coordinates are ``N log(N F)``, ours shifted by the constant
+    ``N log N``; FIRE only ever adds steps to them, so the two move alike.)
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        import torch
+
+        self.device = device
+        self.members: list[_Member] = []
+        f64 = {"dtype": torch.float64, "device": device}
+        self.x = torch.zeros((0, 3), **f64)
+        self.v = torch.zeros((0, 3), **f64)
+        self.crystal_of = torch.zeros(0, dtype=torch.long, device=device)
+        self.cell0 = torch.zeros((0, 3, 3), **f64)
+        self.cell_x = torch.zeros((0, 3, 3), **f64)
+        self.cell_v = torch.zeros((0, 3, 3), **f64)
+        self.volume0 = torch.zeros(0, **f64)
+        self.n = torch.zeros(0, **f64)  # atoms per crystal, as a float for scaling
+        self.dt = torch.zeros(0, **f64)
+        self.alpha = torch.zeros(0, **f64)
+        self.n_pos = torch.zeros(0, dtype=torch.long, device=device)
+        self.n_steps = torch.zeros(0, dtype=torch.long, device=device)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.x.shape[0])
+
+    def add(self, index: int, structure: Structure, wall_s: float) -> None:
+        """Append a crystal at rest, in its starting cell (F = identity)."""
+        import torch
+
+        f64 = {"dtype": torch.float64, "device": self.device}
+        n = len(structure)
+        row = len(self.members)
+        self.members.append(_Member(index, list(structure.species), n, wall_s))
+        self.x = torch.cat([self.x, torch.tensor(structure.cart_coords, **f64)])
+        self.v = torch.cat([self.v, torch.zeros((n, 3), **f64)])
+        self.crystal_of = torch.cat(
+            [self.crystal_of, torch.full((n,), row, dtype=torch.long, device=self.device)]
+        )
+        cell = torch.tensor(structure.lattice.matrix, **f64)
+        self.cell0 = torch.cat([self.cell0, cell[None]])
+        self.cell_x = torch.cat([self.cell_x, torch.zeros((1, 3, 3), **f64)])
+        self.cell_v = torch.cat([self.cell_v, torch.zeros((1, 3, 3), **f64)])
+        self.volume0 = torch.cat([self.volume0, torch.linalg.det(cell).abs()[None]])
+        self.n = torch.cat([self.n, torch.tensor([float(n)], **f64)])
+        self.dt = torch.cat([self.dt, torch.tensor([_FIRE.dt], **f64)])
+        self.alpha = torch.cat([self.alpha, torch.tensor([_FIRE.astart], **f64)])
+        zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.n_pos = torch.cat([self.n_pos, zero])
+        self.n_steps = torch.cat([self.n_steps, zero])
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Drop the crystals whose ``mask`` entry is False."""
+        import torch
+
+        atom_mask = mask[self.crystal_of]
+        new_row = torch.cumsum(mask.long(), 0) - 1  # old row -> new row of kept crystals
+        self.crystal_of = new_row[self.crystal_of[atom_mask]]
+        self.x, self.v = self.x[atom_mask], self.v[atom_mask]
+        for name in ("cell0", "cell_x", "cell_v", "volume0", "n", "dt", "alpha", "n_pos",
+                     "n_steps"):  # fmt: skip
+            setattr(self, name, getattr(self, name)[mask])
+        self.members = [m for m, k in zip(self.members, mask.tolist(), strict=True) if k]
+
+    # -- geometry ----------------------------------------------------------------------
+    def deformation(self) -> torch.Tensor:
+        """Deformation gradients ``F = exp(cell_x / N)``, one 3x3 per crystal."""
+        import torch
+
+        return torch.linalg.matrix_exp(self.cell_x / self.n[:, None, None])
+
+    def cells_and_positions(self, deform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current cells (rows are lattice vectors) and Cartesian positions."""
+        import torch
+
+        cells = self.cell0 @ deform.transpose(1, 2)
+        positions = torch.einsum("nj,nkj->nk", self.x, deform[self.crystal_of])
+        return cells, positions
+
+    def structures(self, cells: torch.Tensor, positions: torch.Tensor) -> list[Structure]:
+        """The current crystals as pymatgen structures (what CHGNet's graphs are built from)."""
+        cells_np = cells.detach().cpu().numpy()
+        positions_np = positions.detach().cpu().numpy()
+        out, start = [], 0
+        for member, cell in zip(self.members, cells_np, strict=True):
+            coords = positions_np[start : start + member.n_atoms]
+            start += member.n_atoms
+            out.append(Structure(Lattice(cell), member.species, coords, coords_are_cartesian=True))
+        return out
+
+    # -- per-crystal reductions ----------------------------------------------------------
+    def per_crystal_sum(self, atom_values: torch.Tensor) -> torch.Tensor:
+        """Sum of per-atom values within each crystal."""
+        import torch
+
+        out = torch.zeros(len(self), dtype=atom_values.dtype, device=self.device)
+        return out.index_add_(0, self.crystal_of, atom_values)
+
+    def per_crystal_max(self, atom_values: torch.Tensor) -> torch.Tensor:
+        """Largest of non-negative per-atom values within each crystal (NaN propagates)."""
+        import torch
+
+        out = torch.zeros(len(self), dtype=atom_values.dtype, device=self.device)
+        return out.scatter_reduce(0, self.crystal_of, atom_values, reduce="amax")
+
+    def _dot(self, a: torch.Tensor, a_cell: torch.Tensor, b: torch.Tensor,
+             b_cell: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Per-crystal dot product over all degrees of freedom (atoms and cell), as
+        ``np.vdot`` over ASE's flattened vector."""
+        return self.per_crystal_sum((a * b).sum(dim=1)) + (a_cell * b_cell).sum(dim=(1, 2))
+
+    def share_time(self, seconds: float) -> None:
+        """Split ``seconds`` of batch work among the crystals, by their number of atoms."""
+        total = max(self.n_atoms, 1)
+        for member in self.members:
+            member.wall_s += seconds * member.n_atoms / total
+
+    # -- the optimiser ---------------------------------------------------------------------
+    def fire_step(self, force: torch.Tensor, cell_force: torch.Tensor) -> None:
+        """One FIRE step of every crystal, exactly as ``ase.optimize.FIRE.step``.
+
+        ``force`` and ``cell_force`` are the generalised forces (minus the gradient) on the
+        atoms and cell degrees of freedom of the crystals now in the batch.
+        """
+        import torch
+
+        p = _FIRE
+        started = self.n_steps > 0  # ASE skips the velocity update on its first step
+        vf = self._dot(force, cell_force, self.v, self.cell_v)
+        f2 = self._dot(force, cell_force, force, cell_force)
+        v2 = self._dot(self.v, self.cell_v, self.v, self.cell_v)
+        downhill = started & (vf > 0.0)
+        uphill = started & ~(vf > 0.0)
+
+        # downhill: mix the velocity towards the force, speed up after n_min such steps
+        mix = torch.where(downhill, self.alpha * torch.sqrt(v2 / f2.clamp_min(1e-300)), 0.0)
+        keep_v = torch.where(downhill, 1.0 - self.alpha, 1.0)
+        keep_v = torch.where(uphill, 0.0, keep_v)  # uphill: stop dead
+        self.v = self._atoms(keep_v) * self.v + self._atoms(mix) * force
+        self.cell_v = keep_v[:, None, None] * self.cell_v + mix[:, None, None] * cell_force
+        grow = downhill & (self.n_pos > p.n_min)
+        self.dt = torch.where(grow, torch.clamp(self.dt * p.finc, max=p.dtmax), self.dt)
+        self.alpha = torch.where(grow, self.alpha * p.fa, self.alpha)
+        self.n_pos = torch.where(downhill, self.n_pos + 1, self.n_pos)
+        # uphill: restart with a smaller time step
+        self.alpha = torch.where(uphill, p.astart, self.alpha)
+        self.dt = torch.where(uphill, self.dt * p.fdec, self.dt)
+        self.n_pos = torch.where(uphill, 0, self.n_pos)
+
+        # Euler step, capped at maxstep over the crystal's whole vector
+        self.v = self.v + self._atoms(self.dt) * force
+        self.cell_v = self.cell_v + self.dt[:, None, None] * cell_force
+        dr, dr_cell = self._atoms(self.dt) * self.v, self.dt[:, None, None] * self.cell_v
+        norm = torch.sqrt(self._dot(dr, dr_cell, dr, dr_cell))
+        scale = torch.where(norm > p.maxstep, p.maxstep / norm.clamp_min(1e-300), 1.0)
+        self.x = self.x + self._atoms(scale) * dr
+        self.cell_x = self.cell_x + scale[:, None, None] * dr_cell
+        self.n_steps = self.n_steps + 1
+
+    def _atoms(self, per_crystal: torch.Tensor) -> torch.Tensor:
+        """Broadcast a per-crystal scalar to an (atoms, 1) column."""
+        return per_crystal[self.crystal_of][:, None]
+
+
+def _cell_forces(
+    batch: _Batch, deform: torch.Tensor, cells: torch.Tensor, stress: torch.Tensor
+) -> torch.Tensor:
+    """Generalised forces on the cell degrees of freedom ``N log F``, as ASE's
+    ``FrechetCellFilter`` computes them (``ase/_4/optimize/cellutil.py``).
+
+    ASE sums, for each of the 9 unit directions ``E``, the Fréchet derivative
+    ``L(log F, E)`` of the matrix exponential times the unit-cell gradient ``G``; that is
+    the adjoint ``L(log F.T, G)``, the upper-right block of ``exp([[A, G], [0, A]])`` with
+    ``A = log F.T``.
+    """
+    import torch
+
+    volume = torch.linalg.det(cells).abs()
+    virial = -volume[:, None, None] * stress
+    grad = torch.linalg.solve(deform, virial.transpose(1, 2)).transpose(1, 2)  # virial F^-T
+    log_t = (batch.cell_x / batch.n[:, None, None]).transpose(1, 2)
+    block = torch.zeros((len(batch), 6, 6), dtype=deform.dtype, device=deform.device)
+    block[:, :3, :3] = log_t
+    block[:, 3:, 3:] = log_t
+    block[:, :3, 3:] = grad
+    frechet = torch.linalg.matrix_exp(block)[:, :3, 3:]
+    return frechet / batch.n[:, None, None]
+
+
+# -- CHGNet ---------------------------------------------------------------------------------
+_MODELS: dict[str, CHGNet] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _load_chgnet(device: str) -> CHGNet:
+    """CHGNet's default model on ``device``, loaded once per process and device.
+
+    Isolated atoms are let through silently, as the ASE calculator atomate2 uses lets them
+    through (with a printed warning), so both paths see the same energies.
+    """
+    with _MODELS_LOCK:
+        model = _MODELS.get(device)
+        if model is None:
+            from chgnet.model import CHGNet
+
+            model = CHGNet.load(verbose=False, use_device=device)
+            model.graph_converter.set_isolated_atom_response("ignore")
+            model.eval()
+            _MODELS[device] = model
+        return model
+
+
+def clear_model_cache() -> None:
+    """Forget the loaded CHGNet models (frees their memory; the next relaxation reloads)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+def _predict(
+    model: CHGNet, structures: list[Structure], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str | None]]:
+    """Energies per atom, forces and stresses of ``structures``, one batched model call.
+
+    Returns float64 tensors on ``device``: energies (B,), forces (atoms, 3) in eV/Å in the
+    order of the structures' sites, stresses (B, 3, 3) in eV/Å³ (ASE's sign, symmetrised as
+    ASE does); and per structure None or why it could not be evaluated (its values are then
+    zero). A structure whose graph cannot be built, or that breaks the batched call, fails
+    alone: the others are evaluated without it.
+    """
+    import torch
+
+    errors: list[str | None] = [None] * len(structures)
+    graphs: dict[int, CrystalGraph] = {}
+    for b, structure in enumerate(structures):
+        try:
+            graphs[b] = model.graph_converter(structure)
+        except Exception as exc:  # e.g. a cell so collapsed the neighbour search fails
+            errors[b] = _exception_reason(exc)
+    rows = list(graphs)  # the structures evaluated, in order
+    try:
+        energies, forces, stresses = _evaluate(model, [graphs[b] for b in rows])
+    except Exception:  # find the culprit(s): evaluate one by one
+        parts = []
+        for b in rows:
+            try:
+                parts.append((b, _evaluate(model, [graphs[b]])))
+            except Exception as exc:
+                errors[b] = _exception_reason(exc)
+        rows = [b for b, _ in parts]
+        forces = [f[0] for _, (_, f, _) in parts]
+        if parts:
+            energies = torch.cat([e for _, (e, _, _) in parts])
+            stresses = torch.cat([s for _, (_, _, s) in parts])
+
+    f64 = {"dtype": torch.float64, "device": device}
+    energy = torch.zeros(len(structures), **f64)
+    stress = torch.zeros((len(structures), 3, 3), **f64)
+    if rows:
+        index = torch.tensor(rows, device=device)
+        energy[index] = energies.to(**f64)
+        stress[index] = 0.5 * (stresses + stresses.transpose(1, 2)).to(**f64)
+    by_row = dict(zip(rows, forces, strict=True))
+    atom_forces = [
+        by_row[b].to(**f64) if b in by_row else torch.zeros((len(s), 3), **f64)
+        for b, s in enumerate(structures)
+    ]
+    return energy, torch.cat(atom_forces), stress, errors
+
+
+def _evaluate(
+    model: CHGNet, graphs: list[CrystalGraph]
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """CHGNet energies per atom (k,), forces [(atoms, 3)] in eV/Å and stresses (k, 3, 3) in
+    eV/Å³ of ``k`` graphs, detached, on the model's device.
+
+    The same numbers as ``model(graphs, task="efs")`` (CHGNet's forward pass, which the ASE
+    calculator calls), with forces and stress from one backward pass and no graph for a
+    second derivative. Relies on CHGNet 0.4's ``BatchedGraph.from_graphs`` and
+    ``CHGNet._compute``; the agreement tests guard it.
+    """
+    import torch
+    from chgnet.model.model import BatchedGraph
+
+    if not graphs:
+        return torch.zeros(0), [], torch.zeros((0, 3, 3))
+    device = next(model.parameters()).device
+    graphs = [graph.to(device) for graph in graphs]
+    composition = 0.0 if model.composition_model is None else model.composition_model(graphs)
+    batched = BatchedGraph.from_graphs(
+        graphs,
+        bond_basis_expansion=model.bond_basis_expansion,
+        angle_basis_expansion=model.angle_basis_expansion,
+        compute_stress=True,
+    )
+    prediction = model._compute(batched)  # energies only; derivatives below
+    n_atoms = prediction["atoms_per_graph"]
+    energy = prediction["e"]  # per atom for CHGNet (intensive), total otherwise
+    total = energy * n_atoms if model.is_intensive else energy
+    grads = torch.autograd.grad(total.sum(), [*batched.atom_positions, *batched.strains])
+    k = len(graphs)
+    per_atom = energy + composition
+    if not model.is_intensive:
+        per_atom = per_atom / n_atoms
+    forces = [-g.detach() for g in grads[:k]]
+    stresses = torch.stack(grads[k:]) / batched.volumes[:, None, None]  # a (k,) tensor
+    return per_atom.detach(), forces, stresses.detach()
