@@ -8,12 +8,15 @@ Two parts, written into one JSON (``benchmarks/results/discovery.json``, one sec
     lowest** ``heat_ref`` (DFT heat of formation relative to the elemental references,
     eV/atom; the 38 lowest rows). Every agent starts from the same random batch (per seed)
     and then queries ``--batch`` rows per round until ``--max-queries``. Agents: ``random``
-    and ``greedy`` / ``ucb`` / ``ei`` / ``thompson`` on :class:`EnsembleSurrogate` (extra
+    and ``greedy`` / ``ucb`` / ``ei`` / ``thompson`` (``-cal``: with the surrogate's spread
+    recalibrated by cross-validation, ``calibrate=True``) on :class:`EnsembleSurrogate` (extra
     trees, distance-aware spread) over :func:`featurize` features, refitted every round on
     every labelled row. Reported per agent, mean and std over seeds: queries to find 50% and
     100% of the top 1% (None when not within the budget), the fraction found at the budget,
     and the **enrichment over random**: (expected random queries to find 50%) / (agent's
-    queries to find 50%), and (fraction found) / (fraction of the pool queried) at the budget.
+    queries to find 50%), and (fraction found) / (fraction of the pool queried) at the budget;
+    and the surrogate's **calibration**: the share of labels within 1 and 2 predicted standard
+    deviations, over the rows each round picked and over the whole unlabelled pool.
 
 ``--chgnet`` (the loop, real CHGNet relaxations)
     Same chemical space, same relaxations per round, several seeds, through
@@ -76,8 +79,10 @@ def run_agent(
     max_queries: int,
     members: int,
     beta: float,
-) -> list[int]:
-    """Rows in the order the agent queried them (labels come from the oracle's table)."""
+) -> tuple[list[int], dict[str, list[float]]]:
+    """Rows in the order the agent queried them (labels come from the oracle's table), and
+    the surrogate's calibration per round: the share of the rows it picked, and of every row
+    still unlabelled, whose label fell within 1 and 2 predicted standard deviations."""
     from matloop.evaluators.acquisition import select
     from matloop.evaluators.surrogate import EnsembleSurrogate
     from matloop.relax.replay import ReplayOracle
@@ -87,23 +92,33 @@ def run_agent(
     rng = np.random.default_rng(seed)
     first = rng.choice(n, size=batch, replace=False)  # same start for every agent of a seed
     oracle.query(first)
+    calibration: dict[str, list[float]] = {f"{where}_within_{k}sigma": []
+                                           for where in ("picked", "pool") for k in (1, 2)}
     if agent == "random":
         rest = np.setdiff1d(np.arange(n), first)
         oracle.query(rng.permutation(rest)[: max_queries - batch])
-        return oracle.queried
+        return oracle.queried, {}
+    strategy, calibrate = agent.removesuffix("-cal"), agent.endswith("-cal")
     round_ = 0
     while oracle.n_queries < min(max_queries, n):
         round_ += 1
         known = np.asarray(oracle.queried)
         labels = oracle.properties["y"][known]
         unknown = np.setdiff1d(np.arange(n), known)
-        model = EnsembleSurrogate(n_members=members, seed=seed * 1000 + round_, kind="et")
+        model = EnsembleSurrogate(n_members=members, seed=seed * 1000 + round_, kind="et",
+                                  calibrate=calibrate)  # fmt: skip
         model.fit(X[known], labels)
         mean, std = model.predict(X[unknown])
         k = min(batch, max_queries - oracle.n_queries, len(unknown))
-        picked = select(mean, std, k, strategy=agent, beta=beta, rng=rng, best=float(labels.min()))
+        picked = select(mean, std, k, strategy=strategy, beta=beta, rng=rng,
+                        best=float(labels.min()))  # fmt: skip
+        error = np.abs(mean - y[unknown])  # the pool's labels, read only to score the model
+        for where, rows in (("picked", picked), ("pool", slice(None))):
+            for width in (1, 2):
+                within = error[rows] <= width * std[rows]
+                calibration[f"{where}_within_{width}sigma"].append(float(within.mean()))
         oracle.query(unknown[picked])
-    return oracle.queried
+    return oracle.queried, calibration
 
 
 def discovery_curve(order: list[int], targets: set[int]) -> np.ndarray:
@@ -144,13 +159,16 @@ def replay_benchmark(args) -> dict:
     per_agent = {}
     for agent in args.agents:
         q50, q100, frac, enrich50, enrich_budget, seconds = [], [], [], [], [], []
+        calibration: dict[str, list[float]] = {}
         curves[agent] = []
         for seed in args.seeds:
             start = time.perf_counter()
-            order = run_agent(agent, X, y, seed=seed, batch=args.batch,
+            order, calib = run_agent(agent, X, y, seed=seed, batch=args.batch,
                               max_queries=args.max_queries, members=args.members,
                               beta=args.beta)  # fmt: skip
             seconds.append(time.perf_counter() - start)
+            for key, values in calib.items():
+                calibration.setdefault(key, []).append(float(np.mean(values)))
             found = discovery_curve(order, targets)
             curves[agent].append(found.tolist())
             q50.append(queries_to(found, half))
@@ -167,8 +185,13 @@ def replay_benchmark(args) -> dict:
             "enrichment_at_50pct": _stats(enrich50),
             "enrichment_at_budget": _stats(enrich_budget),
             "seconds": _stats(seconds),
+            # mean over rounds, then mean/std over seeds; a calibrated Gaussian spread
+            # gives about 0.68 and 0.95
+            "calibration": {key: _stats(values) for key, values in calibration.items()},
         }
-    plot_replay(curves, m, n, args.max_queries, RESULTS / "discovery_replay.png")
+    plot = "discovery_replay.png" if set(args.agents) >= set(AGENTS) else (
+        f"discovery_replay_{'_'.join(args.agents)}.png")
+    plot_replay(curves, m, n, args.max_queries, RESULTS / plot)
     return {
         "pool": f"{args.csv.name}: all {n} rows",
         "objective": f"the {m} rows with the lowest heat_ref (top 1%)",
@@ -179,7 +202,7 @@ def replay_benchmark(args) -> dict:
                      f"features, refitted each round; ucb beta={args.beta}",
         "random_expected": {"queries_to_50pct": exp_half, "queries_to_100pct": exp_all},
         "agents": per_agent,
-        "plot": "benchmarks/results/discovery_replay.png",
+        "plot": f"benchmarks/results/{plot}",
     }
 
 
@@ -246,6 +269,13 @@ def main() -> None:
         fresh["chgnet"] = chgnet_benchmark(args)
     # merged at the end: the two parts may run as separate commands
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    old = results.get("replay", {})
+    same = ("objective", "seeds", "max_queries", "batch_per_round")
+    if "replay" in fresh and all(old.get(k) == fresh["replay"][k] for k in same):
+        # agents run in separate commands add up (same pool, objective, seeds and budget)
+        fresh["replay"]["agents"] = {**old["agents"], **fresh["replay"]["agents"]}
+        plots = old.get("plots", [old["plot"]] if "plot" in old else [])
+        fresh["replay"]["plots"] = sorted({*plots, fresh["replay"].pop("plot")})
     results.update(fresh)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")

@@ -16,6 +16,7 @@ the same references. Strategies:
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,16 +111,7 @@ def chgnet_benchmark(args) -> dict:
                       f"/{attempted} relaxed, {m.get('rejected', 0)} rejected "
                       f"({rounds[-1]['seconds']} s)", flush=True)  # fmt: skip
             runs[strategy].append(rounds)
-    summary = {}
-    for strategy, per_seed in runs.items():
-        rates = np.array([[r["hit_rate"] for r in rounds] for rounds in per_seed])
-        cumulative = np.array([np.cumsum([r["hits"] for r in rounds]) for rounds in per_seed])
-        summary[strategy] = {
-            "hit_rate_per_round": {"mean": rates.mean(0).tolist(), "std": rates.std(0).tolist()},
-            "cumulative_hits": {"mean": cumulative.mean(0).tolist(),
-                                "std": cumulative.std(0).tolist()},  # fmt: skip
-            "runs": per_seed,
-        }
+    summary = summarise(runs)
     plot_rounds(summary, Path(args.output).parent / "discovery_hit_rate.png")
     return {
         "scale": {**scale, "quick": bool(args.quick),
@@ -133,26 +125,65 @@ def chgnet_benchmark(args) -> dict:
     }
 
 
+def summarise(runs: dict[str, list[list[dict]]]) -> dict:
+    """Hit rate per round and cumulative hits, mean and std over seeds, per strategy.
+
+    A round in which a strategy relaxed nothing (a generator that ran out of proposals) has
+    no hit rate: it is left out of that round's mean (``n_seeds_with_relaxations`` says how
+    many seeds count), not counted as 0.
+    """
+    summary = {}
+    for strategy, per_seed in runs.items():
+        rates = np.array([
+            [r["hits"] / (r["relaxed"] + r["failed"]) if r["relaxed"] + r["failed"] else np.nan
+             for r in rounds]
+            for rounds in per_seed
+        ])  # fmt: skip
+        cumulative = np.array([np.cumsum([r["hits"] for r in rounds]) for rounds in per_seed])
+        counted = np.isfinite(rates).sum(0)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rounds
+            mean, std = np.nanmean(rates, 0), np.nanstd(rates, 0)
+        summary[strategy] = {
+            "hit_rate_per_round": {
+                "mean": [None if np.isnan(v) else float(v) for v in mean],
+                "std": [None if np.isnan(v) else float(v) for v in std],
+                "n_seeds_with_relaxations": counted.tolist(),
+            },
+            "cumulative_hits": {"mean": cumulative.mean(0).tolist(),
+                                "std": cumulative.std(0).tolist()},  # fmt: skip
+            "relaxations_per_round": {
+                "mean": np.mean([[r["relaxed"] + r["failed"] for r in rounds]
+                                 for rounds in per_seed], 0).tolist(),
+            },  # fmt: skip
+            "runs": per_seed,
+        }
+    return summary
+
+
 def plot_rounds(summary: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for strategy, s in summary.items():
-        mean = np.array(s["hit_rate_per_round"]["mean"])
-        std = np.array(s["hit_rate_per_round"]["std"])
+        mean = np.array(s["hit_rate_per_round"]["mean"], dtype=float)  # None -> nan: a gap
+        std = np.array(s["hit_rate_per_round"]["std"], dtype=float)
         x = np.arange(1, len(mean) + 1)
         axes[0].errorbar(x, mean, yerr=std, marker="o", capsize=3, label=strategy)
         cm = np.array(s["cumulative_hits"]["mean"])
         axes[1].plot(x, cm, marker="o", label=strategy)
+    for ax in axes:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0].set_xlabel("round")
     axes[0].set_ylabel("hit rate (hits / relaxations)")
     axes[1].set_xlabel("round")
     axes[1].set_ylabel("cumulative hits")
     axes[0].legend(fontsize=8)
-    fig.suptitle("CHGNet campaigns in Ca–Ti–O (mean ± std over seeds)")
+    fig.suptitle("CHGNet campaigns in Ca–Ti–O (mean ± std over seeds; gaps: nothing left to relax)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -223,6 +223,10 @@ class AcquisitionConfig(_Strict):
         "see matloop.evaluators.reward",
     )
     beta: float = Field(1.0, ge=0.0, description="Exploration weight for UCB")
+    calibrate: bool = Field(
+        True, description="Rescale the surrogate's spread by 3-fold cross-validation so about "
+        "68 % of errors fall within one standard deviation (see EnsembleSurrogate)",
+    )
     ensemble_size: int = Field(8, ge=2, le=64)
 
 

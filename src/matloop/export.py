@@ -50,7 +50,7 @@ CANDIDATE_COLUMNS = [
 ROUND_COLUMNS = [
     "round", "status", "proposed", "rejected", "selected", "relaxed", "failed", "evaluated",
     "stable", "novel", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
-    "surrogate_within_1sigma", "surrogate_within_2sigma", "acquisition",
+    "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
     "reference_set_version", "started_at",
     "completed_at",
 ]

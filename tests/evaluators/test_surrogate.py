@@ -94,3 +94,27 @@ def test_calibration_report(rng):
 def test_unknown_kind():
     with pytest.raises(ValueError, match=r"'svm'.*gbr, rf, et, mlp"):
         EnsembleSurrogate(kind="svm")  # type: ignore[arg-type]
+
+
+def test_cross_validated_calibration_widens_an_overconfident_spread():
+    # a noisy target: the bootstrap spread of the trees is far narrower than the errors
+    rng = np.random.default_rng(3)
+    X = rng.uniform(size=(300, 4))
+    y = np.sin(4 * X[:, 0]) + X[:, 1] + rng.normal(0.0, 0.3, size=300)
+    X_test = rng.uniform(size=(400, 4))
+    y_test = np.sin(4 * X_test[:, 0]) + X_test[:, 1] + rng.normal(0.0, 0.3, size=400)
+    raw = EnsembleSurrogate(n_members=6, seed=0, kind="et").fit(X, y)
+    cal = EnsembleSurrogate(n_members=6, seed=0, kind="et", calibrate=True).fit(X, y)
+    assert raw.std_scale == 1.0 and cal.std_scale > 1.5
+    raw_report, cal_report = raw.calibration(X_test, y_test), cal.calibration(X_test, y_test)
+    assert raw_report["frac_within_1sigma"] < 0.5  # overconfident as fitted
+    assert 0.55 <= cal_report["frac_within_1sigma"] <= 0.85  # about 68 % after scaling
+    assert cal_report["frac_within_2sigma"] >= 0.85
+    assert cal_report["mae"] == pytest.approx(raw_report["mae"])  # the mean is untouched
+
+
+def test_calibration_needs_enough_points():
+    rng = np.random.default_rng(4)
+    X = rng.uniform(size=(3 * MIN_TRAIN - 1, 2))
+    model = EnsembleSurrogate(n_members=3, calibrate=True).fit(X, X.sum(axis=1))
+    assert model.is_fitted and model.std_scale == 1.0

@@ -87,6 +87,14 @@ class EnsembleSurrogate:
         ``max(1, d / d_ref)``, with ``d`` the distance (standardised features) from the query to
         its nearest training point and ``d_ref`` the 90th percentile of the training points'
         nearest-neighbour distances: unchanged inside the data, growing linearly outside it.
+    calibrate
+        Rescale the spread so that it describes held-out errors: ``fit`` also fits the
+        ensemble on each 2/3 of a 3-fold split, predicts the left-out third, and sets
+        ``std_scale`` to the 68.3rd percentile of ``|error| / std`` over all held-out points, so
+        that about 68 % of held-out errors fall within one (scaled) standard deviation, as
+        for a calibrated Gaussian. Costs two extra fits; needs ``3 * MIN_TRAIN`` points
+        (below that the scale stays 1). Bootstrap spreads of tree ensembles are typically
+        several times too narrow (measured on perov-5: 21-31 % within 1 sigma instead of 68 %).
     **member_params
         Overrides for the scikit-learn member's settings.
 
@@ -97,6 +105,8 @@ class EnsembleSurrogate:
         points, in which case ``predict`` returns the training mean and a large std.
     n_train
         Number of training points seen by the last ``fit``.
+    std_scale
+        Factor applied to the spread by ``predict`` (1 unless ``calibrate``).
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class EnsembleSurrogate:
         *,
         prior_std: float = 1.0,
         distance_aware: bool | None = None,
+        calibrate: bool = False,
         **member_params: Any,
     ) -> None:
         if kind not in _KINDS:
@@ -119,6 +130,8 @@ class EnsembleSurrogate:
         self.prior_std = float(prior_std)
         self.distance_aware = kind != "mlp" if distance_aware is None else bool(distance_aware)
         self.member_params = member_params
+        self.calibrate = bool(calibrate)
+        self.std_scale = 1.0
         self.members: list[Any] = []
         self.is_fitted = False
         self.n_train = 0
@@ -200,7 +213,28 @@ class EnsembleSurrogate:
                 member.fit(Xs[idx], y[idx])
             self.members.append(member)
         self.is_fitted = True
+        self.std_scale = 1.0
+        if self.calibrate and self.n_train >= 3 * MIN_TRAIN:
+            self.std_scale = self._cross_validated_scale(X, y)
         return self
+
+    def _cross_validated_scale(self, X: np.ndarray, y: np.ndarray, folds: int = 3) -> float:
+        """The spread factor that puts 68.3 % of 3-fold held-out errors within 1 sigma."""
+        order = np.random.default_rng(self.seed + 7).permutation(self.n_train)
+        ratios = []
+        for k, test in enumerate(np.array_split(order, folds)):
+            train = np.setdiff1d(order, test)
+            part = EnsembleSurrogate(
+                self.n_members, self.seed + 101 * (k + 1), self.kind, prior_std=self.prior_std,
+                distance_aware=self.distance_aware, **self.member_params,
+            ).fit(X[train], y[train])
+            mean, std = part.predict(X[test])
+            ok = std > 1e-12
+            ratios.append(np.abs(y[test][ok] - mean[ok]) / std[ok])
+        ratios = np.concatenate(ratios)
+        if ratios.size == 0:
+            return 1.0
+        return float(np.clip(np.quantile(ratios, 0.6827), 0.1, 100.0))
 
     def _nn_distance(self, Xs: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
         """Distance from each row of ``Xs`` to the nearest training row (standardised)."""
@@ -243,7 +277,7 @@ class EnsembleSurrogate:
         if not self.is_fitted:
             return np.full(n, self._y_mean), np.full(n, self._y_std)
         preds = self.predict_members(X)
-        std = preds.std(axis=0)
+        std = preds.std(axis=0) * self.std_scale
         if self.distance_aware:
             std = std * self.extrapolation_factor(X)
         return preds.mean(axis=0), std

@@ -96,6 +96,7 @@ class CampaignRun:
         self._generators: list[tuple[Any, Generator]] | None = None
         self._maker = None
         self._batched_relaxer = None
+        self._std_scale: float | None = None  # the last surrogate's calibration factor
 
     # -- campaign bookkeeping ----------------------------------------------------------------
     def ensure_campaign(self) -> CampaignDoc:
@@ -624,7 +625,8 @@ class CampaignRun:
         return self._finish_step(
             round_, "screen",
             {"screened": screened, "rejected": rejected, "selected": len(chosen),
-             "pool": len(rest), "acquisition": strategy},
+             "pool": len(rest), "acquisition": strategy,
+             **({"surrogate_std_scale": self._std_scale} if self._std_scale else {})},
         )
 
     def training_set(self) -> tuple[list[Structure], np.ndarray]:
@@ -646,6 +648,7 @@ class CampaignRun:
         from matloop.evaluators.acquisition import best_k, select
 
         n = len(valid)
+        self._std_scale = None
         if n == 0:
             return [], (np.zeros(0), np.zeros(0), np.zeros(0)), "none"
         acq = self.config.acquisition
@@ -658,8 +661,10 @@ class CampaignRun:
         from matloop.evaluators.features import featurize
         from matloop.evaluators.surrogate import EnsembleSurrogate
 
-        surrogate = EnsembleSurrogate(n_members=acq.ensemble_size, seed=self.config.seed + round_)
+        surrogate = EnsembleSurrogate(n_members=acq.ensemble_size, seed=self.config.seed + round_,
+                                      calibrate=acq.calibrate)  # fmt: skip
         surrogate.fit(featurize(structures), targets)
+        self._std_scale = surrogate.std_scale
         features = featurize([s for _, s in valid])
         mean, std = surrogate.predict(features)
         if acq.strategy == "joint":
@@ -688,7 +693,8 @@ class CampaignRun:
                 from matloop.evaluators.surrogate import EnsembleSurrogate
 
                 model = EnsembleSurrogate(n_members=self.config.acquisition.ensemble_size,
-                                          seed=self.config.seed + round_ + 7919)  # fmt: skip
+                                          seed=self.config.seed + round_ + 7919,
+                                          calibrate=self.config.acquisition.calibrate)  # fmt: skip
                 model.fit(featurize(structures), values)
                 p_mean, p_std = model.predict(features)
         score = multiobjective_scores(
