@@ -1,7 +1,8 @@
 """The DFT verification stage of a round (``CampaignRun.verify``, called by ``evaluate``).
 
 A stand-in maker (ASE's EMT through the force-field maker) plays the DFT code so the loop's
-bookkeeping is tested in seconds; the real CP2K path is tested in tests/relax/test_dft.py.
+bookkeeping is tested in seconds; one slow test runs a real CP2K cell relaxation of a
+2-atom silicon cell through the same stage (Debian's cp2k; skipped where it is missing).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pymatgen.core import Lattice, Structure
 
 from matloop.config import ConfigError, parse_config
 from matloop.flows.steps import CampaignRun
+from matloop.relax.dft import cp2k_command
 from matloop.relax.makers import CachedForceFieldRelaxMaker
 from matloop.store import EvaluationDoc, MatloopStore, RelaxationDoc
 
@@ -94,3 +96,106 @@ def test_verify_is_off_without_a_dft_block() -> None:
                         "store": "memory://"})
     run = CampaignRun(cfg, MatloopStore("memory://"))
     assert run.dft_maker is None and run.verify(1) == {}
+
+
+needs_cp2k = pytest.mark.skipif(
+    cp2k_command() is None, reason="CP2K is not installed (apt-get install cp2k cp2k-data)"
+)
+
+#: CP2K's default MAX_FORCE (4.5e-4 hartree/bohr) in eV/Å.
+CP2K_MAX_FORCE = 4.5e-4 * 51.422
+
+
+def diamond_si(a: float = 5.47) -> Structure:
+    """Primitive diamond silicon with conventional lattice constant ``a`` (PBE: 5.47 Å)."""
+    h = a / 4
+    lattice = Lattice([[0, 2 * h, 2 * h], [2 * h, 0, 2 * h], [2 * h, 2 * h, 0]])
+    return Structure(lattice, ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+@pytest.mark.slow
+@needs_cp2k
+def test_verify_relaxes_a_candidate_with_real_cp2k(monkeypatch) -> None:
+    """A real CP2K cell relaxation (ions and cell) through the campaign's verify step.
+
+    About 2.5 minutes on one busy core: DZVP-MOLOPT-SR basis, 300 Ry cutoff, the fast
+    settings' Gamma-centred 3x3x3 k-point grid, CP2K's default optimiser thresholds.
+    """
+    import numpy as np
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    import matloop.relax.dft as dft
+
+    # one OpenMP thread: two on a busy 2-core machine made CP2K 3 to 6 times slower here
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    outcomes = []  # what verify_with_dft returned, to look beyond the stored DftDoc
+    real_verify = dft.verify_with_dft
+
+    def verify_and_keep(*args, **kwargs):
+        outcomes.extend(result := real_verify(*args, **kwargs))
+        return result
+
+    monkeypatch.setattr(dft, "verify_with_dft", verify_and_keep)
+
+    # The "ML-relaxed" candidate: diamond silicon stretched by 2.5 % with one atom moved
+    # 0.054 Å off its site; DFT has to pull it back to diamond at the DFT lattice constant.
+    ideal = diamond_si()
+    start = ideal.copy()
+    start.apply_strain(0.025)
+    start.translate_sites([1], [0.03, 0.02, -0.04], frac_coords=False)
+    assert SpacegroupAnalyzer(start, symprec=0.02).get_space_group_number() != 227
+
+    cfg = parse_config({
+        "name": "dft-demo",
+        "chemical_space": {"elements": ["Si"], "max_atoms": 4},
+        "dft": {
+            "code": "cp2k", "kind": "relax", "top_k": 1, "fast": True,
+            "settings": {
+                "basis_and_potential": {"Si": {"basis": "DZVP-MOLOPT-SR-GTH"}},
+                "cutoff": 300, "rel_cutoff": 50,
+            },
+        },
+        "store": "memory://",
+    })
+    store = MatloopStore("memory://")
+    run = CampaignRun(cfg, store)
+    _add(store, "si-2", start, 0.0)
+    assert run.verify(1) == {"dft_verified": 1, "dft_failed": 0}
+
+    (out,) = outcomes
+    assert out.ok, out.reason
+    # CP2K's cell optimiser met all its thresholds (steps, forces, pressure) before MAX_ITER
+    assert out.relax_converged and 2 <= out.relax_steps < 30
+    assert out.max_force < CP2K_MAX_FORCE
+    stress = np.asarray(out.stress)  # GPa; the starting cell is under ~3 GPa of tension
+    assert abs(np.trace(stress) / 3) < 0.01  # CP2K's pressure tolerance: 100 bar
+    assert np.abs(np.linalg.eigvalsh(stress)).max() < 0.5  # shear left: ~0.25 GPa
+    # the energy went down from the starting structure
+    assert out.energy < out.initial_energy - 0.02
+    # diamond stays diamond: no shear, both atoms back on their sites, PBE lattice constant
+    final = out.structure
+    assert final.lattice.angles == pytest.approx((60.0, 60.0, 60.0), abs=0.5)
+    assert final.lattice.abc == pytest.approx([final.lattice.a] * 3, abs=0.01)
+    assert SpacegroupAnalyzer(final, symprec=0.02).get_space_group_number() == 227
+    assert StructureMatcher(ltol=0.02, stol=0.05, angle_tol=0.5, scale=True).fit(final, ideal)
+    assert (4 * final.volume) ** (1 / 3) == pytest.approx(5.47, abs=0.06)
+
+    # stored beside the ML result, which stays as it was
+    (doc,) = store.dft_results("dft-demo")
+    assert doc.candidate_id == "si-2" and doc.ok and doc.converged
+    assert doc.code == "cp2k" and doc.kind == "relax" and doc.evidence == "dft-relaxed"
+    assert doc.energy_per_atom == pytest.approx(out.energy_per_atom)
+    assert -108.0 < doc.energy_per_atom < -106.0  # CP2K total energy (GTH), not the ML scale
+    assert doc.ml_energy_per_atom == -3.0 and doc.ml_potential == "CHGNet 0.3.0"
+    assert doc.matches_ml_structure and 0.90 < doc.volume_ratio < 0.97  # shrank the stretch
+    assert Structure.from_dict(doc.structure).volume == pytest.approx(final.volume)
+    assert doc.settings["run_type"] == "CELL_OPT"
+    assert doc.settings["basis"] == {"Si": "DZVP-MOLOPT-SR-GTH"}
+    assert doc.settings["cutoff_ry"] == 300
+    assert doc.settings["kpoints"] == {"grid": [3, 3, 3], "style": "Gamma", "n_kpoints": 14}
+    task = store.job_store().query_one({"uuid": doc.job_uuid})
+    assert task["output"]["@class"] == "TaskDocument"
+    assert task["metadata"]["dft_candidate_id"] == "si-2"
+    (evaluation,) = store.evaluations("dft-demo")
+    assert evaluation.energy_per_atom == -3.0 and evaluation.evidence == "mlip-relaxed"

@@ -18,16 +18,26 @@ a ``command`` is given (e.g. ``"srun cp2k.psmp"`` on a cluster).
 Settings for tiny cells (``fast=True``): atomate2's CP2K defaults are production settings
 (spin-polarised, TZVP-MOLOPT basis, k-points at 64 per Å⁻³); a 2-atom silicon cell takes
 about 2 minutes on one core with them. ``fast=True`` keeps the basis, pseudopotentials and
-PBE and spin polarisation, but use a 2×2×2 Monkhorst-Pack k-point grid, CP2K's own default
-integral thresholds (``EPS_DEFAULT`` 1e-10 and a matching ``EPS_PGF_ORB`` instead of
-atomate2's 1e-12 / 1e-16, which make small cells spend minutes on real-space grids), loosen
-the SCF threshold to 1e-5 and cap geometry optimisation at 30 steps. A single point of
-2-atom silicon then takes about a minute on one busy core. These settings exercise the whole
-path (inputs, CP2K, parsing, storage) cheaply; they are too coarse for numbers: a cell
-optimisation of diamond silicon with them took 15 minutes here and sheared the cell
-(angles 65° instead of 60°), an artefact of the coarse k-point grid and the low automatic
-cutoff. Use atomate2's defaults, or your own ``input_settings`` (e.g. ``{"cutoff": 400}``)
-and ``kpoints``, for production.
+PBE and spin polarisation, but uses a coarse k-point grid (single points: 2×2×2
+Monkhorst-Pack; cell optimisations: Γ-centred 3×3×3), CP2K's own default integral
+thresholds (``EPS_DEFAULT`` 1e-10 and a matching ``EPS_PGF_ORB`` instead of atomate2's
+1e-12 / 1e-16, which make small cells spend minutes on real-space grids), loosens the SCF
+threshold to 1e-5 and caps geometry optimisation at 30 steps. A single point of 2-atom
+silicon then takes about a minute on one busy core. These settings exercise the whole path
+(inputs, CP2K, parsing, storage) cheaply; they are too coarse for production numbers. Use
+atomate2's defaults, or your own ``input_settings`` (e.g. ``{"cutoff": 400}``) and
+``kpoints``, for production.
+
+Cell optimisations run on a full Γ-centred k-point grid (:class:`Cp2kCellOptSetGenerator`):
+on a shifted Monkhorst-Pack grid diamond silicon relaxed into a sheared, rhombohedral cell
+(angles 65.5° instead of 60°). Most of a cell optimisation's time goes into the basis: with
+``fast=True`` plus ``input_settings={"basis_and_potential": {"Si": {"basis":
+"DZVP-MOLOPT-SR-GTH"}}, "cutoff": 300, "rel_cutoff": 50}``, a stretched, distorted 2-atom
+silicon cell relaxes back to diamond (a = 5.50 Å, angles 60 ± 0.1°) in 15 optimiser steps,
+about 2.5 minutes on one busy core; with the TZVP basis each step takes about four times
+as long. :class:`DftOutcome` reports whether the optimiser met its thresholds
+(``relax_converged``; a relaxation that stopped at MAX_ITER is not ``ok``), with the
+final forces and stress read from CP2K's output.
 
 Examples
 --------
@@ -45,6 +55,7 @@ import io
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -73,6 +84,7 @@ __all__ = [
     "configure_cp2k",
     "cp2k_command",
     "describe_dft_settings",
+    "gamma_centred_kpoints",
     "make_dft_maker",
     "verify_with_dft",
 ]
@@ -97,7 +109,10 @@ _FAST_CP2K_INPUT = {
     "eps_scf": 1e-5,
     "activate_motion": {"max_iter": 30},
 }
-_FAST_KPOINT_GRID = (2, 2, 2)
+# A single point takes the 2x2x2 Monkhorst-Pack grid (shifted; closer to converged energies
+# than a Gamma-centred 2x2x2 or 3x3x3 grid); a cell optimisation needs a grid that keeps the
+# lattice symmetry: the Gamma-centred 3x3x3 one (see Cp2kCellOptSetGenerator).
+_FAST_KPOINT_GRID = {"static": (2, 2, 2), "relax": (3, 3, 3)}
 
 
 # -- CP2K set-up ---------------------------------------------------------------------------
@@ -199,24 +214,89 @@ def _build_pymatgen_cp2k_folder(source: Path, target: Path) -> None:
 
 
 class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
-    """atomate2's CP2K cell-optimisation inputs on a full Monkhorst-Pack k-point grid.
+    """atomate2's CP2K cell-optimisation inputs on a full Γ-centred k-point grid.
 
-    atomate2 turns a k-point density into a Gamma-centred grid that pymatgen reduces by the
-    symmetry of the *starting* cell, with fixed weights. Once the cell moves those weights
-    are wrong, and the optimiser happily lowers the energy by breaking the symmetry (seen
-    here: diamond silicon sheared away from cubic). A Monkhorst-Pack grid of the same
-    divisions lets CP2K use the full grid, which stays valid for every cell.
+    A cell optimisation needs a k-point set that keeps the symmetry of the lattice for every
+    cell the optimiser visits; otherwise the stress has spurious shear components and the
+    optimiser lowers the energy by shearing the cell. Two usual choices fail that:
+
+    - a grid reduced by the symmetry of the *starting* cell (what pymatgen writes for a
+      Gamma-centred grid): the weights are fixed, and wrong once the cell or atoms move;
+    - a shifted Monkhorst-Pack grid (even divisions): its shift along b1 + b2 + b3 breaks the
+      cubic symmetry of face-centred lattices (and the hexagonal one). Measured here:
+      diamond silicon relaxed on a 2×2×2 Monkhorst-Pack grid ends rhombohedral, with
+      angles of 65.5° instead of 60°, 0.27 eV lower than the symmetric cell.
+
+    So every automatic grid (Gamma or Monkhorst-Pack style, n1×n2×n3 divisions) is written
+    as the explicit list of all points of the Γ-centred grid, k and -k merged (time
+    reversal), with their multiplicities as weights: valid for every cell, and no more
+    points than CP2K's own Monkhorst-Pack grid of the same divisions. Explicit k-point
+    lists are used as given.
     """
 
     def _get_kpoints(self, structure: Structure, kpoints_updates: dict | None) -> Any:
         from pymatgen.io.vasp import Kpoints
 
         kpoints = super()._get_kpoints(structure, kpoints_updates)
-        if kpoints is not None and kpoints.style == Kpoints.supported_modes.Gamma:
+        automatic = {Kpoints.supported_modes.Gamma, Kpoints.supported_modes.Monkhorst}
+        if kpoints is not None and kpoints.style in automatic and len(kpoints.kpts) == 1:
             divisions = tuple(int(k) for k in kpoints.kpts[0])
-            if divisions not in {(1, 1, 1), (1,)}:
-                return Kpoints.monkhorst_automatic(divisions)
+            if len(divisions) == 1:
+                divisions = divisions * 3
+            if divisions != (1, 1, 1):
+                return gamma_centred_kpoints(divisions)
         return kpoints
+
+
+def gamma_centred_kpoints(divisions: tuple[int, int, int]) -> Any:
+    """All points of a Γ-centred ``n1×n2×n3`` grid as an explicit k-point list.
+
+    k and -k are merged (time reversal, which holds for every cell without spin-orbit
+    coupling); the weights are the multiplicities. Valid for every cell shape, unlike a list
+    reduced by the symmetry of one cell.
+
+    Parameters
+    ----------
+    divisions : (int, int, int)
+        Grid divisions along the reciprocal lattice vectors.
+
+    Returns
+    -------
+    pymatgen.io.vasp.Kpoints
+        Reciprocal-style (fractional) k-points with weights; its comment records the grid.
+
+    Examples
+    --------
+    >>> kp = gamma_centred_kpoints((2, 2, 2))
+    >>> kp.num_kpts, list(kp.kpts[-1]), kp.comment
+    (8, [0.0, 0.0, 0.0], 'Gamma-centred 2x2x2 grid, k and -k merged')
+    >>> gamma_centred_kpoints((4, 4, 4)).num_kpts  # of 64 points
+    36
+    """
+    import itertools
+
+    from pymatgen.io.vasp import Kpoints
+
+    grid = tuple(int(k) for k in divisions)
+    if len(grid) != 3 or min(grid) < 1:
+        raise ValueError(f"k-point divisions must be three positive integers, got {divisions!r}")
+    weights: dict[tuple[int, ...], int] = {}
+    for index in itertools.product(*(range(n) for n in grid)):
+        opposite = tuple(-i % n for i, n in zip(index, grid, strict=True))
+        key = min(index, opposite)
+        weights[key] = weights.get(key, 0) + 1
+    # Γ goes last: pymatgen takes a list that starts at Γ for a Γ-only calculation
+    keys = sorted(weights, key=lambda k: (not any(k), k))
+    kpts = [
+        [((i + n // 2) % n - n // 2) / n for i, n in zip(key, grid, strict=True)] for key in keys
+    ]
+    return Kpoints(
+        comment=f"Gamma-centred {grid[0]}x{grid[1]}x{grid[2]} grid, k and -k merged",
+        style=Kpoints.supported_modes.Reciprocal,
+        num_kpts=len(kpts),
+        kpts=kpts,
+        kpts_weights=[float(weights[k]) for k in keys],
+    )
 
 
 class _Cp2kSetupMixin:
@@ -278,8 +358,10 @@ def make_dft_maker(
         The command that runs the code (default: CP2K found on PATH; atomate2's
         ``VASP_CMD`` for VASP).
     kpoints : (int, int, int) or int, optional
-        A grid (CP2K: full Monkhorst-Pack, which contains Γ for odd divisions; VASP:
-        Gamma-centred), or a reciprocal k-point density (per Å⁻³).
+        A grid, or a reciprocal k-point density (per Å⁻³). CP2K single points: a full
+        Monkhorst-Pack grid (contains Γ for odd divisions); CP2K cell optimisations: every
+        point of the Γ-centred grid (:func:`gamma_centred_kpoints`), which keeps the
+        lattice symmetry; VASP: Gamma-centred.
     input_settings : dict, optional
         Merged over the input set: pymatgen ``DftSet`` keywords for CP2K (``cutoff``,
         ``rel_cutoff``, ``spin_polarized``, ``eps_scf``, ``activate_motion``...), INCAR tags
@@ -335,24 +417,42 @@ def _cp2k_maker(kind, fast, command, kpoints, input_settings, maker_kwargs) -> M
     settings: dict[str, Any] = {}
     if fast:
         settings.update(_FAST_CP2K_INPUT)
-        kpoints = kpoints if kpoints is not None else _FAST_KPOINT_GRID
+        if kpoints is None:
+            kpoints = _FAST_KPOINT_GRID[kind]
     if kind == "static":
         settings.pop("activate_motion", None)
     settings.update(input_settings or {})
     generator_cls = Cp2kCellOptSetGenerator if kind == "relax" else StaticSetGenerator
     generator_kwargs: dict[str, Any] = {"user_input_settings": settings}
-    # CP2K: a grid is a full Monkhorst-Pack grid (contains Gamma for odd divisions)
-    if (kp := _kpoints(kpoints, monkhorst=True)) is not None:
+    # CP2K single points: a full Monkhorst-Pack grid (contains Gamma for odd divisions);
+    # cell optimisations: a full Gamma-centred grid (see Cp2kCellOptSetGenerator)
+    if (kp := _kpoints(kpoints, monkhorst=kind != "relax")) is not None:
         generator_kwargs["user_kpoints_settings"] = kp
     run_kwargs = dict(maker_kwargs.pop("run_cp2k_kwargs", {}))
     cmd = command or run_kwargs.get("cp2k_cmd") or cp2k_command() or CP2K_COMMANDS[0]
     run_kwargs["cp2k_cmd"] = cmd
+    if kind == "relax" and "handlers" not in run_kwargs:
+        run_kwargs["handlers"] = _cell_opt_handlers()
     maker_cls = Cp2kCellOptMaker if kind == "relax" else Cp2kStaticMaker
     return maker_cls(
         input_set_generator=generator_cls(**generator_kwargs),
         run_cp2k_kwargs=run_kwargs,
         **maker_kwargs,
     )
+
+
+def _cell_opt_handlers() -> list:
+    """atomate2's custodian handlers for CP2K, less the one for unconverged relaxations.
+
+    custodian's ``UnconvergedRelaxationErrorHandler`` only knows GEO_OPT: on a cell
+    optimisation that reaches MAX_ITER it fails with ``KeyError: 'geo_opt'`` instead of
+    restarting. Without it custodian's output validator rejects the unconverged run, and
+    :func:`verify_with_dft` says so (``relax_converged=False`` and a reason).
+    """
+    from atomate2.cp2k.run import _DEFAULT_HANDLERS
+    from custodian.cp2k.handlers import UnconvergedRelaxationErrorHandler
+
+    return [h for h in _DEFAULT_HANDLERS if not isinstance(h, UnconvergedRelaxationErrorHandler)]
 
 
 def _vasp_maker(kind, command, kpoints, input_settings, maker_kwargs) -> Maker:
@@ -453,6 +553,9 @@ def _describe_kpoints(kpoints: Any) -> Any:
     if kpoints is None:
         return None
     style = str(getattr(kpoints, "style", ""))
+    if match := re.match(r"Gamma-centred (\d+)x(\d+)x(\d+) grid", kpoints.comment or ""):
+        return {"grid": [int(g) for g in match.groups()], "style": "Gamma",
+                "n_kpoints": len(kpoints.kpts)}
     if kpoints.kpts and len(kpoints.kpts) == 1 and "reciprocal" not in style.lower():
         return {"grid": [int(k) for k in kpoints.kpts[0]], "style": style.split(".")[-1]}
     return {"n_kpoints": len(kpoints.kpts), "style": style.split(".")[-1]}
@@ -480,6 +583,24 @@ class DftOutcome(BaseModel):
     energy_per_atom: float | None = Field(None, description="Final energy in eV/atom.")
     structure: Structure | None = Field(None, description="Final (relaxed) structure.")
     converged: bool = Field(False, description="Whether atomate2 marked the task successful.")
+    relax_converged: bool | None = Field(
+        None,
+        description="CP2K relaxations: whether the optimiser met all its thresholds (step, "
+        "force, pressure) before MAX_ITER. None when not known (single points, VASP).",
+    )
+    relax_steps: int | None = Field(None, description="CP2K relaxations: optimiser steps.")
+    initial_energy: float | None = Field(
+        None, description="CP2K relaxations: total energy (eV) of the starting structure."
+    )
+    max_force: float | None = Field(
+        None, description="CP2K: largest atomic force (eV/Å) of the final structure."
+    )
+    stress: list[list[float]] | None = Field(
+        None,
+        description="CP2K: stress tensor (GPa) of the final structure, CP2K's sign "
+        "(trace / 3 is the pressure; negative: the cell wants to shrink), in the frame of "
+        "the final structure's lattice.",
+    )
     reason: str | None = Field(None, description="Why it failed; None if ok.")
     settings: dict[str, Any] = Field(
         default_factory=dict, description="Summary of the DFT settings (describe_dft_settings)."
@@ -514,9 +635,9 @@ def verify_with_dft(
     job_store : jobflow.JobStore
         Where the atomate2 task documents go (the campaign's job store).
     root_dir : str or Path, optional
-        Keep each job's folder (gzipped inputs and outputs) under this folder; by default
-        they go to a temporary folder that is removed afterwards (the task document holds
-        what matters).
+        Keep each job's folder (gzipped inputs and outputs) under this folder, in a
+        ``<candidate id>-<random>`` folder per candidate; by default they go to a temporary
+        folder that is removed afterwards (the task document holds what matters).
     log_jobs : bool
         Let jobflow log each job.
 
@@ -525,6 +646,9 @@ def verify_with_dft(
     list of DftOutcome
         One per item, in order. A failure (CP2K missing, SCF or geometry not converged,
         crash) is an outcome with ``ok=False`` and a ``reason``; it never stops the others.
+        CP2K outcomes also carry what CP2K's output says: whether a relaxation met its
+        thresholds (``relax_converged``), its steps, the starting energy, and the final
+        forces and stress.
     """
     code, kind = _maker_code_kind(maker)
     outcomes = []
@@ -560,6 +684,12 @@ def verify_with_dft(
 def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> dict[str, Any]:
     from jobflow import run_locally
 
+    from matloop.relax.runner import _exception_reason
+
+    is_cp2k = _maker_code_kind(maker)[0] == "cp2k"
+    # a folder of its own, so that its CP2K output can be read also when the job failed
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", str(candidate_id))[:40] or "candidate"
+    job_root = Path(tempfile.mkdtemp(prefix=f"{safe_id}-", dir=root_dir))
     job_uuid = None
     try:
         job = maker.make(structure)
@@ -573,25 +703,40 @@ def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> d
                 store=job_store,
                 log=log_jobs,
                 create_folders=True,
-                root_dir=root_dir,
+                root_dir=job_root,
                 raise_immediately=True,
             )
         response = responses.get(job_uuid, {})
         doc = response[max(response)].output if response else job.output.resolve(job_store)
         fields = _read_dft_doc(doc)
     except Exception as exc:
-        from matloop.relax.runner import _exception_reason
-
-        return {"ok": False, "reason": _exception_reason(exc), "job_uuid": job_uuid}
+        fields = {"ok": False, "reason": _exception_reason(exc), "job_uuid": job_uuid}
+        if is_cp2k:  # e.g. custodian's validator rejects an unconverged optimisation
+            report = _cp2k_run_report(job_root)
+            if report.get("relax_converged") is False:
+                fields["reason"] = f"{_not_converged_reason(report)} ({fields['reason']})"
+            fields.update(report)
+        return fields
+    if is_cp2k:
+        fields.update(_cp2k_run_report(job_root))
     fields["job_uuid"] = job_uuid
     energy = fields["energy_per_atom"]
     if energy is None or not math.isfinite(energy):
         fields.update(ok=False, energy_per_atom=None, reason="no finite energy in task document")
     elif not fields["converged"]:
         fields.update(ok=False, reason="DFT task not successful (SCF or geometry not converged)")
+    elif fields.get("relax_converged") is False:
+        fields.update(ok=False, reason=_not_converged_reason(fields))
     else:
         fields["ok"] = True
     return fields
+
+
+def _not_converged_reason(report: dict[str, Any]) -> str:
+    return (
+        f"DFT relaxation not converged: the optimiser stopped after {report.get('relax_steps')} "
+        "steps (MAX_ITER) without meeting its thresholds"
+    )
 
 
 def _read_dft_doc(doc: Any) -> dict[str, Any]:
@@ -616,3 +761,63 @@ def _read_dft_doc(doc: Any) -> dict[str, Any]:
         "structure": final,
         "converged": converged,
     }
+
+
+_HARTREE_EV = 27.211386245988
+_HARTREE_PER_BOHR_EV_PER_A = 51.422067476
+_CP2K_ENERGY = re.compile(r"ENERGY\| Total FORCE_EVAL \( \w+ \) energy \[a\.u\.\]:\s+(\S+)")
+_CP2K_FORCES = re.compile(r"ATOMIC FORCES in \[a\.u\.\](.*?)SUM OF ATOMIC FORCES", re.S)
+_CP2K_FORCE_ROW = re.compile(r"^\s*\d+\s+\d+\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.M)
+_CP2K_STRESS = re.compile(
+    r"STRESS\| Analytical stress tensor \[GPa\]\s*\n.*?\n"
+    r"\s*STRESS\|\s+x\s+(\S+)\s+(\S+)\s+(\S+)\s*\n"
+    r"\s*STRESS\|\s+y\s+(\S+)\s+(\S+)\s+(\S+)\s*\n"
+    r"\s*STRESS\|\s+z\s+(\S+)\s+(\S+)\s+(\S+)"
+)
+
+
+def _cp2k_run_report(folder: Path) -> dict[str, Any]:
+    """What CP2K's output file says beyond atomate2's task document.
+
+    atomate2 marks a task successful when CP2K finished, also when a geometry or cell
+    optimisation stopped at MAX_ITER; its forces are in CP2K's atomic units. This reads
+    ``cp2k.out`` (gzipped or not) in ``folder`` or in its one job folder: whether the
+    optimiser converged, its number of steps, the energy of the starting structure, and the
+    final forces (eV/Å) and stress (GPa). Empty when there is no output to read.
+    """
+    import gzip
+
+    candidates = [folder, *sorted(p for p in Path(folder).glob("job_*") if p.is_dir())]
+    text = None
+    for path in (d / name for d in candidates for name in ("cp2k.out", "cp2k.out.gz")):
+        if path.is_file():
+            opener = gzip.open if path.suffix == ".gz" else open
+            try:
+                with opener(path, "rt", errors="replace") as handle:
+                    text = handle.read()
+            except (OSError, EOFError) as exc:  # a report must never fail a finished run
+                log.warning("could not read %s: %s", path, exc)
+            break
+    if text is None:
+        return {}
+    report: dict[str, Any] = {}
+    if energies := _CP2K_ENERGY.findall(text):
+        report["initial_energy"] = float(energies[0]) * _HARTREE_EV
+    if blocks := _CP2K_FORCES.findall(text):
+        forces = [[float(x) for x in row] for row in _CP2K_FORCE_ROW.findall(blocks[-1])]
+        if forces:
+            report["max_force"] = _HARTREE_PER_BOHR_EV_PER_A * max(
+                math.sqrt(sum(f * f for f in row)) for row in forces
+            )
+    if stresses := _CP2K_STRESS.findall(text):
+        values = [float(x) for x in stresses[-1]]
+        report["stress"] = [values[0:3], values[3:6], values[6:9]]
+    if "MAXIMUM NUMBER OF OPTIMIZATION STEPS REACHED" in text:
+        report["relax_converged"] = False
+    elif "GEOMETRY OPTIMIZATION COMPLETED" in text:
+        report["relax_converged"] = True
+    if report.get("relax_converged") is not None:
+        report["relax_steps"] = len(re.findall(r"OPTIMIZATION STEP:\s+\d+", text))
+    else:
+        report.pop("initial_energy", None)  # a single point: the energy is the result
+    return report
