@@ -39,6 +39,19 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "known_crystals
 OUT = Path(__file__).parent / "results" / "relax_throughput.json"
 
 
+
+def _by_id(outcomes) -> dict[str, dict]:
+    """What the comparison needs of each RelaxOutcome, by candidate id."""
+    return {
+        o.candidate_id: {
+            "ok": o.ok,
+            "energy_per_atom": o.energy_per_atom,
+            "structure": o.structure,
+            "reason": o.reason,
+        }
+        for o in outcomes
+    }
+
 def load_crystals(path: Path, n: int, max_atoms: int, seed: int):
     """A seeded sample of ``n`` crystals of at most ``max_atoms`` sites: [(id, Structure)]."""
     import pandas as pd
@@ -68,15 +81,7 @@ def run_matloop(items, fmax: float, steps: int) -> tuple[float, dict]:
     maker = make_relax_maker("CHGNet", fmax=fmax, steps=steps)
     outs = relax_structures(items, maker, store, num_threads=1)
     wall = time.perf_counter() - start
-    return wall, {
-        o.candidate_id: {
-            "ok": o.ok,
-            "energy_per_atom": o.energy_per_atom,
-            "structure": o.structure,
-            "reason": o.reason,
-        }
-        for o in outs
-    }
+    return wall, _by_id(outs)
 
 
 def run_atomate2(items, fmax: float, steps: int) -> tuple[float, dict]:
@@ -138,15 +143,7 @@ def run_batched(items, fmax: float, steps: int, batch_size: int = 32,
     relaxer = BatchedRelaxer(fmax=fmax, steps=steps, batch_size=batch_size, device=device)
     outs = relaxer.relax(items, num_threads=1)
     wall = time.perf_counter() - start
-    return wall, {
-        o.candidate_id: {
-            "ok": o.ok,
-            "energy_per_atom": o.energy_per_atom,
-            "structure": o.structure,
-            "reason": o.reason,
-        }
-        for o in outs
-    }
+    return wall, _by_id(outs)
 
 
 def agreement(a: dict, b: dict) -> dict:
