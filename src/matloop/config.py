@@ -284,7 +284,7 @@ class CampaignConfig(_Strict):
     @field_validator("generators")
     @classmethod
     def _known_generators(cls, value: list[GeneratorConfig]) -> list[GeneratorConfig]:
-        from matloop.generators.registry import available_generators
+        from matloop.generators.registry import SAMPLING_SETTINGS, available_generators
         from matloop.generators.training import TORCH_GENERATORS
 
         known = available_generators()
@@ -300,6 +300,11 @@ class CampaignConfig(_Strict):
                 )
             if gen.checkpoint and not Path(gen.checkpoint).expanduser().is_file():
                 raise ValueError(f"checkpoint of {gen.name!r} not found: {gen.checkpoint}")
+            if gen.checkpoint and (bad := sorted(set(gen.settings) - set(SAMPLING_SETTINGS))):
+                raise ValueError(
+                    f"generator {gen.name!r} loads a trained model: its settings may only "
+                    f"change how it samples ({', '.join(SAMPLING_SETTINGS)}), not {bad}"
+                )
         return value
 
     @field_validator("store")

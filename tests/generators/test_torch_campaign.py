@@ -90,6 +90,26 @@ def test_campaign_generates_and_screens_with_a_checkpoint(checkpoint):
     assert all(c.history[-1].reason for c in screened if c.status == CandidateStatus.rejected)
 
 
+def test_campaign_settings_change_how_a_trained_model_samples(checkpoint):
+    from matloop.config import ConfigError
+
+    base = {
+        "name": "torch-settings",
+        "chemical_space": {"elements": ALLOWED, "max_atoms": 5},
+        "budget": {"candidates_per_round": 4, "relaxations_per_round": 2},
+        "store": "memory://",
+    }
+    gen_config = {"name": "crystal_cvae", "checkpoint": checkpoint,
+                  "settings": {"temperature": 1.0}}  # fmt: skip
+    run = CampaignRun(parse_config({**base, "generators": [gen_config]}))
+    (_, generator), = run.generators()
+    assert generator.config["temperature"] == 1.0
+    assert load_checkpoint(checkpoint).config["temperature"] != 1.0  # the file is untouched
+    bad = {**gen_config, "settings": {"epochs": 5}}
+    with pytest.raises(ConfigError, match=r"only change how it samples .*\['epochs'\]"):
+        parse_config({**base, "generators": [bad]})
+
+
 @pytest.mark.parametrize(
     "kind",
     [

@@ -212,9 +212,10 @@ class CampaignRun:
             for index, gen_config in enumerate(self.config.generators):
                 stored = self.store.models(self.name, name=gen_config.name)
                 if stored:  # the campaign's own latest version, fine-tuned by earlier rounds
-                    generator = self._load_stored_model(stored[-1], space)
+                    generator = self._load_stored_model(stored[-1], space, gen_config.settings)
                 elif gen_config.checkpoint:
-                    generator = load_generator(gen_config.name, gen_config.checkpoint, space)
+                    generator = load_generator(gen_config.name, gen_config.checkpoint, space,
+                                               gen_config.settings)
                 else:
                     generator = build_generator(
                         gen_config.name,
@@ -228,7 +229,7 @@ class CampaignRun:
             self._generators = pairs
         return self._generators
 
-    def _load_stored_model(self, doc, space) -> Generator:
+    def _load_stored_model(self, doc, space, settings=None) -> Generator:
         """A generator checkpoint from the store, refused if its bytes fail the hash."""
         import tempfile
         from pathlib import Path
@@ -239,7 +240,7 @@ class CampaignRun:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{doc.name}-v{doc.version}.pt"
             path.write_bytes(data)
-            generator = load_generator(doc.name, str(path), space)
+            generator = load_generator(doc.name, str(path), space, settings)
         generator.version = doc.version
         return generator
 

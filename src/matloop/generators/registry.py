@@ -94,13 +94,28 @@ def build_generator(
     return generator_class(name)(chemical_space, seed=seed, **settings)
 
 
-def load_generator(name: str, checkpoint: str, chemical_space: ChemicalSpace) -> Generator:
+#: Settings a campaign may change on a trained model: how it samples, not what it learned.
+SAMPLING_SETTINGS = ("temperature", "prior")
+
+
+def load_generator(
+    name: str,
+    checkpoint: str,
+    chemical_space: ChemicalSpace,
+    settings: dict[str, Any] | None = None,
+) -> Generator:
     """Load a trained generator from a checkpoint file written by its ``save``.
+
+    ``settings`` (a campaign's ``generators[].settings``) may override how a torch model
+    samples (:data:`SAMPLING_SETTINGS`, e.g. ``{"temperature": 1.0}``); they are kept in the
+    model's config, so its fine-tuned versions sample the same way.
 
     Raises
     ------
     FileNotFoundError
         When the checkpoint file does not exist.
+    ValueError
+        For a setting a trained model cannot take (the message lists the ones it can).
     """
     from pathlib import Path
 
@@ -109,4 +124,13 @@ def load_generator(name: str, checkpoint: str, chemical_space: ChemicalSpace) ->
     generator = generator_class(name).load(checkpoint)
     if hasattr(generator, "chemical_space") and generator.chemical_space is None:
         generator.chemical_space = chemical_space
+    if settings:
+        config = getattr(generator, "config", None)
+        unknown = sorted(set(settings) - set(SAMPLING_SETTINGS))
+        if unknown or not isinstance(config, dict):
+            raise ValueError(
+                f"generator {name!r} from a checkpoint takes only sampling settings "
+                f"({', '.join(SAMPLING_SETTINGS)}); got {', '.join(unknown or sorted(settings))}"
+            )
+        config.update(settings)
     return generator
