@@ -151,3 +151,26 @@ def test_every_torch_generator_proposes_in_a_campaign(kind, tmp_path):
     assert run.generate(1).counts["proposed"] > 0
     for cand in run.store.candidates(run.name):
         assert set(cand.chemsys.split("-")) <= set(ALLOWED) and cand.generator == kind
+
+
+def test_screen_proposals_redraws_what_the_screen_would_reject():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from matloop.chemistry import smact_valid
+
+    structures, props = tiny_perovskites(40)
+    gen = generator_class("crystal_vae")(epochs=40, hidden=32, latent_dim=8, batch_size=16)
+    gen.fit(structures, props)
+    gen.chemical_space = ChemicalSpace(ALLOWED, max_atoms=5)
+    raw = gen.sample(30, rng=np.random.default_rng(0))
+    gen.config["screen_proposals"] = True
+    screened = gen.sample(30, rng=np.random.default_rng(0))
+    matcher = StructureMatcher()
+
+    def repeats(batch):
+        return sum(any(matcher.fit(a, b) for b in batch[i + 1 :]) for i, a in enumerate(batch))
+
+    # the plain sampler repeats itself (four A-B pairs in the space); the screened one never
+    assert len(raw) == 30 and repeats(raw) > 0
+    assert len(screened) >= 2 and repeats(screened) == 0
+    assert all(smact_valid(s.composition) for s in screened)

@@ -95,7 +95,7 @@ def build_generator(
 
 
 #: Settings a campaign may change on a trained model: how it samples, not what it learned.
-SAMPLING_SETTINGS = ("temperature", "prior")
+SAMPLING_SETTINGS = ("temperature", "prior", "screen_proposals")
 
 
 def load_generator(

@@ -71,6 +71,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from matloop.chemistry import smact_valid
+from matloop.generators.prototypes import DistinctStructures
 from matloop.generators.reinforce import (
     policy_anchors,
     policy_noise,
@@ -617,13 +619,26 @@ class CrystalVAEGenerator(TorchGenerator):
         temperature = self.config.get("temperature", 1.0) if temperature is None else temperature
         if conditions and not (self.conditional or self.predicts):
             raise ValueError(f"{self.name} is unconditional; it takes no conditions")
+        # screen_proposals (a campaign setting): redraw what the campaign's screen would
+        # reject anyway, as the baselines do (charge-unbalanced compositions, and repeats of
+        # a crystal already in this batch), so the acquisition gets n real choices. Off for
+        # the generation benchmark, whose validity metrics must see every draw.
+        screen = bool(self.config.get("screen_proposals"))
+        seen = DistinctStructures() if screen else None
         out: list[Structure] = []
-        for _ in range(5):
+        for _ in range(20 if screen else 5):
             need = n - len(out)
             if need <= 0:
                 break
-            batch = self._sample_batch(need, conditions, rng, prior, temperature)
-            out += [s for s in batch if s is not None and self._keep(s)]
+            draws = 2 * need if screen else need
+            for s in self._sample_batch(draws, conditions, rng, prior, temperature):
+                if s is None or not self._keep(s):
+                    continue
+                if seen is not None:
+                    if not smact_valid(s.composition) or s in seen:
+                        continue
+                    seen.add(s)
+                out.append(s)
         return out[:n]
 
     def _keep(self, structure: Structure) -> bool:
