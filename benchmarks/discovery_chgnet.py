@@ -8,7 +8,9 @@ the same references. Strategies:
 
 * ``random_symmetric``, ``prototype_substitution``: the baselines;
 * ``vae_finetune``: a crystal VAE trained on perov-5 (elements masked to the space at
-  decoding), ``update: finetune`` (reward-weighted fine-tuning with replay);
+  decoding; ``screen_proposals``: charge-unbalanced and repeated draws are redrawn, as the
+  baselines never propose them), ``update: finetune`` (reward-weighted fine-tuning with
+  replay);
 * ``vae_reinforce``: the same checkpoint, ``update: reinforce`` (REINFORCE on its sampling
   policy, KL penalty to the pre-trained sampler).
 """
@@ -43,8 +45,11 @@ def train_vae(csv: Path, path: Path, epochs: int, seed: int = 0) -> Path:
 
 def campaign_config(strategy: str, seed: int, scale: dict, checkpoint: Path) -> dict:
     if strategy.startswith("vae_"):
+        # screen_proposals: the VAE redraws charge-unbalanced and repeated crystals, as
+        # the baselines' generators do by construction
         generator = {"name": "crystal_vae", "checkpoint": str(checkpoint),
-                     "update": strategy.removeprefix("vae_")}  # fmt: skip
+                     "update": strategy.removeprefix("vae_"),
+                     "settings": {"screen_proposals": True}}  # fmt: skip
     else:
         generator = {"name": strategy}
     return {
