@@ -144,6 +144,19 @@ _CP2K_OUT = """\
 """
 
 
+def test_one_makers_settings_never_leak_into_the_next() -> None:
+    # atomate2's CP2K generator updates its shared default settings in place; each maker
+    # must work on its own copy, or the basis asked for here would stick to later makers
+    si = silicon()
+    configure_cp2k()
+    default = describe_dft_settings(make_dft_maker("cp2k", "static", fast=True), si)["basis"]
+    special = {"basis_and_potential": {"Si": {"basis": "DZVP-MOLOPT-SR-GTH"}}}
+    relax = make_dft_maker("cp2k", "relax", fast=True, input_settings=special)
+    assert describe_dft_settings(relax, si)["basis"] == {"Si": "DZVP-MOLOPT-SR-GTH"} != default
+    later = describe_dft_settings(make_dft_maker("cp2k", "static", fast=True), si)["basis"]
+    assert later == default
+
+
 def test_cp2k_output_report(tmp_path) -> None:
     import gzip
 

@@ -50,6 +50,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import logging
@@ -423,7 +424,11 @@ def _cp2k_maker(kind, fast, command, kpoints, input_settings, maker_kwargs) -> M
         settings.pop("activate_motion", None)
     settings.update(input_settings or {})
     generator_cls = Cp2kCellOptSetGenerator if kind == "relax" else StaticSetGenerator
-    generator_kwargs: dict[str, Any] = {"user_input_settings": settings}
+    # A private copy of atomate2's base settings: its generator updates nested dicts of the
+    # shared module-level default in place (a shallow dict() then recursive_update), so one
+    # maker's basis would otherwise leak into every later maker of the process.
+    config_dict = copy.deepcopy(generator_cls.__dataclass_fields__["config_dict"].default_factory())
+    generator_kwargs: dict[str, Any] = {"user_input_settings": settings, "config_dict": config_dict}
     # CP2K single points: a full Monkhorst-Pack grid (contains Gamma for odd divisions);
     # cell optimisations: a full Gamma-centred grid (see Cp2kCellOptSetGenerator)
     if (kp := _kpoints(kpoints, monkhorst=kind != "relax")) is not None:
