@@ -82,7 +82,8 @@ def chgnet_benchmark(args) -> dict:
         "seeds": list(args.seeds[:2]) if args.quick else list(args.seeds),
         "vae_epochs": 40 if args.quick else 100,
     }
-    cached = Path(f"/tmp/matloop-bench/vae_perov5_e{scale['vae_epochs']}.pt")
+    data = args.csv.name.split(".")[0]
+    cached = Path(f"/tmp/matloop-bench/vae_{args.csv.parent.name}_{data}_e{scale['vae_epochs']}.pt")
     checkpoint = train_vae(args.csv, cached, scale["vae_epochs"])
     store = MatloopStore("memory://")
     quiet = Progress(message=lambda text: None)
