@@ -244,7 +244,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, help="CHGNet part: rounds per campaign")
     p.add_argument("--proposals", type=int, help="CHGNet part: candidates per round")
     p.add_argument("--relaxations", type=int, help="CHGNet part: relaxations per round")
-    p.add_argument("--csv", type=Path, default=DATA)
+    p.add_argument("--csv", type=Path, default=DATA, help="replay part: the labelled pool")
+    p.add_argument("--vae-csv", type=Path,
+                   help="CHGNet part: the learned generator's training crystals (default: "
+                   "every MP and OQMD crystal of ../shared/data within the space's max_atoms)")
     p.add_argument("--cache", type=Path, default=CACHE, help="feature cache (outside the repo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--agents", nargs="+", default=list(AGENTS))
