@@ -96,7 +96,6 @@ class CampaignRun:
         self._generators: list[tuple[Any, Generator]] | None = None
         self._maker = None
         self._batched_relaxer = None
-        self._std_scale: float | None = None  # the last surrogate's calibration factor
 
     # -- campaign bookkeeping ----------------------------------------------------------------
     def ensure_campaign(self) -> CampaignDoc:
@@ -140,8 +139,8 @@ class CampaignRun:
 
     def _replay(self, items: list[tuple[str, Structure]]) -> list:
         """Outcomes answered by the replay table, one per (id, structure)."""
-        column = self.config.relaxer.replay.energy_column
-        return [self.oracle.relax_outcome(cid, structure, column) for cid, structure in items]
+        column, oracle = self.config.relaxer.replay.energy_column, self.oracle
+        return [oracle.relax_outcome(cid, structure, column) for cid, structure in items]
 
     @property
     def hull_scheme(self) -> str:
@@ -597,7 +596,7 @@ class CampaignRun:
             self.store.set_status(self.name, rejections, round_=round_)
 
         k = min(self.config.budget.relaxations_per_round, len(valid))
-        chosen, predictions, strategy = self._acquire(round_, valid, k)
+        chosen, predictions, acquired = self._acquire(round_, valid, k)
         updates = {
             valid[i][0].candidate_id: (CandidateStatus.selected, None) for i in chosen
         }
@@ -621,13 +620,12 @@ class CampaignRun:
         screened, rejected = len(pool) + rejected_before, len(rejections) + rejected_before
         self.progress.message(
             f"round {round_}: screened {screened} — rejected {rejected}, "
-            f"selected {len(chosen)} by {strategy}, {len(rest)} left in the pool"
+            f"selected {len(chosen)} by {acquired['acquisition']}, {len(rest)} left in the pool"
         )
         return self._finish_step(
             round_, "screen",
             {"screened": screened, "rejected": rejected, "selected": len(chosen),
-             "pool": len(rest), "acquisition": strategy,
-             **({"surrogate_std_scale": self._std_scale} if self._std_scale else {})},
+             "pool": len(rest), **acquired},
         )
 
     def training_set(self) -> tuple[list[Structure], np.ndarray]:
@@ -646,36 +644,38 @@ class CampaignRun:
         return structures, np.asarray(targets, dtype=float)
 
     def _acquire(self, round_, valid, k):
+        """(chosen indices, (mean, std, score) per candidate, the round's acquisition
+        metrics: how it chose and, with a surrogate, its spread's calibration factor)."""
         from matloop.evaluators.acquisition import best_k, select
 
         n = len(valid)
-        self._std_scale = None
         if n == 0:
-            return [], (np.zeros(0), np.zeros(0), np.zeros(0)), "none"
+            return [], (np.zeros(0), np.zeros(0), np.zeros(0)), {"acquisition": "none"}
         acq = self.config.acquisition
         rng = self.rng(round_, 1)
         structures, targets = self.training_set()
         if len(targets) < MIN_TRAINING_POINTS:
             chosen = select(np.zeros(n), np.ones(n), k, strategy="random", rng=rng)
             nan = np.full(n, np.nan)
-            return list(map(int, chosen)), (nan, nan, nan), "random (too few labels yet)"
+            return (list(map(int, chosen)), (nan, nan, nan),
+                    {"acquisition": "random (too few labels yet)"})
         from matloop.evaluators.features import featurize
         from matloop.evaluators.surrogate import EnsembleSurrogate
 
         surrogate = EnsembleSurrogate(n_members=acq.ensemble_size, seed=self.config.seed + round_,
                                       calibrate=acq.calibrate)  # fmt: skip
         surrogate.fit(featurize(structures), targets)
-        self._std_scale = surrogate.std_scale
+        fitted = {"surrogate_std_scale": surrogate.std_scale}
         features = featurize([s for _, s in valid])
         mean, std = surrogate.predict(features)
         if acq.strategy == "joint":
             score, label = self._joint_scores(mean, std, features, round_)
             chosen = best_k(score, k, tie_break=mean)
-            return list(map(int, chosen)), (mean, std, score), label
+            return list(map(int, chosen)), (mean, std, score), {"acquisition": label, **fitted}
         best = float(np.min(targets)) if len(targets) else None
         chosen = select(mean, std, k, strategy=acq.strategy, beta=acq.beta, rng=rng, best=best)
         score = mean - acq.beta * std
-        return list(map(int, chosen)), (mean, std, score), acq.strategy
+        return list(map(int, chosen)), (mean, std, score), {"acquisition": acq.strategy, **fitted}
 
     def _joint_scores(self, e_mean, e_std, features, round_):
         """``-P(stable) * P(property in window)`` per candidate (see
