@@ -70,8 +70,10 @@ from atomate2.cp2k.jobs.base import BaseCp2kMaker, cp2k_job
 from atomate2.cp2k.jobs.core import CellOptMaker as _Cp2kCellOptMaker
 from atomate2.cp2k.jobs.core import StaticMaker as _Cp2kStaticMaker
 from atomate2.cp2k.sets.core import CellOptSetGenerator as _CellOptSetGenerator
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
+
+from matloop.relax.runner import OutcomeStructure
 
 if TYPE_CHECKING:
     from jobflow import JobStore, Maker, Response
@@ -586,7 +588,7 @@ class DftOutcome(BaseModel):
     evidence: str = Field(description="'dft-relaxed' or 'dft-single-point'.")
     energy: float | None = Field(None, description="Final total energy in eV.")
     energy_per_atom: float | None = Field(None, description="Final energy in eV/atom.")
-    structure: Structure | None = Field(None, description="Final (relaxed) structure.")
+    structure: OutcomeStructure = Field(None, description="Final (relaxed) structure.")
     converged: bool = Field(False, description="Whether atomate2 marked the task successful.")
     relax_converged: bool | None = Field(
         None,
@@ -614,11 +616,6 @@ class DftOutcome(BaseModel):
                                  "in the JobStore.")
     wall_s: float = Field(description="Wall-clock seconds spent on this candidate.")
 
-    @field_serializer("structure", when_used="json")
-    def _structure_as_dict(self, structure: Structure | None) -> dict | None:
-        from monty.json import jsanitize
-
-        return None if structure is None else jsanitize(structure.as_dict(), strict=True)
 
 
 def verify_with_dft(

@@ -31,10 +31,10 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pymatgen.core import Structure
 
 if TYPE_CHECKING:
@@ -45,6 +45,20 @@ if TYPE_CHECKING:
 __all__ = ["RelaxOutcome", "relax_structures"]
 
 _GPA_PER_KBAR = 0.1
+
+
+def _structure_as_dict(structure: Structure | None) -> dict | None:
+    """A structure as a JSON-safe pymatgen dict."""
+    from monty.json import jsanitize
+
+    return None if structure is None else jsanitize(structure.as_dict(), strict=True)
+
+
+#: A structure field of an outcome model: a pymatgen Structure in Python, its pymatgen dict
+#: in JSON mode (``model_dump(mode="json")``), shared by RelaxOutcome and DftOutcome.
+OutcomeStructure = Annotated[
+    Structure | None, PlainSerializer(_structure_as_dict, when_used="json")
+]
 
 
 class RelaxOutcome(BaseModel):
@@ -64,7 +78,7 @@ class RelaxOutcome(BaseModel):
     ok: bool = Field(
         description="True when the relaxation converged and passed every sanity check."
     )
-    structure: Structure | None = Field(
+    structure: OutcomeStructure = Field(
         None, description="Relaxed structure (kept for failed jobs that produced one)."
     )
     energy_per_atom: float | None = Field(
@@ -92,12 +106,6 @@ class RelaxOutcome(BaseModel):
         description="Other computed labels (a replay table's columns, e.g. dir_gap).",
     )
 
-    @field_serializer("structure", when_used="json")
-    def _structure_as_dict(self, structure: Structure | None) -> dict | None:
-        """Serialise the structure as a pymatgen dict in JSON mode."""
-        from monty.json import jsanitize
-
-        return None if structure is None else jsanitize(structure.as_dict(), strict=True)
 
 
 def relax_structures(
