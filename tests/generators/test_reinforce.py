@@ -33,12 +33,8 @@ def has_ba(structure: Structure) -> float:
     return float(any(el.symbol == "Ba" for el in structure.composition.elements))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# small models and cells: one torch thread is fastest, and spares the other core
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,8 @@ def tiny_perovskites(n: int = 40, seed: int = 0) -> tuple[list[Structure], dict[
     return structures, {"dir_gap": np.array(gaps)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# small models and cells: one torch thread is fastest, and spares the other core
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -49,14 +49,8 @@ def mp_crystals(shared_data: Path) -> list[tuple[str, Structure]]:
     return crystals
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# small models and cells: one torch thread is fastest, and spares the other core
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- agreement with the per-structure path --------------------------------------------------
