@@ -314,6 +314,23 @@ def test_switching_to_batched_keeps_the_campaign() -> None:
     assert switched.batched_relaxer.batch_size == 4
 
 
+def test_a_campaign_stored_before_new_relaxer_fields_resumes() -> None:
+    """Fields added to the relaxer settings later (replay, batched, ...) take their defaults
+    when a stored campaign is compared; a real change of potential is still refused."""
+    from matloop.flows.steps import CampaignMismatchError, CampaignRun
+    from matloop.store import MatloopStore
+
+    store = MatloopStore("memory://")
+    CampaignRun(parse_config(_config({})), store=store).ensure_campaign()
+    doc = store.get_campaign("batched")
+    for newer in ("replay", "batched", "batch_size"):
+        doc.config["relaxer"].pop(newer)
+    store.save_campaign(doc)
+    CampaignRun(parse_config(_config({})), store=store).ensure_campaign()  # resumes
+    with pytest.raises(CampaignMismatchError, match="different relaxer"):
+        CampaignRun(parse_config(_config({"potential": "SevenNet"})), store=store).ensure_campaign()
+
+
 @pytest.mark.slow
 def test_a_round_relaxes_its_candidates_in_a_batch() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

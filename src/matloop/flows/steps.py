@@ -1174,8 +1174,24 @@ _NOT_PHYSICS = ("executor", "executor_settings", "batched", "batch_size")
 
 
 def _physics(part: str, settings: dict | None) -> dict | None:
-    """The settings that change results: where and how relaxations run do not."""
-    if part != "relaxer" or not isinstance(settings, dict):
+    """The settings that change results: where and how relaxations run do not.
+
+    A section is first read back through its config model, so a campaign stored before a
+    field existed compares with that field's default (e.g. ``relaxer.replay: null``)
+    instead of refusing to resume.
+    """
+    if not isinstance(settings, dict):
+        return settings
+    from contextlib import suppress
+
+    from pydantic import ValidationError
+
+    from matloop.config import ChemicalSpaceConfig, RelaxerConfig
+
+    model = {"relaxer": RelaxerConfig, "chemical_space": ChemicalSpaceConfig}[part]
+    with suppress(ValidationError):  # one this version refuses is compared as stored
+        settings = model.model_validate(settings).model_dump(mode="json")
+    if part != "relaxer":
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_PHYSICS}
 
