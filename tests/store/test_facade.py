@@ -20,10 +20,12 @@ def _candidate(cid: str, round_: int = 1) -> CandidateDoc:
     )
 
 
-@pytest.fixture(params=["memory", "monty"])
+URIS = {"sqlite": "sqlite://{tmp}/matloop.db", "memory": "memory://", "monty": "monty://{tmp}/db"}
+
+
+@pytest.fixture(params=list(URIS))
 def store(request, tmp_path) -> MatloopStore:
-    uri = "memory://" if request.param == "memory" else f"monty://{tmp_path}/db"
-    db = MatloopStore(uri)
+    db = MatloopStore(URIS[request.param].format(tmp=tmp_path))
     yield db
     db.close()
 
@@ -57,8 +59,9 @@ def test_status_changes_are_recorded_with_reasons(store):
     assert counts["rejected"] == 1 and counts["failed"] == 1 and counts["proposed"] == 0
 
 
-def test_monty_store_persists_across_processes_worth_of_instances(tmp_path):
-    uri = f"monty://{tmp_path}/db"
+@pytest.mark.parametrize("kind", ["sqlite", "monty"])
+def test_embedded_store_persists_across_instances(tmp_path, kind):
+    uri = URIS[kind].format(tmp=tmp_path)
     first = MatloopStore(uri)
     first.save_campaign(CampaignDoc(campaign="demo", config={"chemical_space": {}}))
     first.add_candidates([_candidate("a")])
@@ -88,9 +91,10 @@ def test_job_store_lives_in_the_same_database(store):
 @pytest.mark.parametrize(
     "uri, message",
     [
-        ("sqlite:///x.db", "not supported"),
+        ("postgres://h/db", "not supported"),
         ("./folder", "no scheme"),
         ("monty://", "needs a folder"),
+        ("sqlite://", "needs a database file"),
     ],
 )
 def test_bad_store_uris_are_named(uri, message):
