@@ -484,9 +484,7 @@ def _mongomock_file(lpad) -> str | None:
 
 
 def _require_shared_store(job_store: JobStore, who: str) -> None:
-    from maggma.stores import MemoryStore
-
-    from maggma.stores import MontyStore
+    from maggma.stores import MemoryStore, MontyStore
 
     if isinstance(job_store.docs_store, MemoryStore) and not isinstance(
         job_store.docs_store, MontyStore

@@ -66,6 +66,20 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
 JOB_INDEXES = [("uuid", "index"), ("metadata.candidate_id",)]
 
 
+def _pushed_as_text(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with status changes that a server stored as JSON text read back.
+
+    nx-27017 (MongoDB's wire protocol over SQLite, used in tests and by some laptops)
+    keeps a document ``$push``-ed onto an array as its JSON text; MongoDB keeps it as is.
+    """
+    history = doc.get("history")
+    if history and any(isinstance(h, str) for h in history):
+        import json
+
+        doc["history"] = [json.loads(h) if isinstance(h, str) else h for h in history]
+    return doc
+
+
 class MatloopStore:
     """Campaign database behind one URI (see :mod:`matloop.store.backends`).
 
@@ -103,6 +117,11 @@ class MatloopStore:
             self._stores[name] = store
         return self._stores[name]
 
+    def collection(self, name: str) -> Store:
+        """The maggma store of one collection, connected and indexed (for tools that copy
+        raw documents, such as :mod:`matloop.store.migrate`)."""
+        return self._store(name)
+
     def _upsert(self, name: str, docs: Iterable[BaseModel]) -> None:
         payload = [doc.model_dump(mode="json") for doc in docs]
         if payload:
@@ -115,11 +134,12 @@ class MatloopStore:
         sort: dict[str, int] | None = None,
     ) -> list[Any]:
         doc_type = COLLECTIONS[name][0]
-        return [doc_type(**d) for d in self._store(name).query(criteria or {}, sort=sort)]
+        found = self._store(name).query(criteria or {}, sort=sort)
+        return [doc_type(**_pushed_as_text(d)) for d in found]
 
     def _find_one(self, name: str, criteria: dict[str, Any]) -> Any | None:
         found = self._store(name).query_one(criteria)
-        return COLLECTIONS[name][0](**found) if found else None
+        return COLLECTIONS[name][0](**_pushed_as_text(found)) if found else None
 
     def count(self, name: str, criteria: dict[str, Any] | None = None) -> int:
         return self._store(name).count(criteria or {})
