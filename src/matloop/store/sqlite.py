@@ -103,11 +103,19 @@ def _release(database: _Database) -> None:
 
 # -- documents <-> JSON ----------------------------------------------------------------------
 def _encode(value: Any) -> Any:
+    from enum import Enum
+
     if isinstance(value, datetime):
         return {"$date": value.isoformat()}
     if isinstance(value, bytes | bytearray | memoryview):
         return {"$binary": base64.b64encode(bytes(value)).decode()}
-    if hasattr(value, "binary"):  # bson Binary / ObjectId-like values
+    if isinstance(value, Enum):
+        return value.value
+    if hasattr(value, "as_dict"):  # MSONable objects, as maggma's stores keep them
+        return value.as_dict()
+    if hasattr(value, "tolist"):  # numpy arrays and numbers
+        return value.tolist()
+    if hasattr(value, "binary"):  # bson ObjectId-like values
         return str(value)
     raise TypeError(f"cannot store a {type(value).__name__} in a document")
 
@@ -148,11 +156,12 @@ def _parent(doc: dict, path: str, create: bool) -> tuple[dict | None, str]:
 
 
 def apply_update(doc: dict, update: dict) -> dict:
-    """``doc`` changed by a Mongo update (``$set``, ``$unset``, ``$inc``, ``$push``) or
-    replaced by a plain document."""
+    """``doc`` changed in place by a Mongo update (``$set``, ``$unset``, ``$inc``,
+    ``$push``) or replaced by a plain document. Values are not copied: the caller writes
+    the result out at once."""
     if not any(k.startswith("$") for k in update):
-        return {**copy.deepcopy(update), "_id": doc.get("_id")}
-    new = copy.deepcopy(doc)
+        return {**update, "_id": doc.get("_id")}
+    new = doc
     for op, fields in update.items():
         for path, value in fields.items():
             parent, last = _parent(new, path, create=op != "$unset")
@@ -161,14 +170,14 @@ def apply_update(doc: dict, update: dict) -> dict:
                     continue
                 raise ValueError(f"cannot {op} {path!r}: a parent is not a document")
             if op == "$set":
-                parent[last] = copy.deepcopy(value)
+                parent[last] = value
             elif op == "$unset":
                 parent.pop(last, None)
             elif op == "$inc":
                 parent[last] = parent.get(last, 0) + value
             elif op == "$push":
                 items = value["$each"] if isinstance(value, dict) and "$each" in value else [value]
-                parent.setdefault(last, []).extend(copy.deepcopy(items))
+                parent.setdefault(last, []).extend(items)
             elif op == "$setOnInsert":
                 continue
             else:
@@ -428,36 +437,45 @@ class SQLiteStore(Store):
     # -- writes ----------------------------------------------------------------------------
     def update(self, docs: list[dict] | dict, key: list | str | None = None) -> None:
         """Upsert ``docs`` by ``key`` (default: the store's key), all in one transaction."""
-        from monty.json import jsanitize
-
         docs = docs if isinstance(docs, list) else [docs]
         key = key or self.key
         fields = key if isinstance(key, list) else [key]
-        payload = [jsanitize(d, allow_bson=True, recursive_msonable=True) for d in docs]
+        payload = [(doc, dumps(doc)) for doc in docs]  # a bad value fails before any write
         with self._write() as db:
-            for doc in payload:
-                criteria = {f: doc.get(f) for f in fields}
-                existing = next(self._rows(criteria, limit=1), None)
-                if existing is None:
+            for doc, text in payload:
+                rowid = self._first_id({f: doc.get(f) for f in fields})
+                if rowid is None:
                     db.execute(f'INSERT INTO "{self.collection_name}" (doc) VALUES (?)',
-                               (dumps(doc),))
+                               (text,))
                 else:
                     db.execute(f'UPDATE "{self.collection_name}" SET doc = ? WHERE id = ?',
-                               (dumps(doc), existing["_id"]))
+                               (text, rowid))
+
+    def _first_id(self, criteria: dict) -> int | None:
+        where, params, exact = self._where(criteria)
+        if not exact:
+            found = next(self._rows(criteria, limit=1), None)
+            return None if found is None else found["_id"]
+        sql = f'SELECT id FROM "{self.collection_name}"{where} ORDER BY id LIMIT 1'
+        row = self._db().execute(sql, params).fetchone()
+        return None if row is None else row[0]
 
     def insert_many(self, docs: list[dict]) -> None:
         with self._write() as db:
             db.executemany(f'INSERT INTO "{self.collection_name}" (doc) VALUES (?)',
                            [(dumps(d),) for d in docs])
 
-    def _apply(self, db: sqlite3.Connection, criteria: dict, update: dict, limit: int = 0
-               ) -> list[dict]:
+    def _apply(
+        self, db: sqlite3.Connection, criteria: dict, update: dict, limit: int = 0,
+        keep: bool = False,
+    ) -> list[dict]:
+        """Update the matching documents; returns them (as they were when ``keep``)."""
         changed = []
         for doc in list(self._rows(criteria, limit=limit)):
-            new = apply_update(doc, update)
+            before = copy.deepcopy(doc) if keep else doc
             db.execute(f'UPDATE "{self.collection_name}" SET doc = ? WHERE id = ?',
-                       (dumps(new), doc["_id"]))
-            changed.append(doc)
+                       (dumps(apply_update(doc, update)), doc["_id"]))
+            changed.append(before)
         return changed
 
     def update_many(self, criteria: dict, update: dict) -> int:
@@ -474,7 +492,7 @@ class SQLiteStore(Store):
     def find_one_and_update(self, criteria: dict, update: dict) -> dict | None:
         """Atomically update the first matching document; returns it as it was."""
         with self._write() as db:
-            changed = self._apply(db, criteria, update, limit=1)
+            changed = self._apply(db, criteria, update, limit=1, keep=True)
         return changed[0] if changed else None
 
     def remove_docs(self, criteria: dict) -> None:
