@@ -3,6 +3,7 @@ whole-or-nothing writes, and claims that are atomic across processes."""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import sqlite3
 from datetime import UTC, datetime
@@ -73,9 +74,13 @@ def test_sort_skip_limit_and_projection(things):
 def test_upsert_by_key_keeps_one_document_and_values_round_trip(things):
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     things.update({"name": "a", "n": 1, "at": at, "blob": b"\x00\x01"})
-    things.update({"name": "a", "n": 2, "at": at, "blob": b"\x00\x01"})
+    things.update({"name": "a", "n": 2, "at": at, "blob": b"\x00\x01",
+                   "odd": [float("nan"), {"x": float("-inf")}]})
+    things.update_many({"name": "a"}, {"$set": {"std": float("inf")}})
     (doc,) = things.query({"name": "a"})
     assert (doc["n"], doc["at"], doc["blob"]) == (2, at, b"\x00\x01")
+    assert math.isnan(doc["odd"][0]) and doc["odd"][1] == {"x": float("-inf")}
+    assert doc["std"] == float("inf")
 
 
 def test_update_operators_and_counts(things):

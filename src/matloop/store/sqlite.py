@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 import os
 import re
 import sqlite3
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SQL_VARIABLES = 30000  # below SQLite's 32,766 bound parameters per statement
-_SPECIAL = ('"$date"', '"$binary"')
+_SPECIAL = ('"$date"', '"$binary"', '"$float"')
 
 
 # -- one shared connection per database file and process -------------------------------------
@@ -120,8 +121,21 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} in a document")
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``{"$float": "nan"}``: SQLite's JSON refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _decode_special(obj: dict) -> Any:
     if len(obj) == 1:
+        if "$float" in obj:
+            return float(obj["$float"])
         if "$date" in obj:
             return datetime.fromisoformat(obj["$date"])
         if "$binary" in obj:
@@ -130,7 +144,11 @@ def _decode_special(obj: dict) -> Any:
 
 
 def dumps(doc: dict) -> str:
-    return json.dumps({k: v for k, v in doc.items() if k != "_id"}, default=_encode)
+    doc = {k: v for k, v in doc.items() if k != "_id"}
+    try:
+        return json.dumps(doc, default=_encode, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: rare, so only then walk the document
+        return json.dumps(_finite(doc), default=_encode, allow_nan=False)
 
 
 def loads(text: str, rowid: int) -> dict:
