@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gc
 import json
 import math
 import os
@@ -382,9 +383,17 @@ class SQLiteStore(Store):
         assert self._database is not None, f"{self.name} is not connected"
         with self._database.lock:
             rows = self._db().execute(sql, params).fetchall()
+        # decode in one go with the cyclic GC paused: its passes over the growing list of
+        # fresh documents made big reads several times slower (measured at 5,000 candidates)
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            docs = [loads(text, rowid) for rowid, text in rows]
+        finally:
+            if paused:
+                gc.enable()
         found = 0
-        for rowid, text in rows:
-            doc = loads(text, rowid)
+        for doc in docs:
             if exact or filter_applies(criteria, doc):
                 yield doc
                 found += 1
