@@ -835,6 +835,7 @@ class CampaignRun:
                 reason=out.reason,
                 round=round_,
                 properties=out.properties,
+                worker=out.worker,
             )
         ])
         status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed

@@ -90,6 +90,7 @@ class RelaxationDoc(_Doc):
     properties: dict[str, float] = Field(
         default_factory=dict, description="Other labels the relaxer computed (replay tables)"
     )
+    worker: str | None = Field(None, description="Dask worker that relaxed it; None: in-process")
     created_at: str = Field(default_factory=utcnow)
 
 
