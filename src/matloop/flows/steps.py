@@ -794,6 +794,8 @@ class CampaignRun:
                     self._save_outcome(out, round_)
             if todo:
                 job_store = self.store.job_store()
+                # renewed while relaxing: a relaxation longer than the lease is not taken over
+                renewal = self.store.keep_claims(self.name, [cid for cid, _ in todo])
                 if self.replaying:
                     outcomes = self._replay(todo)
                 elif relaxer.batched:
@@ -805,6 +807,7 @@ class CampaignRun:
                                                 max_atoms=self.config.chemical_space.max_atoms)
                 else:
                     outcomes = executor.run(todo, self.maker, job_store)
+                renewal.stop()
                 for out in outcomes:
                     self._save_outcome(out, round_)
                     done_count += 1

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 D = TypeVar("D", bound="BaseModel")
+CLAIM_LEASE_S = 3600.0  # a relaxing claim older than this, not renewed, may be taken over
 
 # collection -> (document type, natural key)
 COLLECTIONS: dict[str, tuple[type, list[str]]] = {
@@ -269,7 +271,7 @@ class MatloopStore:
         return datetime.now(UTC) - datetime.fromisoformat(at) > lease
 
     def claim_candidate(
-        self, campaign: str, round_: int | None = None, lease_s: float = 3600.0
+        self, campaign: str, round_: int | None = None, lease_s: float = CLAIM_LEASE_S
     ) -> CandidateDoc | None:
         """Atomically take one ``selected`` candidate for relaxation (status → ``relaxing``).
 
@@ -302,6 +304,23 @@ class MatloopStore:
             return None
         (doc,) = self.candidates(campaign, ids=[found["candidate_id"]])
         return doc
+
+    def renew_claims(self, campaign: str, candidate_ids: Iterable[str]) -> int:
+        """Restart the lease of this worker's claims on ``candidate_ids`` (``claimed_at`` =
+        now), so that work longer than the lease is not taken over. A claim another worker
+        holds is left alone. Returns how many claims were renewed."""
+        collection = self._store("candidates")._collection
+        criteria = {"campaign": campaign, "candidate_id": {"$in": list(candidate_ids)},
+                    "status": "relaxing", "claimed_by": self.worker_id()}  # fmt: skip
+        with self._claim_lock():
+            return collection.update_many(criteria, {"$set": {"claimed_at": utcnow()}}).modified_count
+
+    def keep_claims(
+        self, campaign: str, candidate_ids: Iterable[str], lease_s: float = CLAIM_LEASE_S
+    ) -> ClaimRenewal:
+        """Renew the claims every ``lease_s / 3`` in a background thread until the returned
+        :class:`ClaimRenewal` is stopped (it is also a context manager)."""
+        return ClaimRenewal(self, campaign, list(candidate_ids), lease_s / 3).start()
 
     # -- relaxations, evaluations, references -----------------------------------------------
     def save_relaxations(self, docs: list[RelaxationDoc]) -> None:
@@ -364,3 +383,35 @@ class MatloopStore:
                 f"checkpoint {doc.name} v{doc.version} does not match its recorded sha256"
             )
         return data
+
+
+class ClaimRenewal:
+    """A daemon thread that renews a worker's claims every ``every_s`` seconds until
+    :meth:`stop` (see :meth:`MatloopStore.keep_claims`)."""
+
+    def __init__(self, store: MatloopStore, campaign: str, ids: list[str], every_s: float):
+        self.store, self.campaign, self.ids, self.every_s = store, campaign, ids, every_s
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="matloop-claims")
+
+    def start(self) -> ClaimRenewal:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.renewals += bool(self.store.renew_claims(self.campaign, self.ids))
+            except Exception:  # a store hiccup: try again at the next tick
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> ClaimRenewal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
