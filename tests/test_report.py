@@ -198,3 +198,29 @@ def test_a_dft_verification_raises_the_evidence_level(tmp_path):
         row = next(r for r in csv.DictReader(handle) if r["candidate_id"] == hit.candidate_id)
     assert (row["evidence"], row["dft_evidence"], row["dft_code"]) == (
         "mlip-relaxed", "dft-relaxed", "cp2k")  # the hull energy stays the ML one
+
+
+def test_a_failed_dft_run_is_never_counted_as_confirmed(tmp_path):
+    from matloop.report import campaign_summary
+    from matloop.store import DftDoc
+
+    run = build_campaign()
+    hit = next(e for e in run.store.evaluations(NAME)
+               if e.is_stable and e.is_novel and e.is_unique)
+    # a DFT relaxation that ran and failed (SCF not converged): stored, but no evidence
+    run.store.save_dft([DftDoc(
+        campaign=NAME, candidate_id=hit.candidate_id, round=1, ok=False, code="cp2k",
+        kind="relax", evidence="dft-relaxed", energy_per_atom=None, converged=False,
+        reason="SCF did not converge",
+    )])
+    summary = campaign_summary(run.store, NAME)
+    assert summary["confirmed"] == 0 and summary["dft_verified"] == 0
+    assert summary["leads"] == summary["discoveries"] >= 1
+    assert summary["discoveries_by_evidence"].get("dft-relaxed", 0) == 0
+    out = export_campaign(run.store, NAME, tmp_path)
+    import csv
+
+    with (out / "candidates.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if r["candidate_id"] == hit.candidate_id)
+    assert row["evidence"] == "mlip-relaxed" and row["dft_ok"] == "False"
+    assert "confirmed by DFT relaxation" not in (out / "report.html").read_text()
