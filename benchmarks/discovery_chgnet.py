@@ -134,7 +134,9 @@ def chgnet_benchmark(args) -> dict:
     if args.schema:
         training, seeds_csv = Path("known.csv"), Path(SEED_CRYSTALS)
         for strategy in STRATEGIES:
-            runs[strategy] = [[round_record(r + 1, {}, 0.0) for r in range(scale["rounds"])]
+            generator = "crystal_vae" if strategy.startswith("vae_") else strategy
+            fake = {"mean_reward_per_proposal": {generator: 0.0}}
+            runs[strategy] = [[round_record(r + 1, fake, 0.0) for r in range(scale["rounds"])]
                               for _ in scale["seeds"]]  # fmt: skip
     else:
         data = shared_data(args.shared_data)
