@@ -19,7 +19,7 @@ def test_quickstart_config_is_valid():
     config = load_config(QUICKSTART)
     assert config.chemical_space.elements == ["Ca", "Ti", "O"]
     assert config.budget.rounds >= 3
-    assert config.store.startswith("monty://")
+    assert config.store.startswith("sqlite://")
 
 
 def test_defaults_fill_a_minimal_config():

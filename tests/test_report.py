@@ -109,7 +109,7 @@ def test_cli_report_and_status(tmp_path):
 
     from matloop.cli import app
 
-    uri = f"monty://{tmp_path}/store"
+    uri = f"sqlite://{tmp_path}/store.db"
     build_campaign(uri, evaluate_round_2=True)
     runner = CliRunner()
     result = runner.invoke(app, ["report", NAME, "--store", uri, "--output",

@@ -19,7 +19,8 @@ app = typer.Typer(
 
 ConfigArg = Annotated[Path, typer.Argument(help="Campaign YAML file", show_default=False)]
 StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="Store URI (monty://PATH, mongodb://…, memory://)")
+    str | None,
+    typer.Option("--store", help="Store URI (sqlite://PATH, mongodb://…, monty://PATH, memory://)"),
 ]
 
 
@@ -201,7 +202,7 @@ def _print_status(console, store, name: str) -> None:
 @app.command()
 def status(
     name: Annotated[str, typer.Argument(help="Campaign name")],
-    store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
+    store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Per round: proposed, relaxed, failed, stable, novel, hit rate."""
@@ -339,7 +340,7 @@ def ui(
 def export(
     name: Annotated[str, typer.Argument(help="Campaign name")],
     output: Annotated[Path, typer.Option("--output", help="Folder to write")],
-    store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
+    store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
 ) -> None:
     """Write candidates.csv, rounds.csv, references.csv, cifs/, plots/ and report.md."""
     from matloop.export import export_campaign
@@ -436,7 +437,7 @@ def report(
     output: Annotated[
         Path | None, typer.Option("--output", help="Folder (default: the campaign's output)")
     ] = None,
-    store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
+    store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
     screenshot: Annotated[
         Path | None, typer.Option(help="Also save a PNG of the page (needs chromium)")
     ] = None,
@@ -484,3 +485,36 @@ def _checkpoint_generators(config: dict) -> list:
 
 if __name__ == "__main__":
     app()
+
+
+# -- matloop store … -----------------------------------------------------------------------
+store_app = typer.Typer(no_args_is_help=True, help="Work on a store as a whole.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("migrate")
+def store_migrate(
+    src: Annotated[str, typer.Argument(help="Store to copy from (read only)", show_default=False)],
+    dst: Annotated[str, typer.Argument(help="Store to copy into", show_default=False)],
+    campaign: Annotated[
+        str | None, typer.Option(help="Copy only this campaign (default: all of them)")
+    ] = None,
+) -> None:
+    """Copy campaigns between two stores, e.g. monty://OLD sqlite://NEW.db or onto MongoDB.
+
+    Upserts by natural keys: rerunning it copies nothing twice.
+    """
+    from matloop.store.migrate import migrate
+
+    source, target = _store(src), _store(dst)
+    try:
+        copied = migrate(source, target, campaign)
+    except (KeyError, ValueError) as err:
+        _fail(str(err.args[0]) if err.args else str(err))
+    finally:
+        source.close()
+        target.close()
+    typer.echo(
+        f"copied {copied['candidates']} candidates of {copied['campaigns']} campaign(s) "
+        f"into {target!r}: " + ", ".join(f"{k} {v}" for k, v in copied.items())
+    )

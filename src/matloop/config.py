@@ -266,7 +266,7 @@ class CampaignConfig(_Strict):
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     seed_data: SeedConfig = Field(default_factory=SeedConfig)
     store: str = Field(
-        "monty://./matloop-store",
+        "sqlite://./matloop-store.db",
         description="Store URI; may hold ${ENV_VAR} or ${prefect-secret:BLOCK} placeholders",
     )
     output: str = Field("./matloop-output", description="Folder for exported results")
