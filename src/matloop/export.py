@@ -41,15 +41,16 @@ NEAR_STABLE = 0.1  # eV/atom: what gets a CIF in cifs/
 CANDIDATE_COLUMNS = [
     "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype",
     "status", "reason", "energy_per_atom", "corrected_energy_per_atom",
-    "formation_energy_per_atom", "e_above_hull", "is_stable", "is_novel", "is_unique",
+    "formation_energy_per_atom", "e_above_hull", "is_stable", "novelty", "novelty_reference", "is_novel", "is_unique",
     "duplicate_of", "spacegroup", "evidence", "potential", "converged", "max_force", "n_steps",
     "hull_scheme", "hull_version", "reference_set_version", "dft_evidence", "dft_code",
     "dft_ok", "dft_converged", "dft_energy_per_atom", "dft_matches_ml_structure",
+    "dft_e_above_hull", "dft_verdict",
     "predicted_e_above_hull", "predicted_std",
 ]
 ROUND_COLUMNS = [
     "round", "status", "proposed", "rejected", "selected", "relaxed", "failed", "evaluated",
-    "stable", "novel", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
+    "stable", "novel", "unjudged", "stable_novelty_unknown", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
     "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
     "reference_set_version", "started_at",
     "completed_at",
@@ -92,11 +93,13 @@ def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
             # relaxation's values then
             row.update({k: v for k, v in ev.model_dump(exclude={"round", "properties"}).items()
                         if v is not None})
+            row["novelty_reference"] = json.dumps(ev.novelty_reference, sort_keys=True)
         if (check := dft.get(cand.candidate_id)) is not None:
             # a DFT verification beside the ML evaluation (its energy is not in the ML hull)
             row.update(dft_evidence=check.evidence, dft_code=check.code, dft_ok=check.ok,
                        dft_converged=check.converged, dft_energy_per_atom=check.energy_per_atom,
-                       dft_matches_ml_structure=check.matches_ml_structure)
+                       dft_matches_ml_structure=check.matches_ml_structure,
+                       dft_e_above_hull=check.dft_e_above_hull, dft_verdict=check.verdict)
         rows.append(row)
     return rows
 

@@ -846,7 +846,7 @@ class CampaignRun:
         if done := self._already(round_, "evaluate"):
             return done
         from matloop.evaluators.evidence import evidence_for_potential, reference_set_version
-        from matloop.evaluators.novelty import NoveltyIndex
+        from matloop.evaluators.novelty import NoveltyIndex, ReferenceCoverage, judge_novelty
         from matloop.evaluators.stability import EntryRejectedError, compute_hull, make_entry
 
         threshold = self.config.objective.stability_threshold
@@ -896,6 +896,9 @@ class CampaignRun:
         known = NoveltyIndex()
         for ref in references:
             known.add(ref.reference_id, _structure(ref.structure))
+        coverage = ReferenceCoverage.from_crystals(
+            (ref.source, ref.chemsys) for ref in references if ref.source != "elemental"
+        )
         previous = {e.candidate_id: e for e in self.store.evaluations(self.name)}
         seen = NoveltyIndex()
         docs, fresh = [], []
@@ -918,6 +921,7 @@ class CampaignRun:
             else:
                 duplicate = known.match(structure)
                 earlier = seen.match(structure)
+                novelty, novelty_reference = judge_novelty(duplicate, cand.chemsys, coverage)
                 doc = EvaluationDoc(
                     campaign=self.name,
                     candidate_id=cid,
@@ -929,9 +933,11 @@ class CampaignRun:
                     e_above_hull=e_hull,
                     e_above_hull_at_round=e_hull,
                     is_stable=e_hull <= threshold,
-                    is_novel=duplicate is None,
+                    is_novel=novelty == "novel",
                     is_unique=earlier is None,
                     duplicate_of=duplicate or earlier,
+                    novelty=novelty.value,
+                    novelty_reference=novelty_reference,
                     spacegroup=_spacegroup(structure),
                     hull_scheme=self.hull_scheme,
                     hull_version=round_,
@@ -964,8 +970,13 @@ class CampaignRun:
             "stable": sum(d.is_stable for d in fresh),
             "on_hull": sum(d.e_above_hull <= 1e-6 for d in fresh),
             "novel": sum(d.is_novel for d in fresh),
+            "unjudged": sum(d.novelty == "unjudged" for d in fresh),
             "unique": sum(d.is_unique for d in fresh),
             "hits": len(hits),
+            # stable, unique, not a known crystal, but nothing of its system to compare with
+            "stable_novelty_unknown": sum(
+                d.is_stable and d.is_unique and d.novelty == "unjudged" for d in fresh
+            ),
             "hit_rate": len(hits) / attempted if attempted else 0.0,
             "best_e_above_hull": min((d.e_above_hull for d in fresh), default=None),
             "hull_scheme": self.hull_scheme,
@@ -974,6 +985,9 @@ class CampaignRun:
         self.progress.message(
             f"round {round_}: evaluated {len(fresh)} — {counts['stable']} within "
             f"{threshold} eV/atom of the hull, {counts['novel']} novel, {len(hits)} hit(s)"
+            + (f", {counts['stable_novelty_unknown']} stable with novelty unknown (no "
+               "reference crystal of their chemical system)"
+               if counts["stable_novelty_unknown"] else "")
         )
         counts.update(self.verify(round_))
         return self._finish_step(round_, "evaluate", counts)
@@ -1008,7 +1022,9 @@ class CampaignRun:
         done = {d.candidate_id for d in self.store.dft_results(self.name)}
         pool = sorted(
             (e for e in self.store.evaluations(self.name)
-             if e.is_stable and e.is_novel and e.is_unique and e.candidate_id not in done),
+             # novel or unjudged (not a known crystal): DFT is worth it for both
+             if e.is_stable and e.is_unique and (e.is_novel or e.novelty == "unjudged")
+             and e.candidate_id not in done),
             key=lambda e: (e.e_above_hull, e.candidate_id),
         )
         relaxations = {
