@@ -425,7 +425,8 @@ def html_report(
     parts.append(
         "<pre>import csv\nfrom pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram\n"
         "from pymatgen.core import Composition\n"
-        "rows = list(csv.DictReader(open(\"references.csv\")))\n"
+        "rows = [r for r in csv.DictReader(open(\"references.csv\")) "
+        "if r[\"hull\"] == \"ml\"]  # or \"dft\": the DFT verifications' hull\n"
         "entries = [PDEntry(Composition(r[\"formula\"]), float(r[\"corrected_energy\"]), "
         "name=r[\"entry_id\"]) for r in rows]\n"
         "pd = PhaseDiagram(entries)\n"

@@ -1066,7 +1066,81 @@ class CampaignRun:
             ok, failed = ok + out.ok, failed + (not out.ok)
         if chosen:
             self.progress.message(f"round {round_}: DFT verified {ok}, failed {failed}")
-        return {"dft_verified": ok, "dft_failed": failed}
+        return {"dft_verified": ok, "dft_failed": failed, **self.dft_hull(round_)}
+
+    @property
+    def dft_label(self) -> str:
+        """The ``potential`` of this campaign's DFT references (code, kind, settings hash)."""
+        from matloop.evaluators.dft_hull import dft_label_of
+
+        return dft_label_of(self.config.dft.model_dump(mode="json"))
+
+    def dft_hull(self, round_: int) -> dict[str, Any]:
+        """Relax with the DFT maker the references the verified candidates need (elements
+        and up to ``dft.max_references`` known compounds of each system), build the DFT hull
+        and store each verification's ``dft_e_above_hull`` and verdict. Returns metrics."""
+        from matloop.evaluators.dft_hull import (
+            ReferenceChoice, choose_references, dft_hull, verdict,
+        )
+        from matloop.relax.dft import verify_with_dft
+
+        dft, label = self.config.dft, self.dft_label
+        results = self.store.dft_results(self.name)
+        placed = [d for d in results if d.ok and d.structure]
+        if not results:
+            return {}
+        campaign = self.store.get_campaign(self.name)
+        ml_hull = campaign.reference_e_above_hull if campaign is not None else {}
+        references = {r.reference_id: r for r in self.references()
+                      if len(r.structure["sites"]) <= dft.max_atoms}
+        known = [ReferenceChoice(r.reference_id, r.chemsys,
+                                 ml_hull.get(r.reference_id, float("inf")),
+                                 len(r.structure["sites"]), r.source == "elemental")
+                 for r in references.values()]  # fmt: skip
+        wanted: dict[str, list[str]] = {}
+        for d in placed:
+            chemsys = _structure(d.structure).composition.chemical_system
+            wanted.setdefault(chemsys, choose_references(chemsys, known, dft.max_references))
+        need = list(dict.fromkeys(i for ids in wanted.values() for i in ids))
+        have = {r.reference_id for r in self.store.references(label, ids=need)}
+        todo = [(i, _structure(references[i].structure)) for i in need if i not in have]
+        failed = 0
+        if todo:
+            self.progress.message(f"round {round_}: DFT of {len(todo)} hull reference(s)")
+        for rid, structure in todo:
+            (out,) = verify_with_dft([(rid, structure)], self.dft_maker, self.store.job_store())
+            if not out.ok:
+                failed += 1
+                self.progress.message(f"DFT reference {rid} failed: {out.reason}")
+                continue
+            ref = references[rid]
+            self.store.save_references([ReferenceDoc(
+                reference_id=rid, potential=label, formula=ref.formula, chemsys=ref.chemsys,
+                energy_per_atom=float(out.energy_per_atom),
+                structure=_structure_dict(out.structure), source=ref.source,
+                source_id=ref.source_id, evidence=out.evidence,
+                settings={**out.settings, "wall_s": out.wall_s, "job_uuid": out.job_uuid},
+            )])
+        dft_refs = self.store.references(label, ids=list(references))
+        cell = lambda d: _structure(d.structure).composition.formula.replace(" ", "")  # noqa: E731
+        hull = dft_hull([(r.reference_id, cell(r), r.energy_per_atom) for r in dft_refs],
+                        [(d.candidate_id, cell(d), d.energy_per_atom) for d in placed],
+                        scheme=label)
+        threshold = self.config.objective.stability_threshold
+        for d in results:
+            d.dft_e_above_hull = hull.e_above_hull.get(d.candidate_id)
+            d.verdict = verdict(d.kind, ok=d.ok, e_above_hull=d.dft_e_above_hull,
+                                threshold=threshold)
+            d.dft_hull_version = hull.version
+            if d.structure:
+                elements = set(_structure(d.structure).symbol_set)
+                d.dft_reference_ids = [r.reference_id for r in dft_refs
+                                       if set(r.chemsys.split("-")) <= elements]
+        self.store.save_dft(results)
+        verdicts = [d.verdict for d in results]
+        return {"dft_confirmed": verdicts.count("confirmed"),
+                "dft_refuted": verdicts.count("refuted"),
+                "dft_references": len(dft_refs), "dft_references_failed": failed}
 
     # -- 5. learn ------------------------------------------------------------------------
     def learn(self, round_: int) -> StepResult:
