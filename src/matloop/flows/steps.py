@@ -1016,9 +1016,6 @@ class CampaignRun:
         dft = self.config.dft
         if dft is None or dft.top_k == 0:
             return {}
-        from matloop.relax.dft import verify_with_dft
-        from matloop.store import DftDoc
-
         done = {d.candidate_id for d in self.store.dft_results(self.name)}
         pool = sorted(
             (e for e in self.store.evaluations(self.name)
@@ -1036,6 +1033,22 @@ class CampaignRun:
             if e.candidate_id in relaxations
             and len(relaxations[e.candidate_id].structure["sites"]) <= dft.max_atoms
         ][: dft.top_k]
+        ok, failed = self.verify_candidates(round_, chosen)
+        if chosen:
+            self.progress.message(f"round {round_}: DFT verified {ok}, failed {failed}")
+        return {"dft_verified": ok, "dft_failed": failed, **self.dft_hull(round_)}
+
+    def verify_candidates(self, round_: int, chosen: list[EvaluationDoc]) -> tuple[int, int]:
+        """Run the DFT maker on each chosen evaluation's ML-relaxed structure and store a
+        ``DftDoc`` per candidate; returns (ok, failed). :meth:`dft_hull` then judges them."""
+        from matloop.relax.dft import verify_with_dft
+        from matloop.store import DftDoc
+
+        dft = self.config.dft
+        relaxations = {
+            r.candidate_id: r
+            for r in self.store.relaxations(self.name, ids=[e.candidate_id for e in chosen])
+        }
         ok = failed = 0
         for evaluation in chosen:
             relax = relaxations[evaluation.candidate_id]
@@ -1064,9 +1077,7 @@ class CampaignRun:
                 matches_ml_structure=matches, job_uuid=out.job_uuid, wall_s=out.wall_s,
             )])
             ok, failed = ok + out.ok, failed + (not out.ok)
-        if chosen:
-            self.progress.message(f"round {round_}: DFT verified {ok}, failed {failed}")
-        return {"dft_verified": ok, "dft_failed": failed, **self.dft_hull(round_)}
+        return ok, failed
 
     @property
     def dft_label(self) -> str:
