@@ -127,8 +127,8 @@ def run(
         _fail(str(err))
     if not config.seed_data.files and not config.seed_data.materials_project:
         console.print(
-            "  [yellow]no seed data: 'novel' means new to this campaign only; give known "
-            "crystals under seed_data to judge novelty against them[/]"
+            "  [yellow]no reference crystals: novelty will be 'unjudged' (unknown), never "
+            "'novel'; add seed_data.files, seed_data.materials_project or seed_data.optimade[/]"
         )
     try:
         campaign.ensure_campaign()
@@ -165,6 +165,7 @@ def _status_rows(store, name: str) -> list[dict]:
             "evaluated": m.get("evaluated", 0),
             "stable": m.get("stable", 0),
             "novel": m.get("novel", 0),
+            "stable_novelty_unknown": m.get("stable_novelty_unknown", 0),
             "hits": m.get("hits", 0),
             "hit_rate": round(m.get("hit_rate", 0.0), 4),
         })
@@ -177,9 +178,9 @@ def _print_status(console, store, name: str) -> None:
 
     table = Table(title=f"{name}: rounds (* = not finished)", box=box.SIMPLE_HEAD)
     columns = ["round", "proposed", "rejected", "relaxed", "failed", "evaluated", "stable",
-               "novel", "hits", "hit_rate"]
-    headers = ["round", "prop", "rej", "relaxed", "failed", "eval", "stable", "novel", "hits",
-               "hit %"]
+               "novel", "stable_novelty_unknown", "hits", "hit_rate"]
+    headers = ["round", "prop", "rej", "relaxed", "failed", "eval", "stable", "novel",
+               "stable ?novel", "hits", "hit %"]
     for header in headers:
         table.add_column(header, justify="right")
     for row in _status_rows(store, name):
@@ -191,11 +192,12 @@ def _print_status(console, store, name: str) -> None:
     best = sorted(store.evaluations(name), key=lambda e: e.e_above_hull)[:8]
     if best:
         top = Table(title="best candidates (energy above hull, eV/atom)", box=box.SIMPLE_HEAD)
-        for column in ["candidate", "formula", "round", "space group", "E_hull", "novel"]:
+        for column in ["candidate", "formula", "round", "space group", "E_hull", "novelty"]:
             top.add_column(column)
         for e in best:
             top.add_row(e.candidate_id, e.formula, str(e.round), e.spacegroup or "",
-                        f"{e.e_above_hull:.3f}", "yes" if e.is_novel else "no")
+                        f"{e.e_above_hull:.3f}",
+                        e.novelty or ("novel" if e.is_novel else "known"))
         console.print(top)
 
 
@@ -245,9 +247,16 @@ def _print_evidence(console, summary: dict) -> None:
     levels = ", ".join(f"{level} {n}" for level, n in summary["discoveries_by_evidence"].items())
     console.print(
         f"discoveries: [bold]{summary['discoveries']}[/] ({levels}); "
-        f"confirmed (DFT-relaxed): [bold]{summary['confirmed']}[/]"
+        f"confirmed (DFT-relaxed, on the DFT hull): [bold]{summary['confirmed']}[/]"
         + (f", leads for DFT: {summary['leads']}" if summary["leads"] else "")
+        + (f", refuted by DFT: {summary['dft_refuted']}" if summary.get("dft_refuted") else "")
     )
+    if summary.get("stable_novelty_unknown"):
+        console.print(
+            f"stable, novelty unknown: [bold]{summary['stable_novelty_unknown']}[/] (no reference "
+            "crystal of their chemical system; add seed_data.files, .materials_project or "
+            ".optimade to judge them)"
+        )
     if not summary["relaxations"]:
         return
     console.print(
