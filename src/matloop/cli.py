@@ -6,6 +6,9 @@ import json
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -398,14 +401,41 @@ def train(
         _fail(f"training data not found: {data}")
     started = time.perf_counter()
     try:
-        generator = train_model(kind, data, property_columns=prop or [], epochs=epochs,
-                                seed=seed, device=device, limit=limit)
+        with _epoch_progress(f"training {kind}"):
+            generator = train_model(kind, data, property_columns=prop or [], epochs=epochs,
+                                    seed=seed, device=device, limit=limit)
     except (KeyError, ValueError) as err:
         _fail(f"cannot train {kind} on {data}: {err}")
     output.parent.mkdir(parents=True, exist_ok=True)
     sha = generator.save(output)
     typer.echo(f"trained {kind} in {time.perf_counter() - started:.0f} s -> {output} "
                f"(sha256 {sha[:12]})")
+
+
+@contextmanager
+def _epoch_progress(description: str) -> Iterator[None]:
+    """A rich bar over training epochs (epoch, loss, ETA) fed by the models' epoch reports."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from matloop.generators.torch_common import training_progress
+
+    bar = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    tasks: dict[int, int] = {}
+
+    def on_epoch(epoch: int, epochs: int, logs: dict) -> None:
+        if epoch == 1 or epochs not in tasks:  # a model may run more than one phase
+            tasks[epochs] = bar.add_task(description, total=epochs, loss="")
+        loss = logs.get("loss", next(iter(logs.values()), None)) if logs else None
+        bar.update(tasks[epochs], completed=epoch,
+                   loss="" if loss is None else f"loss {loss:.4g}")
+
+    with bar, warnings.catch_warnings(), training_progress(on_epoch):
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 @app.command()
@@ -417,14 +447,19 @@ def sample(
         help="Target property: NAME=VALUE or NAME=MIN:MAX (repeatable)")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        help="Sampling temperature (model default when omitted)")] = None,
 ) -> None:
-    """Sample N structures from a trained model and write them as CIFs."""
+    """Sample N structures from a trained model and write them as CIFs.
+
+    Every CIF written is physically sound (pairs beyond 0.8 x covalent radii sums, a cell
+    size seen in training) and read back by pymatgen before it is kept; what fails is
+    counted, not written. ``sample.json`` beside the CIFs records the seed, temperature,
+    conditions, checkpoint sha256 and those counts."""
     if n < 1:
         _fail(f"-n must be at least 1 (got {n})")
     if not checkpoint.is_file():
         _fail(f"checkpoint not found: {checkpoint}")
-    from pymatgen.io.cif import CifWriter
-
     from matloop.generators.training import load_checkpoint, sample_structures
 
     conditions = dict(_parse_condition(c) for c in condition or [])
@@ -432,12 +467,94 @@ def sample(
         generator = load_checkpoint(checkpoint, device=device)
     except ValueError as err:
         _fail(f"cannot load {checkpoint}: {err}")
-    structures = sample_structures(generator, n, conditions or None, rng=seed)
+    config = getattr(generator, "config", {})
+    if temperature is not None:
+        if "temperature" not in config:
+            _fail(f"{generator.name} has no sampling temperature")
+        config["temperature"] = temperature
     output.mkdir(parents=True, exist_ok=True)
-    for index, structure in enumerate(structures):
-        name = f"{index:05d}-{structure.composition.reduced_formula}.cif"
-        CifWriter(structure).write_file(output / name)
-    typer.echo(f"wrote {len(structures)} CIF(s) to {output}")
+    import numpy as np
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from matloop.soundness import SoundnessTally
+
+    rng = np.random.default_rng(seed)
+    checked, tallies = SoundnessTally(), []
+    bar = Progress("[progress.description]{task.description}", BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        task = bar.add_task(f"sampling {generator.name}", total=n)
+        for start in range(0, n, _SAMPLE_CHUNK):
+            chunk = sample_structures(generator, min(_SAMPLE_CHUNK, n - start),
+                                      conditions or None, rng=rng)
+            tally = getattr(generator, "soundness", None)
+            if tally is not None:
+                tallies.append(tally.to_dict())
+            for structure in chunk:
+                checked.add(_write_sound_cif(structure, output, checked.kept,
+                                             config.get("atom_counts")))
+            bar.update(task, completed=min(start + _SAMPLE_CHUNK, n))
+    record = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": getattr(generator, "checkpoint_sha256", None),
+        "generator": generator.name,
+        "seed": seed,
+        "temperature": config.get("temperature"),
+        "conditions": conditions,
+        "asked": n,
+        "written": checked.kept,
+        "not_written": dict(checked.rejected),
+        "redrawn_by_generator": _merge_tallies(tallies),
+    }
+    (output / "sample.json").write_text(json.dumps(record, indent=2) + "\n")
+    typer.echo(f"wrote {checked.kept} CIF(s) to {output} (record: {output / 'sample.json'})")
+    if checked.kept < n:
+        typer.echo(f"{n - checked.kept} of {n} asked were not written: "
+                   + (", ".join(f"{k}: {v}" for k, v in checked.rejected.items())
+                      or "the generator ran out of redraws"), err=True)
+
+
+#: Structures sampled per call of ``matloop sample`` (the progress bar's step).
+_SAMPLE_CHUNK = 100
+
+
+def _write_sound_cif(structure, folder: Path, index: int, atom_counts) -> str | None:
+    """Write ``structure`` as the ``index``-th CIF when it is sound and reads back;
+    otherwise write nothing and return why."""
+    from pymatgen.core import Structure
+    from pymatgen.io.cif import CifWriter
+
+    from matloop.soundness import unsound_reason
+
+    reason = unsound_reason(structure, atom_counts=None if atom_counts is None
+                            else set(atom_counts), check_cif=False)
+    if reason is not None:
+        return reason
+    path = folder / f"{index:05d}-{structure.composition.reduced_formula}.cif"
+    CifWriter(structure).write_file(path)
+    try:
+        back = Structure.from_file(path)
+    except (ValueError, KeyError, IndexError) as err:
+        path.unlink()
+        return f"its CIF does not read back ({err})"
+    if len(back) != len(structure):
+        path.unlink()
+        return "its CIF reads back with merged sites"
+    return None
+
+
+def _merge_tallies(tallies: list[dict]) -> dict:
+    """One soundness tally from the per-chunk ones of a sample run."""
+    drawn = sum(t["drawn"] for t in tallies)
+    kept = sum(t["kept"] for t in tallies)
+    rejected: dict[str, int] = {}
+    for t in tallies:
+        for k, v in t["rejected"].items():
+            rejected[k] = rejected.get(k, 0) + v
+    return {"drawn": drawn, "kept": kept, "rejected": rejected,
+            "sound_rate": kept / drawn if drawn else None}
 
 
 @app.command()
