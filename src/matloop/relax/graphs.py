@@ -34,6 +34,7 @@ lexicographically positive; the reverse direction is added when the graph is bui
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +59,10 @@ BOND_CUTOFF = 3.0
 _SELF_TOL = 1e-8
 #: candidate pairs examined at once while building lists (bounds the memory of a rebuild).
 _CHUNK = 1 << 22
-#: most candidate pairs one crystal may need: beyond this its cell has collapsed.
+#: most candidate pairs one crystal may need, and most neighbours an atom may expect (at
+#: its crystal's density; a dense solid has ~150 within 7 Å): beyond, its cell has collapsed.
 _MAX_CANDIDATES_PER_CRYSTAL = 20_000_000
+_MAX_NEIGHBOURS_PER_ATOM = 2_000
 
 
 class NeighbourListError(ValueError):
@@ -106,8 +109,8 @@ def neighbour_pairs(
     Raises
     ------
     NeighbourListError
-        Naming the rows whose cell is not finite or so collapsed that the search would
-        examine more than 20 million candidates.
+        Naming the rows whose cell is not finite or so collapsed that an atom would have
+        over 2,000 neighbours, or the search examine over 20 million candidates.
     """
     import torch
 
@@ -132,7 +135,9 @@ def neighbour_pairs(
     span = 2 * n_img + 1
     n_images = span.prod(dim=1)
     candidates = n_atoms * n_atoms * n_images
+    expected = n_atoms / volume * (4.0 / 3.0 * math.pi * cutoff**3)
     bad = ~finite | (volume <= 1e-6) | (candidates > _MAX_CANDIDATES_PER_CRYSTAL)
+    bad |= expected > _MAX_NEIGHBOURS_PER_ATOM
     if bool(bad.any()):
         bad_rows = rows[bad].tolist()
         reasons = []
