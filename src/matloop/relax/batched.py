@@ -129,6 +129,12 @@ class BatchedRelaxer:
     skin : float
         Verlet skin of the neighbour lists in Å: a crystal's list (within 6 Å + skin) is
         rebuilt only when its atoms or cell have moved enough that it may miss a pair.
+    max_batch_elements : int or None
+        Most graph elements (atoms + edges + angles of CHGNet's graphs) in a batch. None:
+        on a GPU, sized from its free memory (:class:`matloop.relax.autobatch.MemoryBudget`);
+        on a CPU, no limit beyond ``batch_size``.
+    memory_fraction : float
+        Share of the GPU's free memory a batch may fill when ``max_batch_elements`` is None.
 
     Examples
     --------
@@ -144,6 +150,8 @@ class BatchedRelaxer:
     device: str | None = None
     model: Any = field(default=None, repr=False)
     skin: float = 1.0
+    max_batch_elements: int | None = None
+    memory_fraction: float = 0.7
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -235,7 +243,11 @@ class BatchedRelaxer:
         take one FIRE step with the rest.
         """
         model = self.model if self.model is not None else _load_chgnet(self._device())
+        from matloop.relax.autobatch import MemoryBudget
+
         batch = _Batch(next(model.parameters()).device, skin=self.skin)
+        batch.budget = MemoryBudget(str(batch.device), self.max_batch_elements,
+                                    self.memory_fraction)  # fmt: skip
         queue = list(reversed(waiting))  # pop() takes the next crystal in input order
         while queue or len(batch):
             self._refill(batch, queue, items)
@@ -258,16 +270,24 @@ class BatchedRelaxer:
     def _refill(
         self, batch: _Batch, queue: list[tuple[int, float]], items: list[tuple[str, Structure]]
     ) -> None:
-        """Move waiting crystals into the batch while ``batch_size`` and ``max_batch_atoms``
-        allow (an empty batch always takes one)."""
+        """Move waiting crystals into the batch while ``batch_size``, ``max_batch_atoms``
+        and the memory budget allow (an empty batch always takes one)."""
+        from matloop.relax.autobatch import estimated_elements
+
+        elements = sum(m.elements for m in batch.members)
         while queue and len(batch) < self.batch_size:
             index, check_s = queue[-1]
-            n_atoms = len(items[index][1])
+            structure = items[index][1]
+            n_atoms = len(structure)
             if (len(batch) and self.max_batch_atoms is not None
                     and batch.n_atoms + n_atoms > self.max_batch_atoms):  # fmt: skip
                 break
+            joining = estimated_elements(n_atoms, structure.volume)
+            if not batch.budget.admits(elements, joining, len(batch)):
+                break
             queue.pop()
-            batch.add(index, items[index][1], check_s)
+            batch.add(index, structure, check_s, elements=joining)
+            elements += joining
 
     def _evaluate(self, model: CHGNet, batch: _Batch, max_volume_ratio: float) -> _Evaluation:
         """CHGNet on the batch's current crystals, the filter's forces, and who stops now."""
@@ -396,6 +416,7 @@ class _Member:
     n_atoms: int
     wall_s: float  # seconds spent on it so far
     formula: str  # as CHGNet's CrystalGraph.composition, e.g. "Na1 Cl1"
+    elements: int  # atoms + edges + angles of its graph (estimated until it is built)
 
 
 class _Batch:
@@ -416,6 +437,7 @@ class _Batch:
     def __init__(self, device: torch.device, skin: float = 1.0) -> None:
         import torch
 
+        from matloop.relax.autobatch import MemoryBudget
         from matloop.relax.graphs import ATOM_CUTOFF, VerletLists
 
         self.device = device
@@ -436,6 +458,7 @@ class _Batch:
         self.atomic_numbers = torch.zeros(0, dtype=torch.int32, device=device)
         self.inv_cell0 = torch.zeros((0, 3, 3), **f64)
         self.lists = VerletLists(cutoff=ATOM_CUTOFF, skin=skin)
+        self.budget = MemoryBudget(str(device))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -444,7 +467,7 @@ class _Batch:
     def n_atoms(self) -> int:
         return int(self.x.shape[0])
 
-    def add(self, index: int, structure: Structure, wall_s: float) -> None:
+    def add(self, index: int, structure: Structure, wall_s: float, elements: int = 0) -> None:
         """Append a crystal at rest, in its starting cell (F = identity)."""
         import torch
 
@@ -452,7 +475,8 @@ class _Batch:
         n = len(structure)
         row = len(self.members)
         self.members.append(
-            _Member(index, list(structure.species), n, wall_s, structure.composition.formula)
+            _Member(index, list(structure.species), n, wall_s, structure.composition.formula,
+                    elements)  # fmt: skip
         )
         self.atomic_numbers = torch.cat([
             self.atomic_numbers,
@@ -670,6 +694,18 @@ class ModelBatch:
     def n_atoms(self) -> int:
         return int(self.frac.shape[0])
 
+    def elements_per_crystal(self) -> torch.Tensor:
+        """Atoms + directed edges + angles of each crystal's graphs (what memory scales
+        with)."""
+        import torch
+
+        n = len(self.formulas)
+        graphs = self.graphs
+        atoms = torch.bincount(self.crystal_of, minlength=n)
+        edges = torch.bincount(graphs.crystal, minlength=n)
+        angles = torch.bincount(self.crystal_of[graphs.angles[:, 0]], minlength=n)
+        return atoms + edges + angles
+
     def select(self, rows: list[int]) -> ModelBatch:
         import torch
 
@@ -735,10 +771,15 @@ def _predict(
         crystal_of=batch.crystal_of,
         formulas=[m.formula for m in batch.members],
     )
+    sizes = inputs.elements_per_crystal()
+    for member, size in zip(batch.members, sizes.tolist(), strict=True):
+        member.elements = size
     rows = [b for b in range(n) if errors[b] is None]
     try:
         part = inputs if len(rows) == n else inputs.select(rows)
+        batch.budget.start_measuring()
         energies, forces, stresses = _evaluate(model, part)
+        batch.budget.measured(int(sizes.sum()))
         parts = [(rows, energies, forces, stresses)]
     except Exception:  # find the culprit(s): evaluate one by one
         parts = []
