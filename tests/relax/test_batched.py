@@ -227,6 +227,14 @@ def test_empty_and_all_rejected_inputs_need_no_model(monkeypatch) -> None:
     assert out.reason == "too many atoms (16 > 4)" and out.potential == "CHGNet 0.3.0"
 
 
+def test_potential_named_as_the_per_structure_path() -> None:
+    from matloop.relax.makers import potential_version
+
+    model = batched._load_chgnet("cpu")
+    assert BatchedRelaxer().potential == potential_version("CHGNet") == "CHGNet 0.3.0"
+    assert BatchedRelaxer(model=model).potential == potential_version("CHGNet", {"model": model})
+
+
 def test_cell_forces_match_ase_frechet_filter() -> None:
     """The batched cell forces equal ASE's FrechetCellFilter ones for a deformed cell."""
     import torch

@@ -162,11 +162,15 @@ class BatchedRelaxer:
     @property
     def potential(self) -> str:
         """Potential name stored with every outcome, e.g. ``"CHGNet 0.3.0"``."""
-        from matloop.relax.makers import potential_version
+        # named as matloop.relax.makers.potential_version names CHGNet, without importing
+        # atomate2 there: the batched path runs where only CHGNet is installed (gpu_check)
+        import inspect
 
-        if self.model is None:
-            return potential_version("CHGNet")
-        return potential_version("CHGNet", {"model": self.model})
+        from chgnet.model.model import CHGNet
+
+        version = getattr(self.model, "version", None) if self.model is not None else None
+        default = inspect.signature(CHGNet.load).parameters["model_name"].default
+        return f"CHGNet {version or default}"
 
     def relax(
         self,
