@@ -668,6 +668,8 @@ def _load_chgnet(device: str) -> CHGNet:
             model = CHGNet.load(verbose=False, use_device=device)
             model.graph_converter.set_isolated_atom_response("ignore")
             model.eval()
+            # relaxation needs gradients for positions and strains only: no weight gradients
+            model.requires_grad_(False)
             _MODELS[device] = model
         return model
 
