@@ -31,6 +31,12 @@ if [[ -d "$wheels" ]]; then
   site=$PWD/.gpu-check-site
   echo "installing $(ls "$wheels"/*.whl | wc -l) wheels from $wheels into $site"
   "$python" -m pip install --quiet --no-index --no-deps --upgrade --target "$site" "$wheels"/*.whl
+  # chgnet imports nvidia_smi, whose package (nvidia-ml-py3) has no wheel: the same NVML
+  # functions come from pynvml (nvidia-ml-py's wheel)
+  if ! PYTHONPATH="$site" "$python" -c "import nvidia_smi" 2>/dev/null; then
+    echo "from pynvml import *  # noqa: F403  (gpu_check.sh: stands in for nvidia-ml-py3)" \
+      > "$site/nvidia_smi.py"
+  fi
 else
   echo "no wheel folder $wheels: running with $python as it is"
 fi
