@@ -214,7 +214,7 @@ class CampaignRun:
                     generator = self._load_stored_model(stored[-1], space, gen_config.settings)
                 elif gen_config.checkpoint:
                     generator = load_generator(gen_config.name, gen_config.checkpoint, space,
-                                               gen_config.settings)
+                                               gen_config.settings, trust=gen_config.trust)
                 else:
                     generator = build_generator(
                         gen_config.name,
@@ -239,7 +239,8 @@ class CampaignRun:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{doc.name}-v{doc.version}.pt"
             path.write_bytes(data)
-            generator = load_generator(doc.name, str(path), space, settings)
+            # the store checked these bytes against the sha256 it recorded
+            generator = load_generator(doc.name, str(path), space, settings, trust=True)
         generator.version = doc.version
         return generator
 
@@ -1178,19 +1179,24 @@ def _physics(part: str, settings: dict | None) -> dict | None:
 
     A section is first read back through its config model, so a campaign stored before a
     field existed compares with that field's default (e.g. ``relaxer.replay: null``)
-    instead of refusing to resume.
+    instead of refusing to resume. Validation is pure (it reads no file), so a stored
+    section validates again; one that does not is a stored campaign this version cannot
+    read, and says so.
     """
     if not isinstance(settings, dict):
         return settings
-    from contextlib import suppress
-
     from pydantic import ValidationError
 
     from matloop.config import ChemicalSpaceConfig, RelaxerConfig
 
     model = {"relaxer": RelaxerConfig, "chemical_space": ChemicalSpaceConfig}[part]
-    with suppress(ValidationError):  # one this version refuses is compared as stored
+    try:
         settings = model.model_validate(settings).model_dump(mode="json")
+    except ValidationError as err:
+        raise CampaignMismatchError(
+            f"the stored campaign's {part} no longer validates "
+            f"({err.errors()[0]['msg']}); use a new campaign name"
+        ) from None
     if part != "relaxer":
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_PHYSICS}

@@ -408,22 +408,73 @@ def save_checkpoint(
     return sha
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that must not be loaded; the message is one line saying why and what
+    to do."""
+
+
+def check_checkpoint_hash(path: str | Path, trust: bool = False) -> str:
+    """The file's sha256, refused unless ``<path>.sha256`` beside it records the same.
+
+    ``trust=True`` (``--trust-checkpoint``, ``trust: true``) accepts a missing or wrong
+    sidecar: the file's bytes were then checked by someone, not by matloop.
+    """
+    path = Path(path)
+    sha = file_sha256(path)
+    if trust:
+        return sha
+    sidecar = Path(f"{path}.sha256")
+    if not sidecar.is_file():
+        raise CheckpointError(
+            f"{path}: no {sidecar.name} beside it, so its contents cannot be checked; "
+            "use the file `matloop train` wrote, or pass --trust-checkpoint (trust: true "
+            "in the campaign file) if you made it yourself"
+        )
+    recorded = (sidecar.read_text().split() or [""])[0]
+    if recorded != sha:
+        raise CheckpointError(
+            f"{path}: does not match its recorded sha256 ({sidecar.name}); the file was "
+            "changed after it was written. Retrain it, or pass --trust-checkpoint if you "
+            "changed it on purpose"
+        )
+    return sha
+
+
+def load_checkpoint_payload(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a matloop checkpoint; anything else
+    (a pickle with code in it, a text file, another program's model) is one
+    :class:`CheckpointError` line, never PyTorch's advice to drop ``weights_only``."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+        kind = type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a matloop checkpoint (torch cannot read it as plain tensors: "
+            f"{kind}); nothing in it was run. Use a file written by `matloop train`"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path}: not a matloop checkpoint (format {found!r}, expected "
+            f"{CHECKPOINT_FORMAT}); use a file written by `matloop train`"
+        )
+    return payload
+
+
 def read_checkpoint(
-    path: str | Path, with_tensors: bool = False
+    path: str | Path, with_tensors: bool = False, trust: bool = False
 ) -> tuple[str, dict[str, Any], dict[str, dict[str, torch.Tensor]], str]:
     """``(kind, config, states, sha256)`` of a checkpoint, read with ``weights_only=True``;
     ``with_tensors=True`` appends the dict of extra tensors (the replay sample).
 
-    Raises ``ValueError`` when a ``<path>.sha256`` sidecar exists and disagrees with the file.
+    Raises :class:`CheckpointError` (a ``ValueError``) when the ``<path>.sha256`` sidecar is
+    missing or disagrees with the file (unless ``trust``), or the file is not a matloop
+    checkpoint.
     """
     path = Path(path)
-    sha = file_sha256(path)
-    sidecar = Path(f"{path}.sha256")
-    if sidecar.exists() and sidecar.read_text().split()[0] != sha:
-        raise ValueError(f"checkpoint {path} does not match its recorded sha256")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+    sha = check_checkpoint_hash(path, trust=trust)
+    payload = load_checkpoint_payload(path)
     out = (payload["kind"], json.loads(payload["config"]), payload["state"], sha)
     if with_tensors:
         return (*out, dict(payload.get("tensors") or {}))  # type: ignore[return-value]
@@ -482,8 +533,11 @@ class TorchGenerator(Generator):
         return self.checkpoint_sha256
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> TorchGenerator:
-        kind, config, states, sha, tensors = read_checkpoint(path, with_tensors=True)
+    def load(
+        cls, path: str | Path, device: str | None = None, trust: bool = False
+    ) -> TorchGenerator:
+        kind, config, states, sha, tensors = read_checkpoint(path, with_tensors=True,
+                                                             trust=trust)
         if kind != cls.name:
             raise ValueError(f"{path} holds a {kind!r} checkpoint, not {cls.name!r}")
         version = int(config.pop("version", 0))

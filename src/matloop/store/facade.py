@@ -51,6 +51,12 @@ COLLECTIONS: dict[str, tuple[type, list[str]]] = {
     "dft": (DftDoc, ["campaign", "candidate_id"]),
 }
 
+#: Collections of plain dicts (no document type): collection -> key fields.
+PLAIN_COLLECTIONS: dict[str, list[str]] = {
+    "model_blobs": ["sha256"],
+    "leases": ["campaign"],  # one campaign lease per campaign (matloop.store.lease)
+}
+
 
 class MatloopStore:
     """Campaign database behind one URI (see :mod:`matloop.store.backends`).
@@ -80,7 +86,7 @@ class MatloopStore:
     # -- plumbing ---------------------------------------------------------------------------
     def _store(self, name: str) -> Store:
         if name not in self._stores:
-            key = COLLECTIONS[name][1] if name in COLLECTIONS else ["sha256"]
+            key = COLLECTIONS[name][1] if name in COLLECTIONS else PLAIN_COLLECTIONS[name]
             store = self.backend.open(name, key=key[-1])
             with self._file_lock("connect"):
                 store.connect()
@@ -302,6 +308,34 @@ class MatloopStore:
             return None
         (doc,) = self.candidates(campaign, ids=[found["candidate_id"]])
         return doc
+
+    # -- generic atomic primitives (the campaign lease builds on these) -------------------
+    def insert_new(self, name: str, doc: dict[str, Any]) -> bool:
+        """Insert ``doc`` unless one with its ``_id`` exists; False then. Atomic: of two
+        processes inserting one ``_id`` at once, exactly one gets True."""
+        collection = self._store(name)._collection
+        with self._claim_lock():
+            try:
+                collection.insert_one(dict(doc))
+            except Exception as err:  # pymongo, montydb and mongomock each have their own
+                if type(err).__name__ == "DuplicateKeyError":
+                    return False
+                raise
+        return True
+
+    def update_where(
+        self, name: str, criteria: dict[str, Any], update: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Atomically apply ``update`` to one document matching ``criteria`` (equality
+        tests make it a compare-and-swap); returns the document as it was, or None when
+        none matched."""
+        collection = self._store(name)._collection
+        with self._claim_lock():
+            return collection.find_one_and_update(criteria, update)
+
+    def find_raw(self, name: str, criteria: dict[str, Any]) -> dict[str, Any] | None:
+        """One plain document of ``name`` matching ``criteria``, or None."""
+        return self._store(name)._collection.find_one(criteria)
 
     # -- relaxations, evaluations, references -----------------------------------------------
     def save_relaxations(self, docs: list[RelaxationDoc]) -> None:
