@@ -126,13 +126,34 @@ def campaign_summary(
         "stored_reference_set_versions": stored,
         "hull_stale": references is not None and bool(stored) and stored != [version],
         "seed_crystals": len(doc.seed_reference_ids),
+        "seed_coverage": seed_coverage_of(doc),
         "dft_verified": len(dft),
     }
+
+
+def seed_coverage_of(doc) -> dict[str, Any] | None:
+    """:func:`matloop.data.seed_coverage` of a stored campaign: seed crystals per chemical
+    system and the warning when a system has none (None before references are ready, or
+    for a campaign stored before seed systems were recorded). Without any seed data the
+    report says so on its own."""
+    from matloop.data import seed_coverage
+
+    seed = doc.config.get("seed_data") or {}
+    if not doc.references_ready or doc.seed_systems is None:
+        return None
+    coverage = seed_coverage(doc.seed_systems, list(doc.config["chemical_space"]["elements"]))
+    if not (seed.get("files") or seed.get("materials_project")):
+        coverage["warning"] = None  # "no seed data" is reported instead
+    return coverage
 
 
 def _dft_results(store: MatloopStore, campaign: str) -> list:
     results = getattr(store, "dft_results", None)
     return list(results(campaign)) if results is not None else []
+
+
+def _seed_warning(s: Mapping[str, Any]) -> str | None:
+    return (s.get("seed_coverage") or {}).get("warning")
 
 
 # -- markdown ------------------------------------------------------------------------------
@@ -173,9 +194,10 @@ def markdown_report(
         "(`references.csv` rebuilds it with pymatgen alone).",
         "",
         (f"Novelty is judged against {s['seed_crystals']} known crystal(s) of the space given "
-         "as seed data." if s["seed_crystals"] else
+         "as seed data." if s["seed_crystals"] or _seed_warning(s) else
          "**No seed data was given: 'novel' means new to this campaign only.** Give known "
          "crystals under `seed_data` to judge novelty against them."),
+        *(["", f"**Warning: {_seed_warning(s)}.**"] if _seed_warning(s) else []),
         "",
         "## Rounds",
         "",
@@ -330,7 +352,10 @@ def html_report(
             f"{_e(', '.join(s['stored_reference_set_versions']))}, but the exported references "
             f"make hull {_e(s['reference_set_version'])}: a round stopped after relaxing and "
             "before evaluating. Run the campaign again to finish it.</div>")
-    if not s["seed_crystals"]:
+    if _seed_warning(s):
+        parts.append(f"<div class='banner warn'><b>Seed coverage:</b> {_e(_seed_warning(s))}"
+                     ".</div>")
+    if not s["seed_crystals"] and not _seed_warning(s):
         parts.append(
             "<div class='banner warn'><b>No seed data:</b> 'novel' means new to this campaign "
             "only. Give known crystals under <code>seed_data</code> to judge novelty against "
