@@ -278,8 +278,8 @@ class CampaignConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        rule = (f"a campaign name has 1 to {NAME_MAX} characters, starts with a letter or "
-                "digit and uses only letters, digits, '.', '_', '-'")
+        rule = ("must start with a letter or digit, use only letters, digits, '.', '_', '-' "
+                f"and have at most {NAME_MAX} characters")
         if len(value) > NAME_MAX:
             raise ValueError(f"{rule}; this one has {len(value)} characters")
         if not _NAME.match(value):
