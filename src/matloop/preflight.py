@@ -122,10 +122,8 @@ def count_seed_crystals(config: CampaignConfig) -> SeedCount:
     chemical space per chemical system (``"Cl-Na"``). Rows outside the space are skipped
     cheaply (a CSV's formula is read from the CIF's ``_chemical_formula_sum``); those
     inside are parsed, as the campaign will parse them."""
-    from matloop.data import chemical_systems
-
     space = config.chemical_space
-    counts = {system: 0 for system in chemical_systems(space.elements, min_size=1)}
+    counts: dict[str, int] = {}
     result = SeedCount(per_system=counts)
     for index, seed in enumerate(config.seed_data.files):
         where = f"seed_data.files[{index}].path"
@@ -287,14 +285,12 @@ def check_checkpoint(
     if not path.is_file():
         return [Problem(where, f"{path}: no such file; train one with `matloop train` or fix "
                         "the path")]
-    from matloop.generators.torch_common import (
-        CheckpointError,
-        check_checkpoint_hash,
-        load_checkpoint_payload,
-    )
+    from matloop.generators.checkpoints import CheckpointError, check_checkpoint_hash
 
     try:
-        check_checkpoint_hash(path, trust=trust)
+        check_checkpoint_hash(path, trust=trust)  # before torch is even imported
+        from matloop.generators.torch_common import load_checkpoint_payload
+
         payload = load_checkpoint_payload(path)
     except CheckpointError as err:
         return [Problem(where, str(err).removeprefix(f"{path}: "))]

@@ -15,7 +15,6 @@ returns the file's sha256 and writes it beside the file (``<path>.sha256``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -27,6 +26,11 @@ import torch
 from torch import nn
 
 from matloop.generators.base import Feedback, Generator
+from matloop.generators.checkpoints import (  # noqa: F401  re-exported
+    CheckpointError,
+    check_checkpoint_hash,
+    file_sha256,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -334,14 +338,6 @@ def kl_annealing(epoch: int, epochs: int, beta: float, warmup_fraction: float = 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def structures_to_tensors(
     structures: Sequence[Structure], props: np.ndarray | None = None
 ) -> dict[str, torch.Tensor]:
@@ -405,38 +401,6 @@ def save_checkpoint(
     torch.save(payload, path)
     sha = file_sha256(path)
     Path(f"{path}.sha256").write_text(f"{sha}  {path.name}\n")
-    return sha
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that must not be loaded; the message is one line saying why and what
-    to do."""
-
-
-def check_checkpoint_hash(path: str | Path, trust: bool = False) -> str:
-    """The file's sha256, refused unless ``<path>.sha256`` beside it records the same.
-
-    ``trust=True`` (``--trust-checkpoint``, ``trust: true``) accepts a missing or wrong
-    sidecar: the file's bytes were then checked by someone, not by matloop.
-    """
-    path = Path(path)
-    sha = file_sha256(path)
-    if trust:
-        return sha
-    sidecar = Path(f"{path}.sha256")
-    if not sidecar.is_file():
-        raise CheckpointError(
-            f"{path}: no {sidecar.name} beside it, so its contents cannot be checked; "
-            "use the file `matloop train` wrote, or pass --trust-checkpoint (trust: true "
-            "in the campaign file) if you made it yourself"
-        )
-    recorded = (sidecar.read_text().split() or [""])[0]
-    if recorded != sha:
-        raise CheckpointError(
-            f"{path}: does not match its recorded sha256 ({sidecar.name}); the file was "
-            "changed after it was written. Retrain it, or pass --trust-checkpoint if you "
-            "changed it on purpose"
-        )
     return sha
 
 
