@@ -84,10 +84,14 @@ def run_driver(config: Path, *args: str, kill_after_s: float | None = None):
     return proc.returncode, out, time.monotonic() - start
 
 
-def start_driver(config: Path, *args: str) -> subprocess.Popen:
+def start_driver(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """The driver in the background; with ``log``, its output goes to ``log``.out/.err
+    (files, so a process polled for its end never blocks on a full pipe)."""
+    out = err = subprocess.PIPE
+    if log is not None:
+        out, err = open(f"{log}.out", "w"), open(f"{log}.err", "w")  # noqa: SIM115
     return subprocess.Popen([sys.executable, str(DRIVER), str(config), "--bad", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            stdout=out, stderr=err, text=True, env=ENV)
 
 
 def summary(out: str) -> dict:
@@ -175,12 +179,19 @@ def concurrent_trial(index: int, n_processes: int, baseline: dict, workdir: Path
     folder = workdir / f"trial-{index}"
     folder.mkdir()
     config = write_config(folder, 3)
-    procs = [start_driver(config, "--lease") for _ in range(n_processes)]
+    logs = [folder / f"run-{i}" for i in range(n_processes)]
+    procs = [start_driver(config, "--lease", log=log) for log in logs]
     started = time.monotonic()
+    ended: dict[int, float] = {}
+    while len(ended) < len(procs):  # when each process ended, not when it was read
+        for i, proc in enumerate(procs):
+            if i not in ended and proc.poll() is not None:
+                ended[i] = time.monotonic() - started
+        time.sleep(0.1)
     results = []
-    for proc in procs:
-        out, err = proc.communicate()
-        results.append((proc.returncode, out, err, time.monotonic() - started))
+    for i, proc in enumerate(procs):
+        out, err = (Path(f"{logs[i]}.{kind}").read_text() for kind in ("out", "err"))
+        results.append((proc.returncode, out, err, ended[i]))
     ran = [r for r in results if r[0] == 0]
     refused = [r for r in results if r[0] == 3]
     for code, _, err, _ in results:

@@ -317,9 +317,9 @@ class MatloopStore:
         with self._claim_lock():
             try:
                 collection.insert_one(dict(doc))
-            except Exception as err:  # pymongo, montydb and mongomock each have their own
-                if type(err).__name__ == "DuplicateKeyError":
-                    return False
+            except Exception:  # each engine names a duplicate key its own way
+                if collection.find_one({"_id": doc["_id"]}) is not None:
+                    return False  # the _id is taken: that is the answer
                 raise
         return True
 
