@@ -358,3 +358,17 @@ def test_start_up_speaks_within_a_second_and_ctrl_c_says_how_to_resume(tmp_path,
     assert proc.returncode == 130, output
     assert "stopped; run the same command again to resume round " in output
     assert "Crash detected" not in output and "Traceback" not in output
+
+
+def test_serve_refuses_a_campaign_that_is_running(tmp_path):
+    from matloop.store import MatloopStore
+    from matloop.store.lease import CampaignLease
+
+    config = _config(tmp_path)
+    lease = CampaignLease(MatloopStore(f"monty://{tmp_path}/store"), "nacl").acquire()
+    code, lines, _ = _invoke("serve", config, "--interval", "60")
+    assert code == 3 and lines[-1].startswith(
+        f"campaign 'nacl' is already running: pid {os.getpid()} on host")
+    code, lines, _ = _invoke("run", config)
+    assert code == 3 and "run again with --take-over to take it now" in lines[-1]
+    lease.release()

@@ -300,7 +300,8 @@ class CampaignRun:
                 for el in missing
             ])
         elif missing:
-            self.progress.message(f"relaxing elemental references for {', '.join(missing)}")
+            self.progress.message(f"loading {self.config.relaxer.potential}, then relaxing "
+                                  f"elemental references for {', '.join(missing)}")
             outcomes = relax_elemental_references(missing, self.maker, self.store.job_store())
             self.store.save_references(
                 [
