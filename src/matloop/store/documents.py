@@ -196,6 +196,10 @@ class CampaignDoc(_Doc):
     seed_reference_ids: list[str] = Field(
         default_factory=list, description="Seed crystals of this campaign's space in the hull"
     )
+    seed_systems: dict[str, int] | None = Field(
+        None, description="Seed crystals in the hull per chemical system, e.g. {'Cl-Na': 3} "
+        "(None: recorded before this field existed)"
+    )
     reference_e_above_hull: dict[str, float] = Field(
         default_factory=dict, description="e_above_hull of each reference at the last evaluation"
     )

@@ -82,6 +82,13 @@ def _pushed_as_text(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+#: Collections of plain dicts (no document type): collection -> key fields.
+PLAIN_COLLECTIONS: dict[str, list[str]] = {
+    "model_blobs": ["sha256"],
+    "leases": ["campaign"],  # one campaign lease per campaign (matloop.store.lease)
+}
+
+
 class MatloopStore:
     """Campaign database behind one URI (see :mod:`matloop.store.backends`).
 
@@ -111,7 +118,7 @@ class MatloopStore:
     def _store(self, name: str) -> Store:
         """The collection ``name``, connected, its indexes created on first use."""
         if name not in self._stores:
-            key = COLLECTIONS[name][1] if name in COLLECTIONS else ["sha256"]
+            key = COLLECTIONS[name][1] if name in COLLECTIONS else PLAIN_COLLECTIONS[name]
             store = self.backend.open(name, key=key[-1])
             with self._file_lock("connect"):
                 store.connect()
@@ -377,11 +384,11 @@ class MatloopStore:
         """Restart the lease of this worker's claims on ``candidate_ids`` (``claimed_at`` =
         now), so that work longer than the lease is not taken over. A claim another worker
         holds is left alone. Returns how many claims were renewed."""
-        collection = self._store("candidates")._collection
         criteria = {"campaign": campaign, "candidate_id": {"$in": list(candidate_ids)},
                     "status": "relaxing", "claimed_by": self.worker_id()}  # fmt: skip
         with self._claim_lock():
-            return collection.update_many(criteria, {"$set": {"claimed_at": utcnow()}}).modified_count
+            return self._store("candidates").update_many(
+                criteria, {"$set": {"claimed_at": utcnow()}})
 
     def keep_claims(
         self, campaign: str, candidate_ids: Iterable[str], lease_s: float = CLAIM_LEASE_S
@@ -389,6 +396,27 @@ class MatloopStore:
         """Renew the claims every ``lease_s / 3`` in a background thread until the returned
         :class:`ClaimRenewal` is stopped (it is also a context manager)."""
         return ClaimRenewal(self, campaign, list(candidate_ids), lease_s / 3).start()
+
+    # -- generic atomic primitives (the campaign lease builds on these) -------------------
+    def insert_new(self, name: str, doc: dict[str, Any], unless: dict[str, Any]) -> bool:
+        """Insert ``doc`` unless a document matches ``unless``; False then. Atomic: of two
+        processes inserting at once, exactly one gets True (one SQLite write transaction; on
+        MongoDB an upsert on the document's ``_id``)."""
+        with self._claim_lock():
+            return self._store(name).insert_unless(unless, doc)
+
+    def update_where(
+        self, name: str, criteria: dict[str, Any], update: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Atomically apply ``update`` to one document matching ``criteria`` (equality
+        tests make it a compare-and-swap); returns the document as it was, or None when
+        none matched."""
+        with self._claim_lock():
+            return self._store(name).find_one_and_update(criteria, update)
+
+    def find_raw(self, name: str, criteria: dict[str, Any]) -> dict[str, Any] | None:
+        """One plain document of ``name`` matching ``criteria``, or None."""
+        return self._store(name).query_one(criteria)
 
     # -- relaxations, evaluations, references -----------------------------------------------
     def save_relaxations(self, docs: list[RelaxationDoc]) -> None:
