@@ -35,9 +35,11 @@ class BulkOperations:
         (the loser gets a duplicate-key error)."""
         from pymongo.errors import DuplicateKeyError
 
+        doc = dict(doc)
+        if "_id" in doc:  # the _id goes in the query: montydb refuses it in $setOnInsert
+            criteria = {"_id": doc.pop("_id"), **criteria}
         try:
-            result = self.collection.update_one(criteria, {"$setOnInsert": dict(doc)},
-                                                upsert=True)
+            result = self.collection.update_one(criteria, {"$setOnInsert": doc}, upsert=True)
         except DuplicateKeyError:
             return False
         return result.upserted_id is not None
