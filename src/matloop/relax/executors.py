@@ -140,6 +140,10 @@ def _relax_chunk(
     store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
     store.connect()
     outs = relax_structures(items, maker, store, num_threads=num_threads, **checks)
+    from distributed import get_worker
+
+    worker = get_worker().address  # recorded, so a caller can tell where it ran
+    outs = [o.model_copy(update={"worker": worker}) for o in outs]
     docs = {"docs": [_strip_id(d) for d in store.docs_store.query({})]}
     for name, extra in store.additional_stores.items():
         docs[name] = [_strip_id(d) for d in extra.query({})]

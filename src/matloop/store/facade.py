@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 D = TypeVar("D", bound="BaseModel")
+CLAIM_LEASE_S = 3600.0  # a relaxing claim older than this, not renewed, may be taken over
 
 # collection -> (document type, natural key)
 COLLECTIONS: dict[str, tuple[type, list[str]]] = {
@@ -80,6 +82,13 @@ def _pushed_as_text(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+#: Collections of plain dicts (no document type): collection -> key fields.
+PLAIN_COLLECTIONS: dict[str, list[str]] = {
+    "model_blobs": ["sha256"],
+    "leases": ["campaign"],  # one campaign lease per campaign (matloop.store.lease)
+}
+
+
 class MatloopStore:
     """Campaign database behind one URI (see :mod:`matloop.store.backends`).
 
@@ -109,7 +118,7 @@ class MatloopStore:
     def _store(self, name: str) -> Store:
         """The collection ``name``, connected, its indexes created on first use."""
         if name not in self._stores:
-            key = COLLECTIONS[name][1] if name in COLLECTIONS else ["sha256"]
+            key = COLLECTIONS[name][1] if name in COLLECTIONS else PLAIN_COLLECTIONS[name]
             store = self.backend.open(name, key=key[-1])
             with self._file_lock("connect"):
                 store.connect()
@@ -333,7 +342,7 @@ class MatloopStore:
         return datetime.now(UTC) - datetime.fromisoformat(at) > lease
 
     def claim_candidate(
-        self, campaign: str, round_: int | None = None, lease_s: float = 3600.0
+        self, campaign: str, round_: int | None = None, lease_s: float = CLAIM_LEASE_S
     ) -> CandidateDoc | None:
         """Atomically take one ``selected`` candidate for relaxation (status → ``relaxing``).
 
@@ -370,6 +379,44 @@ class MatloopStore:
             return None
         (doc,) = self.candidates(campaign, ids=[found["candidate_id"]])
         return doc
+
+    def renew_claims(self, campaign: str, candidate_ids: Iterable[str]) -> int:
+        """Restart the lease of this worker's claims on ``candidate_ids`` (``claimed_at`` =
+        now), so that work longer than the lease is not taken over. A claim another worker
+        holds is left alone. Returns how many claims were renewed."""
+        criteria = {"campaign": campaign, "candidate_id": {"$in": list(candidate_ids)},
+                    "status": "relaxing", "claimed_by": self.worker_id()}  # fmt: skip
+        with self._claim_lock():
+            return self._store("candidates").update_many(
+                criteria, {"$set": {"claimed_at": utcnow()}})
+
+    def keep_claims(
+        self, campaign: str, candidate_ids: Iterable[str], lease_s: float = CLAIM_LEASE_S
+    ) -> ClaimRenewal:
+        """Renew the claims every ``lease_s / 3`` in a background thread until the returned
+        :class:`ClaimRenewal` is stopped (it is also a context manager)."""
+        return ClaimRenewal(self, campaign, list(candidate_ids), lease_s / 3).start()
+
+    # -- generic atomic primitives (the campaign lease builds on these) -------------------
+    def insert_new(self, name: str, doc: dict[str, Any], unless: dict[str, Any]) -> bool:
+        """Insert ``doc`` unless a document matches ``unless``; False then. Atomic: of two
+        processes inserting at once, exactly one gets True (one SQLite write transaction; on
+        MongoDB an upsert on the document's ``_id``)."""
+        with self._claim_lock():
+            return self._store(name).insert_unless(unless, doc)
+
+    def update_where(
+        self, name: str, criteria: dict[str, Any], update: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Atomically apply ``update`` to one document matching ``criteria`` (equality
+        tests make it a compare-and-swap); returns the document as it was, or None when
+        none matched."""
+        with self._claim_lock():
+            return self._store(name).find_one_and_update(criteria, update)
+
+    def find_raw(self, name: str, criteria: dict[str, Any]) -> dict[str, Any] | None:
+        """One plain document of ``name`` matching ``criteria``, or None."""
+        return self._store(name).query_one(criteria)
 
     # -- relaxations, evaluations, references -----------------------------------------------
     def save_relaxations(self, docs: list[RelaxationDoc]) -> None:
@@ -432,3 +479,35 @@ class MatloopStore:
                 f"checkpoint {doc.name} v{doc.version} does not match its recorded sha256"
             )
         return data
+
+
+class ClaimRenewal:
+    """A daemon thread that renews a worker's claims every ``every_s`` seconds until
+    :meth:`stop` (see :meth:`MatloopStore.keep_claims`)."""
+
+    def __init__(self, store: MatloopStore, campaign: str, ids: list[str], every_s: float):
+        self.store, self.campaign, self.ids, self.every_s = store, campaign, ids, every_s
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="matloop-claims")
+
+    def start(self) -> ClaimRenewal:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.renewals += bool(self.store.renew_claims(self.campaign, self.ids))
+            except Exception:  # a store hiccup: try again at the next tick
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> ClaimRenewal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

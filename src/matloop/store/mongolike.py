@@ -29,6 +29,21 @@ class BulkOperations:
         if docs:
             self.collection.insert_many([dict(d) for d in docs])
 
+    def insert_unless(self, criteria: dict, doc: dict) -> bool:
+        """Insert ``doc`` unless a document matches ``criteria``; returns whether it was
+        inserted. An upsert: on MongoDB two racing upserts of one ``_id`` cannot both insert
+        (the loser gets a duplicate-key error)."""
+        from pymongo.errors import DuplicateKeyError
+
+        doc = dict(doc)
+        if "_id" in doc:  # the _id goes in the query: montydb refuses it in $setOnInsert
+            criteria = {"_id": doc.pop("_id"), **criteria}
+        try:
+            result = self.collection.update_one(criteria, {"$setOnInsert": doc}, upsert=True)
+        except DuplicateKeyError:
+            return False
+        return result.upserted_id is not None
+
     def update_many(self, criteria: dict, update: dict) -> int:
         return self.collection.update_many(criteria, update).modified_count
 

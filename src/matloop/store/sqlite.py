@@ -505,6 +505,15 @@ class SQLiteStore(Store):
             changed.append(before)
         return changed
 
+    def insert_unless(self, criteria: dict, doc: dict) -> bool:
+        """Insert ``doc`` unless a document matches ``criteria``, in one write transaction
+        (atomic across processes); returns whether it was inserted."""
+        with self._write() as db:
+            if next(self._rows(criteria, limit=1), None) is not None:
+                return False
+            db.execute(f'INSERT INTO "{self.collection_name}" (doc) VALUES (?)', (dumps(doc),))
+        return True
+
     def update_many(self, criteria: dict, update: dict) -> int:
         """Apply one Mongo update to every matching document; returns how many."""
         with self._write() as db:
