@@ -92,12 +92,39 @@ def generation(d: dict) -> str:
     return "perov-5 generation quality with CDVAE's metrics, every model (table above)"
 
 
+def _store_row(r: dict) -> str:
+    if "round_s" not in r:
+        return f"{r['kind']} {r['size']:,}: {r.get('skipped') or 'failed'}"
+    size = f"{r['filled']:,}" + (" (fill capped)" if r["capped"] else "")
+    parts = [f"round {r['round_s']:.2f} s"]
+    if "status_s" in r:
+        parts.append(f"status {r['status_s']:.2f} s")
+    if "export_s" in r:
+        parts.append(f"export {r['export_s']:.0f} s")
+    parts.append(f"export reads {r['export_reads_s']:.1f} s")
+    if r.get("disk_mb") is not None:
+        parts.append(f"{r['disk_mb']:.0f} MB on disk")
+    parts.append(f"peak {r['peak_rss_mb']} MB")
+    return f"{r['kind']} at {size}: " + ", ".join(parts)
+
+
+def store_scale(d: dict) -> str:
+    rows = "; ".join(_store_row(r) for r in d["results"])
+    loads = [r["load_avg_1"] for r in d["results"] if "load_avg_1" in r]
+    load = f" (load average {min(loads):.0f}-{max(loads):.0f} on 2 cores)" if loads else ""
+    return ("a round's store work (add 1,000 proposals with 30 % repeats, select 100, claim "
+            "and save 100 relaxations and evaluations; median of 3), `matloop status`, "
+            f"export, per store kind and campaign size{load}: {rows}")  # fmt: skip
+
+
 #: results file -> (fallback command when the file records none, row renderers)
 ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
+    "store_scale.json": ("python benchmarks/store_scale.py", [store_scale]),
+    "store_scale_100k.json": ("python benchmarks/store_scale.py", [store_scale]),
 }
 
 
