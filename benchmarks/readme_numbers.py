@@ -125,6 +125,7 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
     "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
     "store_scale.json": ("python benchmarks/store_scale.py", [store_scale]),
     "store_scale_100k.json": ("python benchmarks/store_scale.py", [store_scale]),
+    "store_scale_backends.json": ("python benchmarks/store_scale.py", [store_scale]),
 }
 
 
