@@ -94,7 +94,10 @@ def generation(d: dict) -> str:
 
 def _store_row(r: dict) -> str:
     if "round_s" not in r:
-        return f"{r['kind']} {r['size']:,}: {r.get('skipped') or 'failed'}"
+        error = (r.get("error") or "").strip()
+        why = r.get("skipped") or (f"failed: {error.splitlines()[-1][:120]}" if error
+                                   else "did not finish (stopped)")
+        return f"{r['kind']} {r['size']:,}: {why}"
     size = f"{r['filled']:,}" + (" (fill capped)" if r["capped"] else "")
     parts = [f"round {r['round_s']:.2f} s"]
     if "status_s" in r:
@@ -139,7 +142,11 @@ def render_table(results: Path = RESULTS) -> str:
         command = data.get("meta", {}).get("command")
         shown = f"`{command}`" if command else f"`{fallback}` (command not recorded in the file)"
         for render in renderers:
-            lines.append(f"| {shown} | {render(data)} | `benchmarks/results/{name}` |")
+            try:
+                text = render(data)
+            except KeyError as err:  # e.g. a partial run's file: say so, do not hide the row
+                text = f"(no {err.args[0]!r} in the file: a partial run?)"
+            lines.append(f"| {shown} | {text} | `benchmarks/results/{name}` |")
     lines += ["", END]
     return "\n".join(lines)
 
