@@ -88,6 +88,17 @@ def faults(d: dict) -> str:
             f"{d['records_lost']} records lost, {d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
 
 
+def mutation(d: dict) -> str:
+    parts = []
+    for name, m in d["modules"].items():
+        c = m["counts"]
+        text = f"{name} ({m['file']}): {m['mutants']} mutants, {c['killed'] + c['timeout']} killed, {c['survived']} survived"
+        if c["not checked"]:
+            text += f", {c['not checked']} not checked (time limit)"
+        parts.append(text)
+    return "mutation testing (mutmut) of the learning code, claims, hull and novelty: " + "; ".join(parts)
+
+
 def generation(d: dict) -> str:
     return "perov-5 generation quality with CDVAE's metrics, every model (table above)"
 
@@ -98,6 +109,7 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
+    "mutation.json": ("python benchmarks/mutation.py", [mutation]),
 }
 
 

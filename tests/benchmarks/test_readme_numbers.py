@@ -26,7 +26,7 @@ def test_readme_benchmark_table_matches_the_results_files():
 def test_every_results_file_has_a_row():
     numbers = load_script("readme_numbers")
     files = {p.name for p in (ROOT / "benchmarks" / "results").glob("*.json")}
-    shown = set(numbers.ROWS) | {"mutation.json"}  # mutation: described in prose, not CI
+    shown = set(numbers.ROWS)
     assert files <= shown, f"results without a README row: {sorted(files - shown)}"
 
 
