@@ -109,7 +109,7 @@ def test_cli_report_and_status(tmp_path):
 
     from matloop.cli import app
 
-    uri = f"monty://{tmp_path}/store"
+    uri = f"sqlite://{tmp_path}/store.db"
     build_campaign(uri, evaluate_round_2=True)
     runner = CliRunner()
     result = runner.invoke(app, ["report", NAME, "--store", uri, "--output",
@@ -122,7 +122,7 @@ def test_cli_report_and_status(tmp_path):
     assert summary["discoveries_by_evidence"]["dft-relaxed"] == 1
     assert summary["confirmed"] == 1
     result = runner.invoke(app, ["status", NAME, "--store", uri])
-    assert "confirmed (DFT-relaxed): 1" in " ".join(result.output.split())
+    assert "confirmed (DFT-relaxed, on the DFT hull): 1" in " ".join(result.output.split())
     result = runner.invoke(app, ["report", "nope", "--store", uri])
     assert result.exit_code == 2 and "no campaign named 'nope'" in result.output
 
@@ -133,7 +133,7 @@ def test_report_markdown_artifact_names_the_report(export, campaign):
     summary = json.loads((export / "summary.json").read_text())
     text = report_markdown(campaign, summary, export / "report.html")
     assert "file://" in text and "report.html" in text
-    assert "| confirmed (DFT-relaxed) | **1**" in text
+    assert "| confirmed (DFT-relaxed, on the DFT hull) | **1**" in text
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium")
@@ -188,6 +188,12 @@ def test_a_dft_verification_raises_the_evidence_level(tmp_path):
         kind="relax", evidence="dft-relaxed", energy_per_atom=-150.0, converged=True,
         matches_ml_structure=True,
     )])
+    # DFT-relaxed but no DFT hull to place it on: not confirmed
+    summary = campaign_summary(run.store, NAME)
+    assert summary["confirmed"] == 0 and summary["dft_verified"] == 1
+    (doc,) = run.store.dft_results(NAME)
+    doc.dft_e_above_hull, doc.verdict = 0.0, "confirmed"
+    run.store.save_dft([doc])
     summary = campaign_summary(run.store, NAME)
     assert summary["confirmed"] == 1 and summary["dft_verified"] == 1
     assert summary["discoveries_by_evidence"]["dft-relaxed"] == 1

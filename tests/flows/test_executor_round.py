@@ -18,7 +18,7 @@ def test_round_relaxes_through_the_dask_executor(tmp_path):
         "budget": {"candidates_per_round": 6, "relaxations_per_round": 3},
         "relaxer": {"steps": 150, "executor": "dask",
                     "executor_settings": {"n_workers": 2}},
-        "store": f"monty://{tmp_path}/store",
+        "store": f"sqlite://{tmp_path}/store.db",
     })
     run = CampaignRun(config)
     run.prepare_references()

@@ -488,12 +488,14 @@ def _mongomock_file(lpad) -> str | None:
 
 
 def _require_shared_store(job_store: JobStore, who: str) -> None:
-    from maggma.stores import MemoryStore
+    from maggma.stores import MemoryStore, MontyStore
 
-    if type(job_store.docs_store) is MemoryStore:  # MontyStore subclasses it: allowed
+    if isinstance(job_store.docs_store, MemoryStore) and not isinstance(
+        job_store.docs_store, MontyStore
+    ):  # MontyStore subclasses MemoryStore: allowed
         raise ValueError(
             f"{who} cannot write into an in-memory job store; use the campaign's MongoDB or "
-            "montydb store (monty://PATH)"
+            "SQLite store (sqlite://PATH)"
         )
 
 
