@@ -83,9 +83,12 @@ def relax_throughput(d: dict) -> str:
 
 
 def faults(d: dict) -> str:
-    return (f"crash and store-fault recovery over {d['trials']} trials: "
-            f"{d['faults_injected']} faults, {_pct(d['recovered_fraction'])} recovered, "
-            f"{d['records_lost']} records lost, {d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
+    if d.get("partial"):
+        return f"partial result: {len(d['per_trial'])} trial(s) written so far (run not finished)"
+    return (f"crash and store-fault recovery over {d['trials']} trials: {d['faults']} faults "
+            f"({d['kills']} kills, {d['store_hiccups']} store hiccups), "
+            f"{_pct(d['recovered_fraction'])} recovered, {d['records_lost']} records lost, "
+            f"{d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
 
 
 def mutation(d: dict) -> str:

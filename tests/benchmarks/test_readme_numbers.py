@@ -38,7 +38,7 @@ def test_a_changed_number_is_caught(tmp_path):
     for path in (ROOT / "benchmarks" / "results").glob("*.json"):
         shutil.copy(path, tmp_path / path.name)
     text = numbers.render_readme((ROOT / "README.md").read_text())
-    data = json.loads((tmp_path / "faults.json").read_text())
-    data["records_lost"] = 7
-    (tmp_path / "faults.json").write_text(json.dumps(data))
+    data = json.loads((tmp_path / "discovery.json").read_text())
+    data["replay"]["max_queries"] += 1
+    (tmp_path / "discovery.json").write_text(json.dumps(data))
     assert numbers.render_readme(text, tmp_path) != text
