@@ -139,3 +139,36 @@ def test_reinforce_raises_the_policy_likelihood_of_rewarded_actions(crystal_vae_
     before = share_of(before_gen.sample(200, rng=np.random.default_rng(9)), REWARDED)
     after = share_of(gen.sample(200, rng=np.random.default_rng(9)), REWARDED)
     assert after > before, (before, after)
+
+
+def test_update_weights_rewarded_crystals_and_mixes_in_the_replay(crystal_vae_checkpoint):
+    """The contract of ``update``: rows with reward > 0, weighted by their reward, plus
+    ``replay_ratio`` training crystals per rewarded row at weight 1 (so it does not forget)."""
+    gen = load_checkpoint(crystal_vae_checkpoint)
+    seen = {}
+
+    def record(structures, weights, props):
+        seen.update(structures=list(structures), weights=list(weights), props=props)
+
+    gen._finetune = record
+    rewarded = rewarded_crystals(3)
+    feedback = [Feedback(s, reward=r) for s, r in zip(rewarded, (0.5, 2.0, 1.0), strict=True)]
+    gen.update([*feedback, Feedback(rewarded[0], reward=0.0), Feedback(rewarded[1], reward=-1.0)])
+    ratio = gen.config.get("replay_ratio", 4)
+    assert ratio == 4
+    assert seen["weights"] == [0.5, 2.0, 1.0] + [1.0] * (ratio * 3)
+    assert seen["structures"][:3] == rewarded
+    replay_ids = {id(s) for s in gen._replay}
+    assert all(id(s) in replay_ids for s in seen["structures"][3:])
+    assert len({id(s) for s in seen["structures"][3:]}) == ratio * 3  # no crystal twice
+    assert seen["props"].shape == (3 + ratio * 3, 0)
+    assert gen.version == load_checkpoint(crystal_vae_checkpoint).version + 1
+
+
+def test_weighted_mean_is_the_reward_weighted_average():
+    from matloop.generators.torch_common import weighted_mean
+
+    rows = torch.tensor([1.0, 2.0, 4.0])
+    assert float(weighted_mean(rows, None)) == pytest.approx(7 / 3)
+    assert float(weighted_mean(rows, torch.tensor([1.0, 0.0, 3.0]))) == pytest.approx(13 / 4)
+    assert float(weighted_mean(rows, torch.zeros(3))) == 0.0  # no weight: no loss, no NaN
