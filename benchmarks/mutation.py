@@ -35,9 +35,13 @@ TARGETS: dict[str, dict] = {
     "reinforce": {
         "file": "matloop/generators/reinforce.py",
         "functions": ["x_reinforce_step", f"x{SEP}LatentPolicy{SEP}*", "x_reinforce_generator"],
-        "tests": ["tests/generators/test_reinforce.py::test_policy_starts_as_the_pretrained_sampler",
-                  "tests/generators/test_reinforce.py::test_reinforce_step_moves_towards_rewarded_actions",
-                  "tests/generators/test_learning.py::test_reinforce_raises_the_policy_likelihood_of_rewarded_actions"],
+        "tests": [f"tests/generators/test_reinforce.py::{t}" for t in (
+            "test_policy_starts_as_the_pretrained_sampler",
+            "test_reinforce_step_moves_towards_rewarded_actions",
+            "test_policy_densities_match_torch_distributions",
+            "test_the_baseline_is_a_moving_average_of_rewards",
+            "test_clipping_bounds_repeated_steps_on_one_batch")]
+        + ["tests/generators/test_learning.py::test_reinforce_raises_the_policy_likelihood_of_rewarded_actions"],
     },
     "finetune": {
         "file": "matloop/generators/torch_common.py",
