@@ -38,7 +38,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f} %"
 
 
-def discovery_replay(d: dict) -> str:
+def discovery_replay(d: dict) -> str | None:
+    if "replay" not in d:  # the part was not run
+        return None
     r = d["replay"]
     agents = r["agents"]
     enrich = ", ".join(f"{a} {_pm(s['enrichment_at_budget'])}" for a, s in agents.items())
@@ -52,7 +54,9 @@ def discovery_replay(d: dict) -> str:
             f"calibration over the unlabelled pool, within 1σ / 2σ: {calib}")  # fmt: skip
 
 
-def discovery_chgnet(d: dict) -> str:
+def discovery_chgnet(d: dict) -> str | None:
+    if "chgnet" not in d:  # the part was not run
+        return None
     c = d["chgnet"]
     sc = c["scale"]
     strategies = c["strategies"]
@@ -107,7 +111,7 @@ def generation(d: dict) -> str:
 
 
 #: results file -> (fallback command when the file records none, row renderers)
-ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
+ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
@@ -126,7 +130,8 @@ def render_table(results: Path = RESULTS) -> str:
         command = data.get("meta", {}).get("command")
         shown = f"`{command}`" if command else f"`{fallback}` (command not recorded in the file)"
         for render in renderers:
-            lines.append(f"| {shown} | {render(data)} | `benchmarks/results/{name}` |")
+            if (text := render(data)) is not None:
+                lines.append(f"| {shown} | {text} | `benchmarks/results/{name}` |")
     lines += ["", END]
     return "\n".join(lines)
 
