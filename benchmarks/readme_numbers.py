@@ -114,6 +114,8 @@ def generation(d: dict) -> str:
 ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
+    # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
+    "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
     "mutation.json": ("python benchmarks/mutation.py", [mutation]),
