@@ -99,11 +99,13 @@ def mutation(d: dict) -> str:
     parts = []
     for name, m in d["modules"].items():
         c = m["counts"]
-        text = f"{name} ({m['file']}): {m['mutants']} mutants, {c['killed'] + c['timeout']} killed, {c['survived']} survived"
+        text = (f"{name} ({m['file']}): {m['mutants']} mutants, "
+                f"{c['killed'] + c['timeout']} killed, {c['survived']} survived")
         if c["not checked"]:
             text += f", {c['not checked']} not checked (time limit)"
         parts.append(text)
-    return "mutation testing (mutmut) of the learning code, claims, hull and novelty: " + "; ".join(parts)
+    return "mutation testing (mutmut) of the learning code, claims, hull and novelty: " + (
+        "; ".join(parts))
 
 
 def generation(d: dict) -> str:

@@ -31,7 +31,8 @@ def perovskite(a: str, b: str, rng: np.random.Generator) -> Structure:
 def training_set() -> list[Structure]:
     """Six ABO3 compositions, six crystals each: BaZrO3 is one sixth of the data."""
     rng = np.random.default_rng(0)
-    return [perovskite(a, b, rng) for a in ("Sr", "Ca", "Ba") for b in ("Ti", "Zr") for _ in range(6)]
+    pairs = [(a, b) for a in ("Sr", "Ca", "Ba") for b in ("Ti", "Zr")]
+    return [perovskite(a, b, rng) for a, b in pairs for _ in range(6)]
 
 
 def rewarded_crystals(n: int = 8) -> list[Structure]:
@@ -46,7 +47,8 @@ def reconstruction_nll(gen, structures: list[Structure]) -> float:
     assert len(kept) == len(structures)
     m = gen.module
     with torch.no_grad():
-        mu, _ = m.encode(m.features(tensors["lat"], tensors["cls"], tensors["frac"]), tensors["cond"])
+        x = m.features(tensors["lat"], tensors["cls"], tensors["frac"])
+        mu, _ = m.encode(x, tensors["cond"])
         l_lat, l_cls, l_coord = m.reconstruction_terms(mu, tensors)
     return float((l_lat + l_cls + m.coord_weight * l_coord).mean())
 
