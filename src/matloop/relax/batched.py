@@ -763,10 +763,11 @@ def _predict(
             errors[row] = reason
         broken = torch.zeros(n, dtype=torch.bool, device=device)
         broken[exc.rows] = True
-        # the broken crystals sit still, as lone atoms in a unit cube, for this last call
+        # for this last call the broken crystals become lone atoms (all at the origin of a
+        # 100 Å cube: no pairs), so they cost nothing and disturb no one
         frac = torch.where(broken[batch.crystal_of][:, None], 0.0, frac)
-        cells = torch.where(broken[:, None, None], torch.eye(3, dtype=cells.dtype,
-                                                              device=device), cells)  # fmt: skip
+        cube = 100.0 * torch.eye(3, dtype=cells.dtype, device=device)
+        cells = torch.where(broken[:, None, None], cube, cells)
         batch.lists = type(batch.lists)(batch.lists.cutoff, batch.lists.skin)  # rebuild all
         i, j, image, vec = batch.lists.update(frac, cells, batch.crystal_of)
     inputs = ModelBatch(
