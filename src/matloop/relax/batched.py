@@ -36,10 +36,13 @@ Differences that leave results alone: there is no jobflow job and no task docume
 (``job_uuid`` is None); a crystal whose volume leaves the ``max_volume_ratio`` window stops at
 once instead of running to the end; ``wall_s`` is the crystal's share of the batch's time.
 
-Speed: forces and stress come from one backward pass without a double-backward graph (CHGNet's
-own ``forward`` builds one for training, which doubles the cost of each step on a CPU). On a
-CPU the batched forward pass costs about as much per crystal as single ones; the gain there
-is that backward pass and fewer Python calls. On a GPU the batch fills the device.
+Speed: CHGNet's graphs are built for the whole batch with tensors on the model's device
+(:mod:`matloop.relax.graphs`), the neighbour lists reused across steps with a Verlet skin, and
+no pymatgen object is made between a crystal's entry and its exit; forces and stress come from
+one backward pass without a double-backward graph (CHGNet's own ``forward`` builds one for
+training). Batches fill by graph size within a memory budget (:mod:`matloop.relax.autobatch`).
+On a CPU the model's own forward and backward passes are then nearly all the time; on a GPU
+the batch fills the device.
 
 Examples
 --------
