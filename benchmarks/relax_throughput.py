@@ -339,7 +339,8 @@ def main() -> None:
         if "wall_s" not in row:
             print(f"{name:<10} did not run: {row['reason']}")
             continue
-        print(f"{name:<10} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} {row['crystals_per_s']:>11.3f} "
+        print(f"{name:<10} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
+              f"{row['crystals_per_s']:>11.3f} "
               f"{row['converged']:>10}  {row['load_avg_1min_before_after']}")
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
