@@ -33,6 +33,8 @@ machine and versions). Goals on CPU: matloop ≥ bare, batched ≥ 3x bare. Exam
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import time
@@ -249,6 +251,9 @@ def main() -> None:
     p.add_argument("--device", default=None, help="batched path's torch device (default: "
                    "cuda when present, else cpu)")
     p.add_argument("--output", type=Path, default=OUT)
+    p.add_argument("--schema", action="store_true",
+                   help="run the same code on two tiny made-up crystals, 3 steps, and print "
+                        "the JSON it would write (for tests/benchmarks/test_results_schema.py)")
     args = p.parse_args()
 
     import torch
@@ -256,8 +261,35 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     warnings.filterwarnings("ignore")
+    if args.schema:
+        items, args.steps = schema_crystals(), 3
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
+            report = measure(args, items)
+        json.dump(report, sys.stdout, indent=1, default=float)
+        print()
+        return
     csv = args.csv or shared_data(args.shared_data) / "known_crystals_mp.csv.gz"
     items = load_crystals(csv, args.n, args.max_atoms, args.seed)
+    report = measure(args, items)
+    out = write_result(args.output, report)
+    print(f"wrote {out}")
+
+
+def schema_crystals():
+    """Two small made-up crystals for ``--schema``: rock salt and silicon."""
+    from pymatgen.core import Lattice, Structure
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.5), ["Si"],
+                                   [[0, 0, 0]]).get_primitive_structure()  # fmt: skip
+    return [("nacl", nacl.get_primitive_structure()), ("si", si)]
+
+
+def measure(args: argparse.Namespace, items: list) -> dict:
+    """Relax ``items`` along each of ``args.paths``, print the table, return the report."""
+    import torch
+
     runners = {
         "matloop": run_matloop,
         "atomate2": run_atomate2,
@@ -330,7 +362,6 @@ def main() -> None:
         "agreement": agree,
         "material_ids": [mid for mid, _ in items],
     }
-    out = write_result(args.output, report)
 
     print(f"\n{len(items)} crystals (≤ {args.max_atoms} atoms, {report['sites_total']} sites)")
     print(f"{'path':<10} {'wall s':>8} {'cpu s':>8} {'crystals/s':>11} {'converged':>10}  "
@@ -350,7 +381,7 @@ def main() -> None:
         print(f"batched vs atomate2: max |dE| {batched['max_abs_dE_meV_atom']} meV/atom, "
               f"mean {batched['mean_abs_dE_meV_atom']} meV/atom, structures matched "
               f"{batched['structure_matches']}/{batched['compared']}")
-    print(f"wrote {out}")
+    return report
 
 
 if __name__ == "__main__":
