@@ -124,7 +124,8 @@ def run(
         campaign = CampaignRun(config, progress=progress)
     except StoreURIError as err:
         _fail(str(err))
-    if not config.seed_data.files and not config.seed_data.materials_project:
+    seeds = config.seed_data
+    if not seeds.files and not seeds.materials_project and not seeds.optimade:
         console.print(
             "  [yellow]no reference crystals: novelty will be 'unjudged' (unknown), never "
             "'novel'; add seed_data.files, seed_data.materials_project or seed_data.optimade[/]"

@@ -344,6 +344,7 @@ class CampaignRun:
                             structure=_structure_dict(out.structure),
                             source=seed.source,
                             source_id=seed.source_id,
+                            retrieved_at=seed.retrieved_at,
                             properties=seed.properties,
                         )
                     ]
@@ -384,6 +385,15 @@ class CampaignRun:
             crystals += [
                 c for c in report.crystals if in_chemical_space(c.structure, space.elements, 40)
             ]
+        for source in self.config.seed_data.optimade:
+            from matloop.optimade_source import fetch_optimade
+
+            report = fetch_optimade(source.base_url, source.filter, list(space.elements),
+                                    cache_dir=source.cache, refresh=source.refresh,
+                                    max_results=source.max_results)  # fmt: skip
+            problems += report.problems
+            crystals += [c for c in report.crystals
+                         if in_chemical_space(c.structure, space.elements, source.max_atoms)]
         return crystals, problems
 
     # -- rounds ------------------------------------------------------------------------
@@ -1102,8 +1112,8 @@ class CampaignRun:
             return {}
         campaign = self.store.get_campaign(self.name)
         ml_hull = campaign.reference_e_above_hull if campaign is not None else {}
-        references = {r.reference_id: r for r in self.references()
-                      if len(r.structure["sites"]) <= dft.max_atoms}
+        references = {r.reference_id: r for r in self.references()  # elements: always
+                      if r.source == "elemental" or len(r.structure["sites"]) <= dft.max_atoms}
         known = [ReferenceChoice(r.reference_id, r.chemsys,
                                  ml_hull.get(r.reference_id, float("inf")),
                                  len(r.structure["sites"]), r.source == "elemental")
