@@ -1101,7 +1101,10 @@ class CampaignRun:
         and up to ``dft.max_references`` known compounds of each system), build the DFT hull
         and store each verification's ``dft_e_above_hull`` and verdict. Returns metrics."""
         from matloop.evaluators.dft_hull import (
-            ReferenceChoice, choose_references, dft_hull, verdict,
+            ReferenceChoice,
+            choose_references,
+            dft_hull,
+            verdict,
         )
         from matloop.relax.dft import verify_with_dft
 
