@@ -1246,7 +1246,8 @@ class CampaignRun:
                 reward=reward(
                     e.e_above_hull,
                     stability_threshold=objective.stability_threshold,
-                    novel=e.is_novel,
+                    # unjudged is not known: the generator is not penalised for exploring
+                    novel=e.is_novel or e.novelty == "unjudged",
                     unique=e.is_unique,
                     property_value=value,
                     window=(window.min, window.max) if window else None,
