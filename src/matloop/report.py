@@ -137,6 +137,7 @@ def campaign_summary(
         "stored_reference_set_versions": stored,
         "hull_stale": references is not None and bool(stored) and stored != [version],
         "seed_crystals": len(doc.seed_reference_ids),
+        "seed_coverage": seed_coverage_of(doc),
         "dft_verified": len(dft),
         "dft_confirmed": verdicts.count("confirmed"),
         "dft_refuted": verdicts.count("refuted"),
@@ -151,9 +152,29 @@ def _confirmed(evaluation, check) -> bool:
     return is_confirmed(evaluation.evidence) and evaluation.is_stable
 
 
+def seed_coverage_of(doc) -> dict[str, Any] | None:
+    """:func:`matloop.data.seed_coverage` of a stored campaign: seed crystals per chemical
+    system and the warning when a system has none (None before references are ready, or
+    for a campaign stored before seed systems were recorded). Without any seed data the
+    report says so on its own."""
+    from matloop.data import seed_coverage
+
+    seed = doc.config.get("seed_data") or {}
+    if not doc.references_ready or doc.seed_systems is None:
+        return None
+    coverage = seed_coverage(doc.seed_systems, list(doc.config["chemical_space"]["elements"]))
+    if not (seed.get("files") or seed.get("materials_project") or seed.get("optimade")):
+        coverage["warning"] = None  # "no seed data" is reported instead
+    return coverage
+
+
 def _dft_results(store: MatloopStore, campaign: str) -> list:
     results = getattr(store, "dft_results", None)
     return list(results(campaign)) if results is not None else []
+
+
+def _seed_warning(s: Mapping[str, Any]) -> str | None:
+    return (s.get("seed_coverage") or {}).get("warning")
 
 
 # -- markdown ------------------------------------------------------------------------------
@@ -212,6 +233,7 @@ def markdown_report(
         "",
         novelty_sentence(s) if s.get("novelty_reference_sets") else
         f"**{novelty_sentence(s)}**",
+        *(["", f"**Warning: {_seed_warning(s)}.**"] if _seed_warning(s) else []),
         "",
         "## Rounds",
         "",
@@ -383,6 +405,9 @@ def html_report(
         parts.append(f"<div class='banner warn'><b>Novelty:</b> {_e(novelty_sentence(s))}"
                      + (f" {s['stable_novelty_unknown']} stable candidate(s) have novelty "
                         "unknown." if s.get("stable_novelty_unknown") else "") + "</div>")
+    if _seed_warning(s):
+        parts.append(f"<div class='banner warn'><b>Seed coverage:</b> {_e(_seed_warning(s))}"
+                     ".</div>")
     best = s["best"]
     cards = [
         (s["rounds_completed"], "rounds completed"),

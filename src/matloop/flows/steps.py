@@ -214,7 +214,7 @@ class CampaignRun:
                     generator = self._load_stored_model(stored[-1], space, gen_config.settings)
                 elif gen_config.checkpoint:
                     generator = load_generator(gen_config.name, gen_config.checkpoint, space,
-                                               gen_config.settings)
+                                               gen_config.settings, trust=gen_config.trust)
                 else:
                     generator = build_generator(
                         gen_config.name,
@@ -239,7 +239,8 @@ class CampaignRun:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{doc.name}-v{doc.version}.pt"
             path.write_bytes(data)
-            generator = load_generator(doc.name, str(path), space, settings)
+            # the store checked these bytes against the sha256 it recorded
+            generator = load_generator(doc.name, str(path), space, settings, trust=True)
         generator.version = doc.version
         return generator
 
@@ -299,7 +300,8 @@ class CampaignRun:
                 for el in missing
             ])
         elif missing:
-            self.progress.message(f"relaxing elemental references for {', '.join(missing)}")
+            self.progress.message(f"loading {self.config.relaxer.potential}, then relaxing "
+                                  f"elemental references for {', '.join(missing)}")
             outcomes = relax_elemental_references(missing, self.maker, self.store.job_store())
             self.store.save_references(
                 [
@@ -354,6 +356,8 @@ class CampaignRun:
         stored = {ref.reference_id for ref in self.store.references(self.potential)}
         campaign = self.store.get_campaign(self.name)
         campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
+        campaign.seed_systems = seed_systems(
+            seed.structure for rid, seed in zip(seed_ids, seeds, strict=True) if rid in stored)
         campaign.references_ready = True
         campaign.hull_scheme = self.hull_scheme
         self.store.save_campaign(campaign)
@@ -804,6 +808,8 @@ class CampaignRun:
                     self._save_outcome(out, round_)
             if todo:
                 job_store = self.store.job_store()
+                # renewed while relaxing: a relaxation longer than the lease is not taken over
+                renewal = self.store.keep_claims(self.name, [cid for cid, _ in todo])
                 if self.replaying:
                     outcomes = self._replay(todo)
                 elif relaxer.batched:
@@ -815,6 +821,7 @@ class CampaignRun:
                                                 max_atoms=self.config.chemical_space.max_atoms)
                 else:
                     outcomes = executor.run(todo, self.maker, job_store)
+                renewal.stop()
                 for out in outcomes:
                     self._save_outcome(out, round_)
                     done_count += 1
@@ -845,6 +852,7 @@ class CampaignRun:
                 reason=out.reason,
                 round=round_,
                 properties=out.properties,
+                worker=out.worker,
             )
         ])
         status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed
@@ -1293,22 +1301,36 @@ def _physics(part: str, settings: dict | None) -> dict | None:
 
     A section is first read back through its config model, so a campaign stored before a
     field existed compares with that field's default (e.g. ``relaxer.replay: null``)
-    instead of refusing to resume.
+    instead of refusing to resume. Validation is pure (it reads no file), so a stored
+    section validates again; one that does not is a stored campaign this version cannot
+    read, and says so.
     """
     if not isinstance(settings, dict):
         return settings
-    from contextlib import suppress
-
     from pydantic import ValidationError
 
     from matloop.config import ChemicalSpaceConfig, RelaxerConfig
 
     model = {"relaxer": RelaxerConfig, "chemical_space": ChemicalSpaceConfig}[part]
-    with suppress(ValidationError):  # one this version refuses is compared as stored
+    try:
         settings = model.model_validate(settings).model_dump(mode="json")
+    except ValidationError as err:
+        raise CampaignMismatchError(
+            f"the stored campaign's {part} no longer validates "
+            f"({err.errors()[0]['msg']}); use a new campaign name"
+        ) from None
     if part != "relaxer":
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_PHYSICS}
+
+
+def seed_systems(structures) -> dict[str, int]:
+    """Seed crystals per chemical system (``{"Cl-Na": 3}``), for the coverage warning."""
+    counts: dict[str, int] = {}
+    for structure in structures:
+        system = structure.composition.chemical_system
+        counts[system] = counts.get(system, 0) + 1
+    return counts
 
 
 def _unanalysable(structure: Structure) -> str | None:

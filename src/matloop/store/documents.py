@@ -90,6 +90,7 @@ class RelaxationDoc(_Doc):
     properties: dict[str, float] = Field(
         default_factory=dict, description="Other labels the relaxer computed (replay tables)"
     )
+    worker: str | None = Field(None, description="Dask worker that relaxed it; None: in-process")
     created_at: str = Field(default_factory=utcnow)
 
 
@@ -194,6 +195,10 @@ class CampaignDoc(_Doc):
     hull_scheme: str | None = None
     seed_reference_ids: list[str] = Field(
         default_factory=list, description="Seed crystals of this campaign's space in the hull"
+    )
+    seed_systems: dict[str, int] | None = Field(
+        None, description="Seed crystals in the hull per chemical system, e.g. {'Cl-Na': 3} "
+        "(None: recorded before this field existed)"
     )
     reference_e_above_hull: dict[str, float] = Field(
         default_factory=dict, description="e_above_hull of each reference at the last evaluation"
