@@ -290,8 +290,10 @@ def test_a_real_cp2k_dft_hull_of_na_cl(monkeypatch, tmp_path) -> None:
     """Real CP2K: Na, Cl2 and rock-salt NaCl relaxed as DFT references, rock-salt NaCl
     confirmed and L1_2 Na3Cl refuted on the DFT hull; the export rebuilds it within 1 meV.
 
-    Five tiny CP2K cell relaxations (1 to 4 atoms, DZVP-MOLOPT-SR basis, 300 Ry, Gamma 3x3x3):
-    about 10 to 20 minutes on one busy core.
+    Five tiny CP2K cell relaxations (1 to 4 atoms, DZVP-MOLOPT-SR basis, 300 Ry, Gamma 3x3x3).
+    Measured on the shared 2-core machine at load average ~18: the rock-salt candidate took
+    about 20 minutes, Na3Cl more than 35 (17 optimiser steps); the whole test did not finish
+    within an hour there. Run it on a quiet machine.
     """
     from matloop.export import export_campaign, recompute_hull
     from matloop.store import ReferenceDoc
