@@ -174,3 +174,23 @@ def test_weighted_mean_is_the_reward_weighted_average():
     assert float(weighted_mean(rows, None)) == pytest.approx(7 / 3)
     assert float(weighted_mean(rows, torch.tensor([1.0, 0.0, 3.0]))) == pytest.approx(13 / 4)
     assert float(weighted_mean(rows, torch.zeros(3))) == 0.0  # no weight: no loss, no NaN
+
+
+def test_reinforce_defaults_are_the_documented_ones(crystal_vae_checkpoint):
+    """A campaign's ``update: reinforce`` without settings learns with the documented
+    defaults (10 steps, lr 0.05, KL weight 0.05, baseline momentum 0.8, clip 0.2)."""
+    implicit, explicit = (load_checkpoint(crystal_vae_checkpoint) for _ in range(2))
+    samples = implicit.sample(20, rng=np.random.default_rng(4))
+    feedback = [Feedback(s, reward=float(s.composition.reduced_formula == REWARDED))
+                for s in samples]  # fmt: skip
+    explicit.sample(20, rng=np.random.default_rng(4))  # the same actions remembered
+    implicit.reinforce(feedback)
+    implicit.reinforce(feedback)  # twice: the baseline's momentum matters from the second
+    documented = {"steps": 10, "lr": 0.05, "kl_weight": 0.05, "baseline_momentum": 0.8,
+                  "clip": 0.2}  # fmt: skip
+    explicit.reinforce(feedback, **documented)
+    explicit.reinforce(feedback, **documented)
+    a, b = implicit.modules["policy"].state_dict(), explicit.modules["policy"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(RuntimeError, match="fit or load the generator before a reinforce"):
+        generator_class("crystal_vae")().reinforce(feedback)
