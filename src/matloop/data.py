@@ -194,6 +194,15 @@ def chemical_systems(elements: list[str], min_size: int = 2) -> list[str]:
     ]
 
 
+def count_by_system(structures) -> dict[str, int]:
+    """Crystals per chemical system (``{"Cl-Na": 3}``), as :func:`seed_coverage` takes them."""
+    counts: dict[str, int] = {}
+    for structure in structures:
+        system = structure.composition.chemical_system
+        counts[system] = counts.get(system, 0) + 1
+    return counts
+
+
 #: Spaces of more elements are judged as a whole: they have too many subsystems to list.
 MAX_ENUMERATED_ELEMENTS = 6
 
