@@ -404,17 +404,37 @@ def check_train_output(path: str | Path, force: bool = False) -> list[Problem]:
     if path.is_dir():
         return [Problem(where, f"{path} is a folder; give a file name, e.g. {path}/model.pt")]
     if path.exists():
-        from matloop.generators.torch_common import CheckpointError, load_checkpoint_payload
-
-        try:
-            load_checkpoint_payload(path)
-        except CheckpointError:
+        if not _is_checkpoint(path):
             return [Problem(where, f"{path} exists and is not a matloop checkpoint; it is not "
                             "overwritten: choose another file name")]
         if not force:
             return [Problem(where, f"{path} is an existing checkpoint; pass --force to replace "
                             "it, or choose another file name")]
     return check_writable_folder(path.parent, where)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a matloop checkpoint, loading torch only when it must: torch
+    writes zip files, and one that matches the ``.sha256`` beside it was written by
+    matloop."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    from matloop.generators.checkpoints import CheckpointError, check_checkpoint_hash
+
+    try:
+        check_checkpoint_hash(path)
+        return True
+    except CheckpointError:
+        pass
+    from matloop.generators.torch_common import load_checkpoint_payload
+
+    try:
+        load_checkpoint_payload(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def errors(problems: list[Problem]) -> list[Problem]:
