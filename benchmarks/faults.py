@@ -59,7 +59,7 @@ def write_config(folder: Path, seed: int) -> Path:
         "budget": {"rounds": ROUNDS["n"], "max_rounds": ROUNDS["n"], "candidates_per_round": 6,
                    "relaxations_per_round": 2},
         "relaxer": {"steps": 150},
-        "store": f"monty://{folder}/store",
+        "store": f"sqlite://{folder}/store.db",
         "output": str(folder / "out"),
         "seed": seed,
     }

@@ -6,6 +6,9 @@ import json
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +22,8 @@ app = typer.Typer(
 
 ConfigArg = Annotated[Path, typer.Argument(help="Campaign YAML file", show_default=False)]
 StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="Store URI (monty://PATH, mongodb://…, memory://)")
+    str | None,
+    typer.Option("--store", help="Store URI (sqlite://PATH, mongodb://…, monty://PATH, memory://)"),
 ]
 
 
@@ -235,6 +239,12 @@ def run(
         campaign = CampaignRun(config, progress=progress)
     except StoreURIError as err:
         _fail(str(err))
+    if not (config.seed_data.files or config.seed_data.materials_project
+            or getattr(config.seed_data, "optimade", None)):
+        console.print(
+            "  [yellow]no reference crystals: novelty will be 'unjudged' (unknown), never "
+            "'novel'; add seed_data.files, seed_data.materials_project or seed_data.optimade[/]"
+        )
     lease = _take_lease(campaign.store, config.name, take_over)
     _on_interrupt()
 
@@ -356,6 +366,7 @@ def _status_rows(store, name: str) -> list[dict]:
             "evaluated": m.get("evaluated", 0),
             "stable": m.get("stable", 0),
             "novel": m.get("novel", 0),
+            "stable_novelty_unknown": m.get("stable_novelty_unknown", 0),
             "hits": m.get("hits", 0),
             "hit_rate": round(m.get("hit_rate", 0.0), 4),
         })
@@ -368,9 +379,9 @@ def _print_status(console, store, name: str) -> None:
 
     table = Table(title=f"{name}: rounds (* = not finished)", box=box.SIMPLE_HEAD)
     columns = ["round", "proposed", "rejected", "relaxed", "failed", "evaluated", "stable",
-               "novel", "hits", "hit_rate"]
-    headers = ["round", "prop", "rej", "relaxed", "failed", "eval", "stable", "novel", "hits",
-               "hit %"]
+               "novel", "stable_novelty_unknown", "hits", "hit_rate"]
+    headers = ["round", "prop", "rej", "relaxed", "failed", "eval", "stable", "novel",
+               "stable ?novel", "hits", "hit %"]
     for header in headers:
         table.add_column(header, justify="right")
     for row in _status_rows(store, name):
@@ -382,18 +393,19 @@ def _print_status(console, store, name: str) -> None:
     best = sorted(store.evaluations(name), key=lambda e: e.e_above_hull)[:8]
     if best:
         top = Table(title="best candidates (energy above hull, eV/atom)", box=box.SIMPLE_HEAD)
-        for column in ["candidate", "formula", "round", "space group", "E_hull", "novel"]:
+        for column in ["candidate", "formula", "round", "space group", "E_hull", "novelty"]:
             top.add_column(column)
         for e in best:
             top.add_row(e.candidate_id, e.formula, str(e.round), e.spacegroup or "",
-                        f"{e.e_above_hull:.3f}", "yes" if e.is_novel else "no")
+                        f"{e.e_above_hull:.3f}",
+                        e.novelty or ("novel" if e.is_novel else "known"))
         console.print(top)
 
 
 @app.command()
 def status(
     name: Annotated[str, typer.Argument(help="Campaign name")],
-    store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
+    store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -439,9 +451,16 @@ def _print_evidence(console, summary: dict) -> None:
     levels = ", ".join(f"{level} {n}" for level, n in summary["discoveries_by_evidence"].items())
     console.print(
         f"discoveries: [bold]{summary['discoveries']}[/] ({levels}); "
-        f"confirmed (DFT-relaxed): [bold]{summary['confirmed']}[/]"
+        f"confirmed (DFT-relaxed, on the DFT hull): [bold]{summary['confirmed']}[/]"
         + (f", leads for DFT: {summary['leads']}" if summary["leads"] else "")
+        + (f", refuted by DFT: {summary['dft_refuted']}" if summary.get("dft_refuted") else "")
     )
+    if summary.get("stable_novelty_unknown"):
+        console.print(
+            f"stable, novelty unknown: [bold]{summary['stable_novelty_unknown']}[/] (no reference "
+            "crystal of their chemical system; add seed_data.files, .materials_project or "
+            ".optimade to judge them)"
+        )
     if not summary["relaxations"]:
         return
     console.print(
@@ -556,7 +575,7 @@ def ui(
 def export(
     name: Annotated[str, typer.Argument(help="Campaign name")],
     output: Annotated[Path, typer.Option("--output", help="Folder to write")],
-    store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
+    store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
     debug: DebugOpt = False,
 ) -> None:
     """Write candidates.csv, rounds.csv, references.csv, cifs/, plots/ and report.md."""
@@ -623,14 +642,41 @@ def train(
     started = time.perf_counter()
     with _guard(debug, f"training {kind}"):
         try:
-            generator = train_model(kind, data, property_columns=prop or [], epochs=epochs,
-                                    seed=seed, device=device, limit=limit)
+            with _epoch_progress(f"training {kind}"):
+                generator = train_model(kind, data, property_columns=prop or [], epochs=epochs,
+                                        seed=seed, device=device, limit=limit)
         except (KeyError, ValueError) as err:
             _fail(f"cannot train {kind} on {data}: {err}")
         output.parent.mkdir(parents=True, exist_ok=True)
         sha = generator.save(output)
     typer.echo(f"trained {kind} in {time.perf_counter() - started:.0f} s -> {output} "
                f"(sha256 {sha[:12]})")
+
+
+@contextmanager
+def _epoch_progress(description: str) -> Iterator[None]:
+    """A rich bar over training epochs (epoch, loss, ETA) fed by the models' epoch reports."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from matloop.generators.torch_common import training_progress
+
+    bar = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    tasks: dict[int, int] = {}
+
+    def on_epoch(epoch: int, epochs: int, logs: dict) -> None:
+        if epoch == 1 or epochs not in tasks:  # a model may run more than one phase
+            tasks[epochs] = bar.add_task(description, total=epochs, loss="")
+        loss = logs.get("loss", next(iter(logs.values()), None)) if logs else None
+        bar.update(tasks[epochs], completed=epoch,
+                   loss="" if loss is None else f"loss {loss:.4g}")
+
+    with bar, warnings.catch_warnings(), training_progress(on_epoch):
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 @app.command()
@@ -642,10 +688,17 @@ def sample(
         help="Target property: NAME=VALUE or NAME=MIN:MAX (repeatable)")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        help="Sampling temperature (model default when omitted)")] = None,
     trust_checkpoint: TrustOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Sample N structures from a trained model and write them as CIFs."""
+    """Sample N structures from a trained model and write them as CIFs.
+
+    Every CIF written is physically sound (pairs beyond 0.8 x covalent radii sums, a cell
+    size seen in training) and read back by pymatgen before it is kept; what fails is
+    counted, not written. ``sample.json`` beside the CIFs records the seed, temperature,
+    conditions, checkpoint sha256 and those counts."""
     if n < 1:
         _fail(f"-n must be at least 1 (got {n})")
     conditions = dict(_parse_condition(c) for c in condition or [])
@@ -656,22 +709,102 @@ def sample(
 
     _check_inputs(check_checkpoint(checkpoint, "checkpoint", trust=trust_checkpoint)
                   + check_writable_folder(output, "--output"))
-    from pymatgen.io.cif import CifWriter
-
     from matloop.generators.training import load_checkpoint, sample_structures
 
     _say(f"loading {checkpoint}")
-    with _guard(debug, f"sampling from {checkpoint}"):
+    with _guard(debug, f"loading {checkpoint}"):
         try:
             generator = load_checkpoint(checkpoint, device=device, trust=trust_checkpoint)
         except ValueError as err:
             _fail(f"cannot load {checkpoint}: {err}")
-        structures = sample_structures(generator, n, conditions or None, rng=seed)
+    config = getattr(generator, "config", {})
+    if temperature is not None:
+        if "temperature" not in config:
+            _fail(f"{generator.name} has no sampling temperature")
+        config["temperature"] = temperature
     output.mkdir(parents=True, exist_ok=True)
-    for index, structure in enumerate(structures):
-        name = f"{index:05d}-{structure.composition.reduced_formula}.cif"
-        CifWriter(structure).write_file(output / name)
-    typer.echo(f"wrote {len(structures)} CIF(s) to {output}")
+    import numpy as np
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from matloop.soundness import SoundnessTally
+
+    rng = np.random.default_rng(seed)
+    checked, tallies = SoundnessTally(), []
+    bar = Progress("[progress.description]{task.description}", BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        task = bar.add_task(f"sampling {generator.name}", total=n)
+        for start in range(0, n, _SAMPLE_CHUNK):
+            chunk = sample_structures(generator, min(_SAMPLE_CHUNK, n - start),
+                                      conditions or None, rng=rng)
+            tally = getattr(generator, "soundness", None)
+            if tally is not None:
+                tallies.append(tally.to_dict())
+            for structure in chunk:
+                checked.add(_write_sound_cif(structure, output, checked.kept,
+                                             config.get("atom_counts")))
+            bar.update(task, completed=min(start + _SAMPLE_CHUNK, n))
+    record = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": getattr(generator, "checkpoint_sha256", None),
+        "generator": generator.name,
+        "seed": seed,
+        "temperature": config.get("temperature"),
+        "conditions": conditions,
+        "asked": n,
+        "written": checked.kept,
+        "not_written": dict(checked.rejected),
+        "redrawn_by_generator": _merge_tallies(tallies),
+    }
+    (output / "sample.json").write_text(json.dumps(record, indent=2) + "\n")
+    typer.echo(f"wrote {checked.kept} CIF(s) to {output} (record: {output / 'sample.json'})")
+    if checked.kept < n:
+        typer.echo(f"{n - checked.kept} of {n} asked were not written: "
+                   + (", ".join(f"{k}: {v}" for k, v in checked.rejected.items())
+                      or "the generator ran out of redraws"), err=True)
+
+
+#: Structures sampled per call of ``matloop sample`` (the progress bar's step).
+_SAMPLE_CHUNK = 100
+
+
+def _write_sound_cif(structure, folder: Path, index: int, atom_counts) -> str | None:
+    """Write ``structure`` as the ``index``-th CIF when it is sound and reads back;
+    otherwise write nothing and return why."""
+    from pymatgen.core import Structure
+    from pymatgen.io.cif import CifWriter
+
+    from matloop.soundness import unsound_reason
+
+    reason = unsound_reason(structure, atom_counts=None if atom_counts is None
+                            else set(atom_counts), check_cif=False)
+    if reason is not None:
+        return reason
+    path = folder / f"{index:05d}-{structure.composition.reduced_formula}.cif"
+    CifWriter(structure).write_file(path)
+    try:
+        back = Structure.from_file(path)
+    except (ValueError, KeyError, IndexError) as err:
+        path.unlink()
+        return f"its CIF does not read back ({err})"
+    if len(back) != len(structure):
+        path.unlink()
+        return "its CIF reads back with merged sites"
+    return None
+
+
+def _merge_tallies(tallies: list[dict]) -> dict:
+    """One soundness tally from the per-chunk ones of a sample run."""
+    drawn = sum(t["drawn"] for t in tallies)
+    kept = sum(t["kept"] for t in tallies)
+    rejected: dict[str, int] = {}
+    for t in tallies:
+        for k, v in t["rejected"].items():
+            rejected[k] = rejected.get(k, 0) + v
+    return {"drawn": drawn, "kept": kept, "rejected": rejected,
+            "sound_rate": kept / drawn if drawn else None}
 
 
 @app.command()
@@ -680,7 +813,7 @@ def report(
     output: Annotated[
         Path | None, typer.Option("--output", help="Folder (default: the campaign's output)")
     ] = None,
-    store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
+    store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
     screenshot: Annotated[
         Path | None, typer.Option(help="Also save a PNG of the page (needs chromium)")
     ] = None,
@@ -740,3 +873,36 @@ def _checkpoint_generators(config: dict) -> list:
 
 if __name__ == "__main__":
     app()
+
+
+# -- matloop store … -----------------------------------------------------------------------
+store_app = typer.Typer(no_args_is_help=True, help="Work on a store as a whole.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("migrate")
+def store_migrate(
+    src: Annotated[str, typer.Argument(help="Store to copy from (read only)", show_default=False)],
+    dst: Annotated[str, typer.Argument(help="Store to copy into", show_default=False)],
+    campaign: Annotated[
+        str | None, typer.Option(help="Copy only this campaign (default: all of them)")
+    ] = None,
+) -> None:
+    """Copy campaigns between two stores, e.g. monty://OLD sqlite://NEW.db or onto MongoDB.
+
+    Upserts by natural keys: rerunning it copies nothing twice.
+    """
+    from matloop.store.migrate import migrate
+
+    source, target = _store(src), _store(dst)
+    try:
+        copied = migrate(source, target, campaign)
+    except (KeyError, ValueError) as err:
+        _fail(str(err.args[0]) if err.args else str(err))
+    finally:
+        source.close()
+        target.close()
+    typer.echo(
+        f"copied {copied['candidates']} candidates of {copied['campaigns']} campaign(s) "
+        f"into {target!r}: " + ", ".join(f"{k} {v}" for k, v in copied.items())
+    )

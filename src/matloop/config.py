@@ -198,6 +198,12 @@ class DftConfig(_Strict):
     )
     settings: dict = Field(default_factory=dict, description="Input settings for the DFT maker")
     max_atoms: int = Field(20, ge=1, description="Larger candidates are not verified")
+    max_references: int = Field(
+        4, ge=0, le=1000,
+        description="Known compounds per verified chemical system relaxed with the same DFT "
+        "settings for the DFT hull, beside its elemental references (always relaxed): those "
+        "on or nearest the ML hull first, then the smallest cells",
+    )
 
 
 class BudgetConfig(_Strict):
@@ -269,7 +275,7 @@ class CampaignConfig(_Strict):
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     seed_data: SeedConfig = Field(default_factory=SeedConfig)
     store: str = Field(
-        "monty://./matloop-store",
+        "sqlite://./matloop-store.db",
         description="Store URI; may hold ${ENV_VAR} or ${prefect-secret:BLOCK} placeholders",
     )
     output: str = Field("./matloop-output", description="Folder for exported results")

@@ -167,10 +167,16 @@ def fetch_materials_project(elements: list[str], api_key: str | None = None) -> 
         for combo in combinations(elements, size)
     ]
     crystals: list[SeedCrystal] = []
-    with MPRester(api_key) as mpr:
-        docs = mpr.materials.summary.search(
-            chemsys=systems, fields=["material_id", "structure", "energy_above_hull"]
-        )
+    # MP_API_ENDPOINT (a mirror, a test server) is read here, not only when mp_api is imported
+    endpoint = os.environ.get("MP_API_ENDPOINT") or None
+    try:
+        with MPRester(api_key, endpoint=endpoint) as mpr:
+            docs = mpr.materials.summary.search(
+                chemsys=systems, fields=["material_id", "structure", "energy_above_hull"]
+            )
+    except Exception as err:  # mp_api raises MPRestError, requests errors, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"Materials Project fetch failed: {reason}") from err
     for doc in docs:
         props = {}
         if getattr(doc, "energy_above_hull", None) is not None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,11 +35,14 @@ from matloop.generators.checkpoints import (  # noqa: F401  re-exported
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from pymatgen.core import Composition, Structure
 
 CHECKPOINT_FORMAT = 1
+#: Closest pair distance of a sampled crystal, as a fraction of its covalent radii sum, for
+#: models whose checkpoint predates ``distance_factor`` (``fit`` measures it on the data).
+DISTANCE_FACTOR = 0.7
 
 
 # --------------------------------------------------------------------------- device, seeds
@@ -253,6 +258,42 @@ class TemplateBank:
         return s
 
 
+# --------------------------------------------------------------------------- progress
+
+#: Called after every training epoch as ``(epoch, epochs, logs)`` (1-based epoch), by
+#: :func:`train_loop` and the GAN's loop, inside :func:`training_progress`.
+_PROGRESS: ContextVar[Callable[[int, int, Mapping[str, float]], None] | None] = ContextVar(
+    "matloop_training_progress", default=None
+)
+
+
+@contextmanager
+def training_progress(
+    callback: Callable[[int, int, Mapping[str, float]], None],
+) -> Iterator[None]:
+    """Report every training epoch of the torch generators to ``callback`` while inside
+    the block (the CLI draws a rich progress bar with it); models need no argument for it.
+
+    >>> seen = []
+    >>> with training_progress(lambda e, n, logs: seen.append((e, n))):
+    ...     report_epoch(1, 3, {"loss": 0.5})
+    >>> seen
+    [(1, 3)]
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def report_epoch(epoch: int, epochs: int, logs: Mapping[str, float]) -> None:
+    """Tell the active :func:`training_progress` callback (if any) an epoch has ended."""
+    callback = _PROGRESS.get()
+    if callback is not None:
+        callback(epoch, epochs, logs)
+
+
 # --------------------------------------------------------------------------- training loop
 
 
@@ -318,6 +359,7 @@ def train_loop(
             scheduler.step()
         if on_epoch is not None:
             on_epoch(epoch, mean_logs)
+        report_epoch(epoch + 1, epochs, mean_logs)
     module.eval()
     return history
 
@@ -475,6 +517,7 @@ class TorchGenerator(Generator):
         self.chemical_space: Any = None
         self._replay: list[Structure] = []
         self._replay_props: np.ndarray | None = None
+        self.soundness: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -562,8 +605,14 @@ class TorchGenerator(Generator):
         self.version += 1
 
     def _remember(self, structures: Sequence[Structure], props: np.ndarray | None) -> None:
-        """Keep (a seeded random subset of at most ``replay_size``) training crystals."""
+        """Keep (a seeded random subset of at most ``replay_size``) training crystals, and
+        the cell sizes of all of them (``atom_counts``, for the soundness check)."""
+        from matloop.soundness import atom_counts_of, data_distance_factor
+
         structures = list(structures)
+        self.config["atom_counts"] = atom_counts_of(structures)
+        if self.config.get("distance_factor") is None:
+            self.config["distance_factor"] = data_distance_factor(structures)
         size = int(self.config.get("replay_size", 4096))
         idx = np.arange(len(structures))
         if len(structures) > size:
@@ -571,6 +620,35 @@ class TorchGenerator(Generator):
             idx = np.sort(rng.choice(len(structures), size=size, replace=False))
         self._replay = [structures[i] for i in idx]
         self._replay_props = None if props is None else np.asarray(props)[idx]
+
+    # -- physically sound output
+    def _sound(self, structure: Structure) -> bool:
+        """True when ``structure`` passes :func:`matloop.soundness.unsound_reason` (pairs
+        beyond ``distance_factor`` x covalent radii sums, measured on the training data at
+        ``fit`` by :func:`~matloop.soundness.data_distance_factor`; a training cell size; a
+        CIF that reads back); counted in ``self.soundness``. ``soundness: false`` in the config
+        switches the check off (benchmarks measuring the raw model)."""
+        from matloop.soundness import SoundnessTally, unsound_reason
+
+        if not hasattr(self, "soundness") or self.soundness is None:
+            self.soundness = SoundnessTally()
+        if not self.config.get("soundness", True):
+            return self.soundness.add(None)
+        counts = self.config.get("atom_counts")
+        if counts is None and self._replay:  # a checkpoint written before atom_counts
+            counts = sorted({len(s) for s in self._replay})
+        reason = unsound_reason(
+            structure,
+            factor=float(self.config.get("distance_factor") or DISTANCE_FACTOR),
+            atom_counts=None if counts is None else set(counts),
+        )
+        return self.soundness.add(reason)
+
+    def reset_soundness(self) -> None:
+        """Start a new tally of kept and redrawn samples (``self.soundness``)."""
+        from matloop.soundness import SoundnessTally
+
+        self.soundness = SoundnessTally()
 
     # -- the campaign's chemical space
     def _allowed_elements(self) -> list[str] | None:

@@ -33,10 +33,17 @@ TORCH_GENERATORS: dict[str, str] = {
     "composition_vae": "matloop.generators.torch_composition:CompositionVAEGenerator",
     "composition_cvae": "matloop.generators.torch_composition:CompositionCVAEGenerator",
     "composition_wgan": "matloop.generators.torch_composition:CompositionWGANGenerator",
+    "crystal_flow": "matloop.generators.torch_flow:CrystalFlowGenerator",
 }
 
 #: Models that use ``property_columns``.
-CONDITIONAL = {"crystal_cvae", "crystal_latent_opt", "crystal_cgan", "composition_cvae"}
+CONDITIONAL = {
+    "crystal_cvae",
+    "crystal_latent_opt",
+    "crystal_cgan",
+    "composition_cvae",
+    "crystal_flow",
+}
 
 
 def generator_class(kind: str) -> type[Generator]:

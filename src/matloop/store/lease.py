@@ -151,7 +151,7 @@ class CampaignLease:
         }
 
     def current(self) -> LeaseInfo | None:
-        doc = self.store.find_raw(COLLECTION, {"_id": self._id})
+        doc = self.store.find_raw(COLLECTION, {"campaign": self.campaign})
         return LeaseInfo.from_doc(doc) if doc else None
 
     def acquire(self, take_over: bool = False) -> CampaignLease:
@@ -159,7 +159,7 @@ class CampaignLease:
         dead on this host, or ``take_over``. Raises :class:`LeaseHeld` otherwise."""
         for _ in range(5):  # a lost compare-and-swap means someone else moved: look again
             now = time.time()
-            if self.store.insert_new(COLLECTION, self._doc(now)):
+            if self.store.insert_new(COLLECTION, self._doc(now), {"campaign": self.campaign}):
                 self.held = True
                 return self
             info = self.current()
@@ -173,7 +173,7 @@ class CampaignLease:
                 doc.update(host=info.host, pid=info.pid)
             swapped = self.store.update_where(
                 COLLECTION,
-                {"_id": self._id, "token": info.token, "heartbeat": info.heartbeat},
+                {"campaign": self.campaign, "token": info.token, "heartbeat": info.heartbeat},
                 {"$set": {k: v for k, v in doc.items() if k != "_id"}},
             )
             if swapped is not None:
@@ -186,7 +186,7 @@ class CampaignLease:
         """Renew the lease; False (and ``lost``) when another run has taken it over."""
         now = time.time()
         found = self.store.update_where(
-            COLLECTION, {"_id": self._id, "token": self.token},
+            COLLECTION, {"campaign": self.campaign, "token": self.token},
             {"$set": {"heartbeat": now, "expires": now + self.ttl_s}},
         )
         if found is None:
@@ -197,7 +197,7 @@ class CampaignLease:
         """Give the lease back (a lease inherited from a parent stays the parent's)."""
         if self.held and not self.inherited:
             self.store.update_where(
-                COLLECTION, {"_id": self._id, "token": self.token},
+                COLLECTION, {"campaign": self.campaign, "token": self.token},
                 {"$set": {"released": True, "expires": 0.0}},
             )
         self.held = False
