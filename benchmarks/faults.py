@@ -235,6 +235,25 @@ torch.save({{"format": 1, "boom": Boom()}}, "{path}")
 """
 
 
+#: The bad inputs of issue #13's table, in the order they are tried.
+BAD_INPUTS = (
+    "seed file missing",
+    "seed file empty",
+    "seed CSV without cif column",
+    "seed file with unsupported suffix",
+    "seed file with no crystal of the space (warning)",
+    "hostile checkpoint (sample)",
+    "hostile checkpoint (campaign)",
+    "altered checkpoint without .sha256",
+    "train -o onto a file that is not a checkpoint",
+    "train -o onto an existing checkpoint",
+    "output folder not writable",
+    "export into a file",
+    "mongodb:// where nothing listens",
+    "300-character campaign name",
+)
+
+
 def bad_inputs(folder: Path) -> list[dict]:
     """Each bad input of issue #13 through ``python -m matloop.cli``."""
     import shutil
@@ -297,6 +316,7 @@ def bad_inputs(folder: Path) -> list[dict]:
             "mongo", store="mongodb://matloop:Pl4nted@127.0.0.1:9/db")],
         "300-character campaign name": ["run", config("longname", name="n" * 300)],
     }
+    assert tuple(cases) == BAD_INPUTS
     rows = []
     for label, argv in cases.items():
         rows.append({"input": label, **first_error(argv)})
@@ -408,8 +428,7 @@ def schema_report(args) -> dict:
                            "killed": True, "hiccups": 0, "last_write": None}],
               baseline, baseline, baseline, 0),
     ]
-    inputs = [{"input": "seed file missing",
-               **error_row(2, [("error: seed_data.files[0].path: x", 1.0)])}]
+    inputs = [{"input": label, **error_row(2, [("error: x", 1.0)])} for label in BAD_INPUTS]
     return build_report(args, 1, 1.0, baseline, trials, inputs)
 
 

@@ -83,9 +83,19 @@ def relax_throughput(d: dict) -> str:
 
 
 def faults(d: dict) -> str:
-    return (f"crash and store-fault recovery over {d['trials']} trials: "
+    text = (f"crash and store-fault recovery over {d['trials']} trials: "
             f"{d['faults_injected']} faults, {_pct(d['recovered_fraction'])} recovered, "
             f"{d['records_lost']} records lost, {d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
+    if "concurrent_runs_started" in d:  # one run per campaign (issue #13)
+        worst = max((s for s in d["seconds_to_first_error"].values() if s), default=None)
+        text += (f"; {d['concurrent_runs_started']} runs started concurrently on one campaign, "
+                 f"{d['concurrent_runs_that_worked']} worked, the rest refused; "
+                 f"{d['duplicate_reference_relaxations']} duplicate reference relaxations, "
+                 f"{d['duplicate_generations']} duplicate generations; "
+                 f"{len(d['bad_inputs'])} bad inputs, each one line, first error after "
+                 f"≤ {worst} s (load {d['meta']['machine']['load_avg_1_5_15'][0]} on "
+                 f"{d['meta']['machine']['cpus']} cores)")
+    return text
 
 
 def generation(d: dict) -> str:
@@ -97,7 +107,7 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
-    "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
+    "faults.json": ("python benchmarks/faults.py --trials 10 --rounds 1", [faults]),
 }
 
 
