@@ -372,3 +372,17 @@ def test_serve_refuses_a_campaign_that_is_running(tmp_path):
     code, lines, _ = _invoke("run", config)
     assert code == 3 and "run again with --take-over to take it now" in lines[-1]
     lease.release()
+
+
+def test_every_store_kind_is_checked(tmp_path):
+    from matloop.preflight import check_store_reachable
+
+    assert check_store_reachable(f"sqlite://{tmp_path}/new/store.db") == []
+    assert check_store_reachable(f"monty://{tmp_path}/monty") == []
+    assert check_store_reachable("memory://") == []
+    (problem,) = check_store_reachable(f"sqlite://{tmp_path}")
+    assert "is not a database file" in str(problem)
+    (problem,) = check_store_reachable("sqlite:///proc/matloop/store.db")
+    assert str(problem).startswith("store sqlite:///proc/matloop/store.db: ")
+    (problem,) = check_store_reachable("${MATLOOP_UNSET_STORE_VARIABLE}")
+    assert "MATLOOP_UNSET_STORE_VARIABLE is not set" in str(problem)

@@ -363,6 +363,17 @@ def check_store_reachable(uri: str, timeout_s: float = STORE_TIMEOUT_S) -> list[
     if backend.scheme == "monty":
         assert backend.path is not None
         return [Problem(where, p.message) for p in check_writable_folder(backend.path, "store")]
+    if backend.scheme == "sqlite":
+        assert backend.path is not None
+        if backend.path.exists() and not backend.path.is_file():
+            return [Problem(where, f"{backend.path} is not a database file; give a file name, "
+                            "e.g. sqlite://./matloop-store.db")]
+        if backend.path.exists() and not os.access(backend.path, os.R_OK | os.W_OK):
+            return [Problem(where, f"{backend.path}: cannot read and write it")]
+        return [Problem(where, p.message)
+                for p in check_writable_folder(backend.path.parent, "store")]
+    if backend.scheme not in ("mongodb", "mongodb+srv"):
+        return []  # an engine this check does not know: opening it will tell
     return _ping_mongo(resolved, where, timeout_s)
 
 
