@@ -440,7 +440,7 @@ def build_report(args, n_writes: int, wall: float, baseline: dict, trials: list[
     return {
         "benchmark": "faults",
         "campaign": f"Na-Cl, {args.rounds} round(s) x (6 proposals incl. broken ones, "
-                    "2 CHGNet relaxations)",
+                    "2 CHGNet relaxations), sqlite:// store",
         "baseline": {"store_writes": n_writes, "wall_s": round(wall, 1),
                      "rounds": baseline["rounds"], "proposals": baseline["proposals"]},
         "trials": len(trials),
