@@ -71,14 +71,31 @@ def discovery_chgnet(d: dict) -> str:
 
 def relax_throughput(d: dict) -> str:
     p, r = d["paths"], d["ratios"]
-    agree = d["agreement"].get("batched_vs_atomate2") or {}
-    text = (f"{d['n_crystals']} MP crystals (≤ {d['max_atoms']} atoms) relaxed four ways: "
-            f"batched {p['batched']['crystals_per_s']:.2f} crystals/s = "
-            f"{r['batched_vs_bare']:.2f}x bare CHGNet and {r['batched_vs_atomate2']:.2f}x "
-            f"atomate2 job-per-crystal; matloop per-structure {r['matloop_vs_bare']:.2f}x bare")  # fmt: skip
-    if agree:
-        text += (f"; batched vs atomate2: max {agree['max_abs_dE_meV_atom']:.2f} meV/atom, "
-                 f"{agree['structure_matches']}/{agree['compared']} structures match")  # fmt: skip
+    ran = [name for name, row in p.items() if "crystals_per_s" in row]
+    loads = [x for name in ran for x in p[name].get("load_avg_1min_before_after", [])]
+    text = (f"{d['n_crystals']} MP crystals (≤ {d['max_atoms']} atoms), {len(ran)} paths in "
+            "one run")
+    if loads:
+        cpus = d.get("meta", {}).get("machine", {}).get("cpus", "?")
+        text += f" (1-min load {min(loads):.0f}-{max(loads):.0f} on {cpus} cores)"
+    text += ": " + ", ".join(
+        f"{n} {p[n]['crystals_per_s']:.3f} crystals/s ({p[n]['wall_s']:.0f} s)" for n in ran
+    )
+    for fast, other in (("batched", "bare"), ("batched", "atomate2"), ("matloop", "bare")):
+        key = f"{fast}_vs_{other}"
+        if key in r:
+            text += f"; {fast} = {r[key]:.2f}x {other}"
+            if f"{key}_by_cpu_s" in r:
+                text += f" ({r[f'{key}_by_cpu_s']:.2f}x by CPU seconds)"
+    for key in ("batched_vs_atomate2", "bare_vs_batched"):
+        agree = d["agreement"].get(key)
+        if agree:
+            text += (f"; {key.replace('_vs_', ' vs ')}: max {agree['max_abs_dE_meV_atom']:.2f} "
+                     f"meV/atom, {agree['structure_matches']}/{agree['compared']} structures "
+                     "match")  # fmt: skip
+    for name, row in p.items():
+        if row.get("ran") is False:
+            text += f"; {name} did not run (see the file: {row['reason'].split(':')[0]})"
     return text
 
 
