@@ -119,12 +119,30 @@ def generation(d: dict) -> str:
     return "perov-5 generation quality with CDVAE's metrics, every model (table above)"
 
 
+def dft_confirmation(d: dict) -> str:
+    c = d["confusion"]
+    f1 = "n/a" if c["f1"] is None else f"{c['f1']:.2f}"
+    mae = d["mae_e_above_hull_eV_per_atom"]
+    t = d["dft_wall_s"]
+    state = "" if d["complete"] else " (run cut short: the partial result)"
+    return (f"CHGNet stability calls against a CP2K GTH-PBE hull in {d['space']} (≤ "
+            f"{d['max_atoms']} atoms, threshold {d['threshold_eV_per_atom']} eV/atom){state}: "
+            f"{d['n_verified']} verified, tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}, "
+            f"F1 {f1} (Matbench Discovery's CHGNet F1 is 0.612 against MP's VASP-PBE(+U), not "
+            f"this hull); mean abs ΔE_hull "
+            + ("n/a" if mae is None else f"{1000 * mae:.0f} meV/atom")
+            + f"; {t['n']} DFT relaxations, median "
+            + ("n/a" if t["median"] is None else f"{t['median'] / 60:.0f} min")
+            + " each on a shared 2-core CPU")
+
+
 #: results file -> (fallback command when the file records none, row renderers)
 ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "faults.json": ("python benchmarks/faults.py --trials 10 --rounds 1", [faults]),
+    "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
 }
 
 
