@@ -119,8 +119,8 @@ def test_seed_data_without_a_crystal_of_the_space_is_a_warning(tmp_path, shared_
         problems = preflight(config)
         assert [str(p) for p in problems] == [
             "seed_data: seed data has no known crystal in the Cl-Na space: nothing to judge "
-            "novelty against, so a known compound proposed again would count as new; add "
-            "known crystals of Cl-Na under seed_data"]
+            "novelty against, so its candidates' novelty will be 'unjudged', never 'novel'; "
+            "add known crystals of Cl-Na under seed_data"]
         assert problems[0].level == "warning"
     # the CLI shows it (here the unwritable output then stops the run)
     config = _config(tmp_path, **_seeds(header_only), output="/proc/x")

@@ -243,12 +243,12 @@ def seed_coverage(counts: dict[str, int], elements: list[str]) -> dict[str, Any]
         space = "-".join(sorted(elements))
         warning = (
             f"seed data has no known crystal in the {space} space: nothing to judge novelty "
-            f"against, so a known compound proposed again would count as new; add known "
+            f"against, so its candidates' novelty will be 'unjudged', never 'novel'; add known "
             f"crystals of {space} under seed_data"
         )
     elif empty:
         warning = (
             f"seed data has no known crystal in {', '.join(empty)} (of {len(systems)} "
-            "chemical systems): novelty there is judged against nothing"
+            "chemical systems): novelty there is 'unjudged', never 'novel'"
         )
     return {"systems": systems, "empty": empty, "warning": warning}
