@@ -104,12 +104,19 @@ def relax_throughput(d: dict) -> str:
 
 
 def faults(d: dict) -> str:
-    if d.get("partial"):
-        return f"partial result: {len(d['per_trial'])} trial(s) written so far (run not finished)"
-    return (f"crash and store-fault recovery over {d['trials']} trials: {d['faults']} faults "
-            f"({d['kills']} kills, {d['store_hiccups']} store hiccups), "
-            f"{_pct(d['recovered_fraction'])} recovered, {d['records_lost']} records lost, "
-            f"{d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
+    text = (f"crash and store-fault recovery over {d['trials']} trials: "
+            f"{d['faults_injected']} faults, {_pct(d['recovered_fraction'])} recovered, "
+            f"{d['records_lost']} records lost, {d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
+    if "concurrent_runs_started" in d:  # one run per campaign (issue #13)
+        worst = max((s for s in d["seconds_to_first_error"].values() if s), default=None)
+        text += (f"; {d['concurrent_runs_started']} runs started concurrently on one campaign, "
+                 f"{d['concurrent_runs_that_worked']} worked, the rest refused; "
+                 f"{d['duplicate_reference_relaxations']} duplicate reference relaxations, "
+                 f"{d['duplicate_generations']} duplicate generations; "
+                 f"{len(d['bad_inputs'])} bad inputs, each one line, first error after "
+                 f"≤ {worst} s (load {d['meta']['machine']['load_avg_1_5_15'][0]} on "
+                 f"{d['meta']['machine']['cpus']} cores)")
+    return text
 
 
 def mutation(d: dict) -> str:
@@ -153,7 +160,7 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
     "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
-    "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
+    "faults.json": ("python benchmarks/faults.py --trials 10 --rounds 1", [faults]),
     "mutation.json": ("python benchmarks/mutation.py", [mutation]),
     "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
 }

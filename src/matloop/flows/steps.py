@@ -356,7 +356,9 @@ class CampaignRun:
         stored = {ref.reference_id for ref in self.store.references(self.potential)}
         campaign = self.store.get_campaign(self.name)
         campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
-        campaign.seed_systems = seed_systems(
+        from matloop.data import count_by_system
+
+        campaign.seed_systems = count_by_system(
             seed.structure for rid, seed in zip(seed_ids, seeds, strict=True) if rid in stored)
         campaign.references_ready = True
         campaign.hull_scheme = self.hull_scheme
@@ -1322,15 +1324,6 @@ def _physics(part: str, settings: dict | None) -> dict | None:
     if part != "relaxer":
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_PHYSICS}
-
-
-def seed_systems(structures) -> dict[str, int]:
-    """Seed crystals per chemical system (``{"Cl-Na": 3}``), for the coverage warning."""
-    counts: dict[str, int] = {}
-    for structure in structures:
-        system = structure.composition.chemical_system
-        counts[system] = counts.get(system, 0) + 1
-    return counts
 
 
 def _unanalysable(structure: Structure) -> str | None:
