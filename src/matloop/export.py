@@ -41,23 +41,25 @@ NEAR_STABLE = 0.1  # eV/atom: what gets a CIF in cifs/
 CANDIDATE_COLUMNS = [
     "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype",
     "status", "reason", "energy_per_atom", "corrected_energy_per_atom",
-    "formation_energy_per_atom", "e_above_hull", "is_stable", "is_novel", "is_unique",
+    "formation_energy_per_atom", "e_above_hull", "is_stable", "novelty", "novelty_reference", "is_novel", "is_unique",
     "duplicate_of", "spacegroup", "evidence", "potential", "converged", "max_force", "n_steps",
     "hull_scheme", "hull_version", "reference_set_version", "dft_evidence", "dft_code",
     "dft_ok", "dft_converged", "dft_energy_per_atom", "dft_matches_ml_structure",
+    "dft_e_above_hull", "dft_verdict",
     "predicted_e_above_hull", "predicted_std",
 ]
 ROUND_COLUMNS = [
     "round", "status", "proposed", "rejected", "selected", "relaxed", "failed", "evaluated",
-    "stable", "novel", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
+    "stable", "novel", "unjudged", "stable_novelty_unknown", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
     "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
     "reference_set_version", "started_at",
     "completed_at",
 ]
 REFERENCE_COLUMNS = [
-    "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom", "energy",
+    "hull", "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom", "energy",
     "correction", "corrected_energy", "corrected_energy_per_atom", "correction_scheme",
     "e_above_hull", "formation_energy_per_atom", "source", "evidence", "potential",
+    "settings",
 ]
 
 
@@ -92,11 +94,13 @@ def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
             # relaxation's values then
             row.update({k: v for k, v in ev.model_dump(exclude={"round", "properties"}).items()
                         if v is not None})
+            row["novelty_reference"] = json.dumps(ev.novelty_reference, sort_keys=True)
         if (check := dft.get(cand.candidate_id)) is not None:
             # a DFT verification beside the ML evaluation (its energy is not in the ML hull)
             row.update(dft_evidence=check.evidence, dft_code=check.code, dft_ok=check.ok,
                        dft_converged=check.converged, dft_energy_per_atom=check.energy_per_atom,
-                       dft_matches_ml_structure=check.matches_ml_structure)
+                       dft_matches_ml_structure=check.matches_ml_structure,
+                       dft_e_above_hull=check.dft_e_above_hull, dft_verdict=check.verdict)
         rows.append(row)
     return rows
 
@@ -148,7 +152,7 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
         composition = entry.composition
         pairs.append((
             {
-                "entry_id": entry_id, "kind": kind,
+                "hull": "ml", "entry_id": entry_id, "kind": kind,
                 "formula": composition.formula.replace(" ", ""),
                 "reduced_formula": composition.reduced_formula,
                 "n_atoms": int(composition.num_atoms),
@@ -182,20 +186,68 @@ def reference_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
     return rows
 
 
+def dft_hull_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
+    """The DFT hull's rows of ``references.csv`` (``hull`` = ``dft``): the DFT references of
+    the campaign's space and its converged DFT verifications, raw DFT energies (no
+    correction), with the settings each was computed with."""
+    from pymatgen.core import Structure
+
+    from matloop.evaluators.dft_hull import dft_hull, dft_label_of
+
+    doc = store.get_campaign(campaign)
+    results = [d for d in store.dft_results(campaign) if d.ok and d.structure]
+    if doc is None or not results or not doc.config.get("dft"):
+        return []
+    label = dft_label_of(doc.config["dft"])
+    ids = [f"element:{el}" for el in doc.config["chemical_space"]["elements"]]
+    refs = store.references(label, ids=ids + doc.seed_reference_ids)
+    rows = []
+    for kind, entry_id, structure, energy, source, evidence, settings in [
+        *(("reference", r.reference_id, r.structure, r.energy_per_atom, r.source, r.evidence,
+           r.settings) for r in refs),
+        *(("candidate", d.candidate_id, d.structure, d.energy_per_atom,
+           f"campaign round {d.round}", d.evidence, d.settings) for d in results),
+    ]:
+        composition = Structure.from_dict(structure).composition
+        n = int(composition.num_atoms)
+        rows.append({
+            "hull": "dft", "entry_id": entry_id, "kind": kind,
+            "formula": composition.formula.replace(" ", ""),
+            "reduced_formula": composition.reduced_formula, "n_atoms": n,
+            "energy_per_atom": energy, "energy": energy * n, "correction": 0.0,
+            "corrected_energy": energy * n, "corrected_energy_per_atom": energy,
+            "correction_scheme": "none", "source": source, "evidence": evidence,
+            "potential": label, "settings": json.dumps(settings, sort_keys=True),
+        })
+    hull = dft_hull([(r["entry_id"], r["formula"], r["energy_per_atom"]) for r in rows
+                     if r["kind"] == "reference"],
+                    [(r["entry_id"], r["formula"], r["energy_per_atom"]) for r in rows
+                     if r["kind"] == "candidate"])
+    for row in rows:
+        row["e_above_hull"] = hull.e_above_hull.get(row["entry_id"])
+        row["formation_energy_per_atom"] = hull.formation_energy.get(row["entry_id"])
+    return rows
+
+
 def reference_version_of(rows: Sequence[dict[str, Any]], scheme: str | None) -> str:
-    """The reference-set version of a hull given as ``references.csv`` rows."""
+    """The reference-set version of the ML hull given as ``references.csv`` rows."""
     from matloop.evaluators.evidence import reference_set_version
 
     return reference_set_version(
-        [(r["entry_id"], r["formula"], float(r["energy_per_atom"])) for r in rows], scheme
+        [(r["entry_id"], r["formula"], float(r["energy_per_atom"])) for r in rows
+         if r.get("hull", "ml") in ("ml", "")], scheme
     )
 
 
-def recompute_hull(references_csv: str | Path) -> tuple[PhaseDiagram, dict[str, float]]:
+def recompute_hull(
+    references_csv: str | Path, hull: str = "ml"
+) -> tuple[PhaseDiagram, dict[str, float]]:
     """Rebuild a campaign's hull from an exported ``references.csv`` with plain pymatgen.
 
-    Returns the ``PhaseDiagram`` and ``entry_id -> e_above_hull`` for every row. Nothing of
-    matloop is needed; this is the whole recipe::
+    Returns the ``PhaseDiagram`` and ``entry_id -> e_above_hull`` for every row of one hull:
+    ``hull="ml"`` (the ML potential's) or ``"dft"`` (the DFT verifications' hull, DFT
+    references of the same settings). Nothing of matloop is needed; this is the whole
+    recipe (with the rows of one ``hull`` value)::
 
         entries = [PDEntry(Composition(row["formula"]), float(row["corrected_energy"]),
                            name=row["entry_id"]) for row in csv.DictReader(open(path))]
@@ -206,7 +258,7 @@ def recompute_hull(references_csv: str | Path) -> tuple[PhaseDiagram, dict[str, 
     from pymatgen.core import Composition
 
     with Path(references_csv).open() as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [r for r in csv.DictReader(handle) if (r.get("hull") or "ml") == hull]
     entries = [
         PDEntry(Composition(r["formula"]), float(r["corrected_energy"]), name=r["entry_id"])
         for r in rows
@@ -240,7 +292,8 @@ def export_campaign(
     _write_csv(out / "candidates.csv", CANDIDATE_COLUMNS, candidates)
     _write_csv(out / "rounds.csv", ROUND_COLUMNS, rounds)
     references = reference_rows(store, campaign)
-    _write_csv(out / "references.csv", REFERENCE_COLUMNS, references)
+    _write_csv(out / "references.csv", REFERENCE_COLUMNS,
+               references + dft_hull_rows(store, campaign))
     summary = campaign_summary(store, campaign, references=references)
     if summary["hull_stale"]:
         log.warning(

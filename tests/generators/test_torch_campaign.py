@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from pymatgen.core import Lattice, Structure
 
-torch = pytest.importorskip("torch")
-
-from pymatgen.core import Lattice, Structure  # noqa: E402
-
-from matloop.config import parse_config  # noqa: E402
-from matloop.flows.steps import CampaignRun  # noqa: E402
-from matloop.generators.base import ChemicalSpace, Feedback  # noqa: E402
-from matloop.generators.training import generator_class, load_checkpoint  # noqa: E402
-from matloop.store import CandidateStatus  # noqa: E402
+from matloop.config import parse_config
+from matloop.flows.steps import CampaignRun
+from matloop.generators.base import ChemicalSpace, Feedback
+from matloop.generators.training import generator_class, load_checkpoint
+from matloop.store import CandidateStatus
 
 ALLOWED = ["Sr", "Ba", "Ti", "Zr", "O"]
 

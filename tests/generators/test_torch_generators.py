@@ -6,14 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from pymatgen.core import Lattice, Structure
 
-torch = pytest.importorskip("torch")
-
-from pymatgen.core import Lattice, Structure  # noqa: E402
-
-from matloop.generators.base import Feedback  # noqa: E402
-from matloop.generators.torch_common import read_checkpoint  # noqa: E402
-from matloop.generators.training import (  # noqa: E402
+from matloop.generators.base import Feedback
+from matloop.generators.torch_common import read_checkpoint
+from matloop.generators.training import (
     CONDITIONAL,
     TORCH_GENERATORS,
     generator_class,

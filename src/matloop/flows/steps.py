@@ -214,7 +214,7 @@ class CampaignRun:
                     generator = self._load_stored_model(stored[-1], space, gen_config.settings)
                 elif gen_config.checkpoint:
                     generator = load_generator(gen_config.name, gen_config.checkpoint, space,
-                                               gen_config.settings)
+                                               gen_config.settings, trust=gen_config.trust)
                 else:
                     generator = build_generator(
                         gen_config.name,
@@ -239,7 +239,8 @@ class CampaignRun:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{doc.name}-v{doc.version}.pt"
             path.write_bytes(data)
-            generator = load_generator(doc.name, str(path), space, settings)
+            # the store checked these bytes against the sha256 it recorded
+            generator = load_generator(doc.name, str(path), space, settings, trust=True)
         generator.version = doc.version
         return generator
 
@@ -299,7 +300,8 @@ class CampaignRun:
                 for el in missing
             ])
         elif missing:
-            self.progress.message(f"relaxing elemental references for {', '.join(missing)}")
+            self.progress.message(f"loading {self.config.relaxer.potential}, then relaxing "
+                                  f"elemental references for {', '.join(missing)}")
             outcomes = relax_elemental_references(missing, self.maker, self.store.job_store())
             self.store.save_references(
                 [
@@ -353,6 +355,8 @@ class CampaignRun:
         stored = {ref.reference_id for ref in self.store.references(self.potential)}
         campaign = self.store.get_campaign(self.name)
         campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
+        campaign.seed_systems = seed_systems(
+            seed.structure for rid, seed in zip(seed_ids, seeds, strict=True) if rid in stored)
         campaign.references_ready = True
         campaign.hull_scheme = self.hull_scheme
         self.store.save_campaign(campaign)
@@ -794,6 +798,8 @@ class CampaignRun:
                     self._save_outcome(out, round_)
             if todo:
                 job_store = self.store.job_store()
+                # renewed while relaxing: a relaxation longer than the lease is not taken over
+                renewal = self.store.keep_claims(self.name, [cid for cid, _ in todo])
                 if self.replaying:
                     outcomes = self._replay(todo)
                 elif relaxer.batched:
@@ -805,6 +811,7 @@ class CampaignRun:
                                                 max_atoms=self.config.chemical_space.max_atoms)
                 else:
                     outcomes = executor.run(todo, self.maker, job_store)
+                renewal.stop()
                 for out in outcomes:
                     self._save_outcome(out, round_)
                     done_count += 1
@@ -835,6 +842,7 @@ class CampaignRun:
                 reason=out.reason,
                 round=round_,
                 properties=out.properties,
+                worker=out.worker,
             )
         ])
         status = CandidateStatus.relaxed if out.ok else CandidateStatus.failed
@@ -846,7 +854,7 @@ class CampaignRun:
         if done := self._already(round_, "evaluate"):
             return done
         from matloop.evaluators.evidence import evidence_for_potential, reference_set_version
-        from matloop.evaluators.novelty import NoveltyIndex
+        from matloop.evaluators.novelty import NoveltyIndex, ReferenceCoverage, judge_novelty
         from matloop.evaluators.stability import EntryRejectedError, compute_hull, make_entry
 
         threshold = self.config.objective.stability_threshold
@@ -896,6 +904,9 @@ class CampaignRun:
         known = NoveltyIndex()
         for ref in references:
             known.add(ref.reference_id, _structure(ref.structure))
+        coverage = ReferenceCoverage.from_crystals(
+            (ref.source, ref.chemsys) for ref in references if ref.source != "elemental"
+        )
         previous = {e.candidate_id: e for e in self.store.evaluations(self.name)}
         seen = NoveltyIndex()
         docs, fresh = [], []
@@ -918,6 +929,7 @@ class CampaignRun:
             else:
                 duplicate = known.match(structure)
                 earlier = seen.match(structure)
+                novelty, novelty_reference = judge_novelty(duplicate, cand.chemsys, coverage)
                 doc = EvaluationDoc(
                     campaign=self.name,
                     candidate_id=cid,
@@ -929,9 +941,11 @@ class CampaignRun:
                     e_above_hull=e_hull,
                     e_above_hull_at_round=e_hull,
                     is_stable=e_hull <= threshold,
-                    is_novel=duplicate is None,
+                    is_novel=novelty == "novel",
                     is_unique=earlier is None,
                     duplicate_of=duplicate or earlier,
+                    novelty=novelty.value,
+                    novelty_reference=novelty_reference,
                     spacegroup=_spacegroup(structure),
                     hull_scheme=self.hull_scheme,
                     hull_version=round_,
@@ -964,8 +978,13 @@ class CampaignRun:
             "stable": sum(d.is_stable for d in fresh),
             "on_hull": sum(d.e_above_hull <= 1e-6 for d in fresh),
             "novel": sum(d.is_novel for d in fresh),
+            "unjudged": sum(d.novelty == "unjudged" for d in fresh),
             "unique": sum(d.is_unique for d in fresh),
             "hits": len(hits),
+            # stable, unique, not a known crystal, but nothing of its system to compare with
+            "stable_novelty_unknown": sum(
+                d.is_stable and d.is_unique and d.novelty == "unjudged" for d in fresh
+            ),
             "hit_rate": len(hits) / attempted if attempted else 0.0,
             "best_e_above_hull": min((d.e_above_hull for d in fresh), default=None),
             "hull_scheme": self.hull_scheme,
@@ -974,6 +993,9 @@ class CampaignRun:
         self.progress.message(
             f"round {round_}: evaluated {len(fresh)} — {counts['stable']} within "
             f"{threshold} eV/atom of the hull, {counts['novel']} novel, {len(hits)} hit(s)"
+            + (f", {counts['stable_novelty_unknown']} stable with novelty unknown (no "
+               "reference crystal of their chemical system)"
+               if counts["stable_novelty_unknown"] else "")
         )
         counts.update(self.verify(round_))
         return self._finish_step(round_, "evaluate", counts)
@@ -1002,13 +1024,12 @@ class CampaignRun:
         dft = self.config.dft
         if dft is None or dft.top_k == 0:
             return {}
-        from matloop.relax.dft import verify_with_dft
-        from matloop.store import DftDoc
-
         done = {d.candidate_id for d in self.store.dft_results(self.name)}
         pool = sorted(
             (e for e in self.store.evaluations(self.name)
-             if e.is_stable and e.is_novel and e.is_unique and e.candidate_id not in done),
+             # novel or unjudged (not a known crystal): DFT is worth it for both
+             if e.is_stable and e.is_unique and (e.is_novel or e.novelty == "unjudged")
+             and e.candidate_id not in done),
             key=lambda e: (e.e_above_hull, e.candidate_id),
         )
         relaxations = {
@@ -1020,6 +1041,22 @@ class CampaignRun:
             if e.candidate_id in relaxations
             and len(relaxations[e.candidate_id].structure["sites"]) <= dft.max_atoms
         ][: dft.top_k]
+        ok, failed = self.verify_candidates(round_, chosen)
+        if chosen:
+            self.progress.message(f"round {round_}: DFT verified {ok}, failed {failed}")
+        return {"dft_verified": ok, "dft_failed": failed, **self.dft_hull(round_)}
+
+    def verify_candidates(self, round_: int, chosen: list[EvaluationDoc]) -> tuple[int, int]:
+        """Run the DFT maker on each chosen evaluation's ML-relaxed structure and store a
+        ``DftDoc`` per candidate; returns (ok, failed). :meth:`dft_hull` then judges them."""
+        from matloop.relax.dft import verify_with_dft
+        from matloop.store import DftDoc
+
+        dft = self.config.dft
+        relaxations = {
+            r.candidate_id: r
+            for r in self.store.relaxations(self.name, ids=[e.candidate_id for e in chosen])
+        }
         ok = failed = 0
         for evaluation in chosen:
             relax = relaxations[evaluation.candidate_id]
@@ -1048,9 +1085,81 @@ class CampaignRun:
                 matches_ml_structure=matches, job_uuid=out.job_uuid, wall_s=out.wall_s,
             )])
             ok, failed = ok + out.ok, failed + (not out.ok)
-        if chosen:
-            self.progress.message(f"round {round_}: DFT verified {ok}, failed {failed}")
-        return {"dft_verified": ok, "dft_failed": failed}
+        return ok, failed
+
+    @property
+    def dft_label(self) -> str:
+        """The ``potential`` of this campaign's DFT references (code, kind, settings hash)."""
+        from matloop.evaluators.dft_hull import dft_label_of
+
+        return dft_label_of(self.config.dft.model_dump(mode="json"))
+
+    def dft_hull(self, round_: int) -> dict[str, Any]:
+        """Relax with the DFT maker the references the verified candidates need (elements
+        and up to ``dft.max_references`` known compounds of each system), build the DFT hull
+        and store each verification's ``dft_e_above_hull`` and verdict. Returns metrics."""
+        from matloop.evaluators.dft_hull import (
+            ReferenceChoice, choose_references, dft_hull, verdict,
+        )
+        from matloop.relax.dft import verify_with_dft
+
+        dft, label = self.config.dft, self.dft_label
+        results = self.store.dft_results(self.name)
+        placed = [d for d in results if d.ok and d.structure]
+        if not results:
+            return {}
+        campaign = self.store.get_campaign(self.name)
+        ml_hull = campaign.reference_e_above_hull if campaign is not None else {}
+        references = {r.reference_id: r for r in self.references()
+                      if len(r.structure["sites"]) <= dft.max_atoms}
+        known = [ReferenceChoice(r.reference_id, r.chemsys,
+                                 ml_hull.get(r.reference_id, float("inf")),
+                                 len(r.structure["sites"]), r.source == "elemental")
+                 for r in references.values()]  # fmt: skip
+        wanted: dict[str, list[str]] = {}
+        for d in placed:
+            chemsys = _structure(d.structure).composition.chemical_system
+            wanted.setdefault(chemsys, choose_references(chemsys, known, dft.max_references))
+        need = list(dict.fromkeys(i for ids in wanted.values() for i in ids))
+        have = {r.reference_id for r in self.store.references(label, ids=need)}
+        todo = [(i, _structure(references[i].structure)) for i in need if i not in have]
+        failed = 0
+        if todo:
+            self.progress.message(f"round {round_}: DFT of {len(todo)} hull reference(s)")
+        for rid, structure in todo:
+            (out,) = verify_with_dft([(rid, structure)], self.dft_maker, self.store.job_store())
+            if not out.ok:
+                failed += 1
+                self.progress.message(f"DFT reference {rid} failed: {out.reason}")
+                continue
+            ref = references[rid]
+            self.store.save_references([ReferenceDoc(
+                reference_id=rid, potential=label, formula=ref.formula, chemsys=ref.chemsys,
+                energy_per_atom=float(out.energy_per_atom),
+                structure=_structure_dict(out.structure), source=ref.source,
+                source_id=ref.source_id, evidence=out.evidence,
+                settings={**out.settings, "wall_s": out.wall_s, "job_uuid": out.job_uuid},
+            )])
+        dft_refs = self.store.references(label, ids=list(references))
+        cell = lambda d: _structure(d.structure).composition.formula.replace(" ", "")  # noqa: E731
+        hull = dft_hull([(r.reference_id, cell(r), r.energy_per_atom) for r in dft_refs],
+                        [(d.candidate_id, cell(d), d.energy_per_atom) for d in placed],
+                        scheme=label)
+        threshold = self.config.objective.stability_threshold
+        for d in results:
+            d.dft_e_above_hull = hull.e_above_hull.get(d.candidate_id)
+            d.verdict = verdict(d.kind, ok=d.ok, e_above_hull=d.dft_e_above_hull,
+                                threshold=threshold)
+            d.dft_hull_version = hull.version
+            if d.structure:
+                elements = set(_structure(d.structure).symbol_set)
+                d.dft_reference_ids = [r.reference_id for r in dft_refs
+                                       if set(r.chemsys.split("-")) <= elements]
+        self.store.save_dft(results)
+        verdicts = [d.verdict for d in results]
+        return {"dft_confirmed": verdicts.count("confirmed"),
+                "dft_refuted": verdicts.count("refuted"),
+                "dft_references": len(dft_refs), "dft_references_failed": failed}
 
     # -- 5. learn ------------------------------------------------------------------------
     def learn(self, round_: int) -> StepResult:
@@ -1178,22 +1287,36 @@ def _physics(part: str, settings: dict | None) -> dict | None:
 
     A section is first read back through its config model, so a campaign stored before a
     field existed compares with that field's default (e.g. ``relaxer.replay: null``)
-    instead of refusing to resume.
+    instead of refusing to resume. Validation is pure (it reads no file), so a stored
+    section validates again; one that does not is a stored campaign this version cannot
+    read, and says so.
     """
     if not isinstance(settings, dict):
         return settings
-    from contextlib import suppress
-
     from pydantic import ValidationError
 
     from matloop.config import ChemicalSpaceConfig, RelaxerConfig
 
     model = {"relaxer": RelaxerConfig, "chemical_space": ChemicalSpaceConfig}[part]
-    with suppress(ValidationError):  # one this version refuses is compared as stored
+    try:
         settings = model.model_validate(settings).model_dump(mode="json")
+    except ValidationError as err:
+        raise CampaignMismatchError(
+            f"the stored campaign's {part} no longer validates "
+            f"({err.errors()[0]['msg']}); use a new campaign name"
+        ) from None
     if part != "relaxer":
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_PHYSICS}
+
+
+def seed_systems(structures) -> dict[str, int]:
+    """Seed crystals per chemical system (``{"Cl-Na": 3}``), for the coverage warning."""
+    counts: dict[str, int] = {}
+    for structure in structures:
+        system = structure.composition.chemical_system
+        counts[system] = counts.get(system, 0) + 1
+    return counts
 
 
 def _unanalysable(structure: Structure) -> str | None:

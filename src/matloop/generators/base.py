@@ -82,8 +82,8 @@ class Generator(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no learned state to save")
 
     @classmethod
-    def load(cls, path: str | Path) -> Generator:
-        """Read a checkpoint written by ``save``."""
+    def load(cls, path: str | Path, trust: bool = False) -> Generator:
+        """Read a checkpoint written by ``save`` (``trust``: without a matching sha256)."""
         raise NotImplementedError(f"{cls.__name__} cannot be loaded from a checkpoint")
 
     def describe(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ returns the file's sha256 and writes it beside the file (``<path>.sha256``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -29,6 +28,11 @@ import torch
 from torch import nn
 
 from matloop.generators.base import Feedback, Generator
+from matloop.generators.checkpoints import (  # noqa: F401  re-exported
+    CheckpointError,
+    check_checkpoint_hash,
+    file_sha256,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -376,14 +380,6 @@ def kl_annealing(epoch: int, epochs: int, beta: float, warmup_fraction: float = 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def structures_to_tensors(
     structures: Sequence[Structure], props: np.ndarray | None = None
 ) -> dict[str, torch.Tensor]:
@@ -450,22 +446,41 @@ def save_checkpoint(
     return sha
 
 
+def load_checkpoint_payload(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a matloop checkpoint; anything else
+    (a pickle with code in it, a text file, another program's model) is one
+    :class:`CheckpointError` line, never PyTorch's advice to drop ``weights_only``."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+        kind = type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a matloop checkpoint (torch cannot read it as plain tensors: "
+            f"{kind}); nothing in it was run. Use a file written by `matloop train`"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path}: not a matloop checkpoint (format {found!r}, expected "
+            f"{CHECKPOINT_FORMAT}); use a file written by `matloop train`"
+        )
+    return payload
+
+
 def read_checkpoint(
-    path: str | Path, with_tensors: bool = False
+    path: str | Path, with_tensors: bool = False, trust: bool = False
 ) -> tuple[str, dict[str, Any], dict[str, dict[str, torch.Tensor]], str]:
     """``(kind, config, states, sha256)`` of a checkpoint, read with ``weights_only=True``;
     ``with_tensors=True`` appends the dict of extra tensors (the replay sample).
 
-    Raises ``ValueError`` when a ``<path>.sha256`` sidecar exists and disagrees with the file.
+    Raises :class:`CheckpointError` (a ``ValueError``) when the ``<path>.sha256`` sidecar is
+    missing or disagrees with the file (unless ``trust``), or the file is not a matloop
+    checkpoint.
     """
     path = Path(path)
-    sha = file_sha256(path)
-    sidecar = Path(f"{path}.sha256")
-    if sidecar.exists() and sidecar.read_text().split()[0] != sha:
-        raise ValueError(f"checkpoint {path} does not match its recorded sha256")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+    sha = check_checkpoint_hash(path, trust=trust)
+    payload = load_checkpoint_payload(path)
     out = (payload["kind"], json.loads(payload["config"]), payload["state"], sha)
     if with_tensors:
         return (*out, dict(payload.get("tensors") or {}))  # type: ignore[return-value]
@@ -525,8 +540,11 @@ class TorchGenerator(Generator):
         return self.checkpoint_sha256
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> TorchGenerator:
-        kind, config, states, sha, tensors = read_checkpoint(path, with_tensors=True)
+    def load(
+        cls, path: str | Path, device: str | None = None, trust: bool = False
+    ) -> TorchGenerator:
+        kind, config, states, sha, tensors = read_checkpoint(path, with_tensors=True,
+                                                             trust=trust)
         if kind != cls.name:
             raise ValueError(f"{path} holds a {kind!r} checkpoint, not {cls.name!r}")
         version = int(config.pop("version", 0))

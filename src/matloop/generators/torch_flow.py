@@ -84,6 +84,7 @@ class FlowSettings(BaseModel):
         None, gt=0, description="Covalent-radius factor; None: measured on the training data"
     )
     screen_proposals: bool = Field(False, description="Accepted for campaign settings")
+    prior: str | None = Field(None, description="Unused (a sampling setting of the VAEs)")
 
 
 class CrystalFlowGenerator(TorchGenerator):
