@@ -38,7 +38,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f} %"
 
 
-def discovery_replay(d: dict) -> str:
+def discovery_replay(d: dict) -> str | None:
+    if "replay" not in d:  # the part was not run
+        return None
     r = d["replay"]
     agents = r["agents"]
     enrich = ", ".join(f"{a} {_pm(s['enrichment_at_budget'])}" for a, s in agents.items())
@@ -52,7 +54,9 @@ def discovery_replay(d: dict) -> str:
             f"calibration over the unlabelled pool, within 1σ / 2σ: {calib}")  # fmt: skip
 
 
-def discovery_chgnet(d: dict) -> str:
+def discovery_chgnet(d: dict) -> str | None:
+    if "chgnet" not in d:  # the part was not run
+        return None
     c = d["chgnet"]
     sc = c["scale"]
     strategies = c["strategies"]
@@ -71,33 +75,94 @@ def discovery_chgnet(d: dict) -> str:
 
 def relax_throughput(d: dict) -> str:
     p, r = d["paths"], d["ratios"]
-    agree = d["agreement"].get("batched_vs_atomate2") or {}
-    text = (f"{d['n_crystals']} MP crystals (≤ {d['max_atoms']} atoms) relaxed four ways: "
-            f"batched {p['batched']['crystals_per_s']:.2f} crystals/s = "
-            f"{r['batched_vs_bare']:.2f}x bare CHGNet and {r['batched_vs_atomate2']:.2f}x "
-            f"atomate2 job-per-crystal; matloop per-structure {r['matloop_vs_bare']:.2f}x bare")  # fmt: skip
-    if agree:
-        text += (f"; batched vs atomate2: max {agree['max_abs_dE_meV_atom']:.2f} meV/atom, "
-                 f"{agree['structure_matches']}/{agree['compared']} structures match")  # fmt: skip
+    ran = [name for name, row in p.items() if "crystals_per_s" in row]
+    loads = [x for name in ran for x in p[name].get("load_avg_1min_before_after", [])]
+    text = (f"{d['n_crystals']} MP crystals (≤ {d['max_atoms']} atoms), {len(ran)} paths in "
+            "one run")
+    if loads:
+        cpus = d.get("meta", {}).get("machine", {}).get("cpus", "?")
+        text += f" (1-min load {min(loads):.0f}-{max(loads):.0f} on {cpus} cores)"
+    text += ": " + ", ".join(
+        f"{n} {p[n]['crystals_per_s']:.3f} crystals/s ({p[n]['wall_s']:.0f} s)" for n in ran
+    )
+    for fast, other in (("batched", "bare"), ("batched", "atomate2"), ("matloop", "bare")):
+        key = f"{fast}_vs_{other}"
+        if key in r:
+            text += f"; {fast} = {r[key]:.2f}x {other}"
+            if f"{key}_by_cpu_s" in r:
+                text += f" ({r[f'{key}_by_cpu_s']:.2f}x by CPU seconds)"
+    for key in ("batched_vs_atomate2", "bare_vs_batched"):
+        agree = d["agreement"].get(key)
+        if agree:
+            text += (f"; {key.replace('_vs_', ' vs ')}: max {agree['max_abs_dE_meV_atom']:.2f} "
+                     f"meV/atom, {agree['structure_matches']}/{agree['compared']} structures "
+                     "match")  # fmt: skip
+    for name, row in p.items():
+        if row.get("ran") is False:
+            text += f"; {name} did not run (see the file: {row['reason'].split(':')[0]})"
     return text
 
 
 def faults(d: dict) -> str:
-    return (f"crash and store-fault recovery over {d['trials']} trials: "
+    text = (f"crash and store-fault recovery over {d['trials']} trials: "
             f"{d['faults_injected']} faults, {_pct(d['recovered_fraction'])} recovered, "
             f"{d['records_lost']} records lost, {d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
+    if "concurrent_runs_started" in d:  # one run per campaign (issue #13)
+        worst = max((s for s in d["seconds_to_first_error"].values() if s), default=None)
+        text += (f"; {d['concurrent_runs_started']} runs started concurrently on one campaign, "
+                 f"{d['concurrent_runs_that_worked']} worked, the rest refused; "
+                 f"{d['duplicate_reference_relaxations']} duplicate reference relaxations, "
+                 f"{d['duplicate_generations']} duplicate generations; "
+                 f"{len(d['bad_inputs'])} bad inputs, each one line, first error after "
+                 f"≤ {worst} s (load {d['meta']['machine']['load_avg_1_5_15'][0]} on "
+                 f"{d['meta']['machine']['cpus']} cores)")
+    return text
+
+
+def mutation(d: dict) -> str:
+    parts = []
+    for name, m in d["modules"].items():
+        c = m["counts"]
+        text = (f"{name} ({m['file']}): {m['mutants']} mutants, "
+                f"{c['killed'] + c['timeout']} killed, {c['survived']} survived")
+        if c["not checked"]:
+            text += f", {c['not checked']} not checked (time limit)"
+        parts.append(text)
+    return "mutation testing (mutmut) of the learning code, claims, hull and novelty: " + (
+        "; ".join(parts))
 
 
 def generation(d: dict) -> str:
     return "perov-5 generation quality with CDVAE's metrics, every model (table above)"
 
 
+def dft_confirmation(d: dict) -> str:
+    c = d["confusion"]
+    f1 = "n/a" if c["f1"] is None else f"{c['f1']:.2f}"
+    mae = d["mae_e_above_hull_eV_per_atom"]
+    t = d["dft_wall_s"]
+    state = "" if d["complete"] else " (run cut short: the partial result)"
+    return (f"CHGNet stability calls against a CP2K GTH-PBE hull in {d['space']} (≤ "
+            f"{d['max_atoms']} atoms, threshold {d['threshold_eV_per_atom']} eV/atom){state}: "
+            f"{d['n_verified']} verified, tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}, "
+            f"F1 {f1} (Matbench Discovery's CHGNet F1 is 0.612 against MP's VASP-PBE(+U), not "
+            f"this hull); mean abs ΔE_hull "
+            + ("n/a" if mae is None else f"{1000 * mae:.0f} meV/atom")
+            + f"; {t['n']} DFT relaxations, median "
+            + ("n/a" if t["median"] is None else f"{t['median'] / 60:.0f} min")
+            + " each on a shared 2-core CPU")
+
+
 #: results file -> (fallback command when the file records none, row renderers)
-ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
+ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
+    # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
+    "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
-    "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
+    "faults.json": ("python benchmarks/faults.py --trials 10 --rounds 1", [faults]),
+    "mutation.json": ("python benchmarks/mutation.py", [mutation]),
+    "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
 }
 
 
@@ -111,7 +176,8 @@ def render_table(results: Path = RESULTS) -> str:
         command = data.get("meta", {}).get("command")
         shown = f"`{command}`" if command else f"`{fallback}` (command not recorded in the file)"
         for render in renderers:
-            lines.append(f"| {shown} | {render(data)} | `benchmarks/results/{name}` |")
+            if (text := render(data)) is not None:
+                lines.append(f"| {shown} | {text} | `benchmarks/results/{name}` |")
     lines += ["", END]
     return "\n".join(lines)
 

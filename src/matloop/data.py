@@ -29,6 +29,7 @@ class SeedCrystal:
     structure: Structure
     source: str
     properties: dict[str, float] = field(default_factory=dict)
+    retrieved_at: str | None = None  # when fetched from a database (OPTIMADE)
 
 
 @dataclass
@@ -166,7 +167,10 @@ def fetch_materials_project(elements: list[str], api_key: str | None = None) -> 
         for size in range(1, len(elements) + 1)
         for combo in combinations(elements, size)
     ]
+    from matloop.store.documents import utcnow
+
     crystals: list[SeedCrystal] = []
+    retrieved_at = utcnow()
     # MP_API_ENDPOINT (a mirror, a test server) is read here, not only when mp_api is imported
     endpoint = os.environ.get("MP_API_ENDPOINT") or None
     try:
@@ -182,7 +186,8 @@ def fetch_materials_project(elements: list[str], api_key: str | None = None) -> 
         if getattr(doc, "energy_above_hull", None) is not None:
             props["mp_energy_above_hull"] = float(doc.energy_above_hull)
         crystals.append(
-            SeedCrystal(str(doc.material_id), doc.structure, "materials-project", props)
+            SeedCrystal(str(doc.material_id), doc.structure, "materials-project", props,
+                        retrieved_at=retrieved_at)
         )
     return ReadReport(crystals, [])
 
@@ -198,6 +203,15 @@ def chemical_systems(elements: list[str], min_size: int = 2) -> list[str]:
         for size in range(min_size, len(elements) + 1)
         for combo in combinations(sorted(elements), size)
     ]
+
+
+def count_by_system(structures) -> dict[str, int]:
+    """Crystals per chemical system (``{"Cl-Na": 3}``), as :func:`seed_coverage` takes them."""
+    counts: dict[str, int] = {}
+    for structure in structures:
+        system = structure.composition.chemical_system
+        counts[system] = counts.get(system, 0) + 1
+    return counts
 
 
 #: Spaces of more elements are judged as a whole: they have too many subsystems to list.
@@ -229,12 +243,12 @@ def seed_coverage(counts: dict[str, int], elements: list[str]) -> dict[str, Any]
         space = "-".join(sorted(elements))
         warning = (
             f"seed data has no known crystal in the {space} space: nothing to judge novelty "
-            f"against, so a known compound proposed again would count as new; add known "
+            f"against, so its candidates' novelty will be 'unjudged', never 'novel'; add known "
             f"crystals of {space} under seed_data"
         )
     elif empty:
         warning = (
             f"seed data has no known crystal in {', '.join(empty)} (of {len(systems)} "
-            "chemical systems): novelty there is judged against nothing"
+            "chemical systems): novelty there is 'unjudged', never 'novel'"
         )
     return {"systems": systems, "empty": empty, "warning": warning}

@@ -346,6 +346,7 @@ class CampaignRun:
                             structure=_structure_dict(out.structure),
                             source=seed.source,
                             source_id=seed.source_id,
+                            retrieved_at=seed.retrieved_at,
                             properties=seed.properties,
                         )
                     ]
@@ -355,7 +356,9 @@ class CampaignRun:
         stored = {ref.reference_id for ref in self.store.references(self.potential)}
         campaign = self.store.get_campaign(self.name)
         campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
-        campaign.seed_systems = seed_systems(
+        from matloop.data import count_by_system
+
+        campaign.seed_systems = count_by_system(
             seed.structure for rid, seed in zip(seed_ids, seeds, strict=True) if rid in stored)
         campaign.references_ready = True
         campaign.hull_scheme = self.hull_scheme
@@ -388,6 +391,15 @@ class CampaignRun:
             crystals += [
                 c for c in report.crystals if in_chemical_space(c.structure, space.elements, 40)
             ]
+        for source in self.config.seed_data.optimade:
+            from matloop.optimade_source import fetch_optimade
+
+            report = fetch_optimade(source.base_url, source.filter, list(space.elements),
+                                    cache_dir=source.cache, refresh=source.refresh,
+                                    max_results=source.max_results)  # fmt: skip
+            problems += report.problems
+            crystals += [c for c in report.crystals
+                         if in_chemical_space(c.structure, space.elements, source.max_atoms)]
         return crystals, problems
 
     # -- rounds ------------------------------------------------------------------------
@@ -1099,7 +1111,10 @@ class CampaignRun:
         and up to ``dft.max_references`` known compounds of each system), build the DFT hull
         and store each verification's ``dft_e_above_hull`` and verdict. Returns metrics."""
         from matloop.evaluators.dft_hull import (
-            ReferenceChoice, choose_references, dft_hull, verdict,
+            ReferenceChoice,
+            choose_references,
+            dft_hull,
+            verdict,
         )
         from matloop.relax.dft import verify_with_dft
 
@@ -1110,8 +1125,8 @@ class CampaignRun:
             return {}
         campaign = self.store.get_campaign(self.name)
         ml_hull = campaign.reference_e_above_hull if campaign is not None else {}
-        references = {r.reference_id: r for r in self.references()
-                      if len(r.structure["sites"]) <= dft.max_atoms}
+        references = {r.reference_id: r for r in self.references()  # elements: always
+                      if r.source == "elemental" or len(r.structure["sites"]) <= dft.max_atoms}
         known = [ReferenceChoice(r.reference_id, r.chemsys,
                                  ml_hull.get(r.reference_id, float("inf")),
                                  len(r.structure["sites"]), r.source == "elemental")
@@ -1241,7 +1256,8 @@ class CampaignRun:
                 reward=reward(
                     e.e_above_hull,
                     stability_threshold=objective.stability_threshold,
-                    novel=e.is_novel,
+                    # unjudged is not known: the generator is not penalised for exploring
+                    novel=e.is_novel or e.novelty == "unjudged",
                     unique=e.is_unique,
                     property_value=value,
                     window=(window.min, window.max) if window else None,
@@ -1308,15 +1324,6 @@ def _physics(part: str, settings: dict | None) -> dict | None:
     if part != "relaxer":
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_PHYSICS}
-
-
-def seed_systems(structures) -> dict[str, int]:
-    """Seed crystals per chemical system (``{"Cl-Na": 3}``), for the coverage warning."""
-    counts: dict[str, int] = {}
-    for structure in structures:
-        system = structure.composition.chemical_system
-        counts[system] = counts.get(system, 0) + 1
-    return counts
 
 
 def _unanalysable(structure: Structure) -> str | None:
