@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--shared-data", default=None, help="shared data folder (default: ../shared)")
     p.add_argument(
         "--models",
-        nargs="+",
+        nargs="*",
         default=[
             "crystal_vae",
             "crystal_cvae",

@@ -164,6 +164,27 @@ def store_scale(d: dict) -> str:
             f"export, per store kind and campaign size{load}: {rows}")  # fmt: skip
 
 
+def generation_heldout(d: dict) -> str:
+    """A held-out run of ``generation.py --dataset`` (``generation_split.py``)."""
+    parts = []
+    for name, r in d["rows"].items():
+        text = (f"{name}: {r['n_returned']}/{r['n_asked']} returned, struct. valid "
+                f"{r['struct_valid']:.2f}, every pair >= 0.8 x covalent radii {r['sound_share']:.2f}, "
+                f"CIF readable {r['cif_readable']:.2f}, COV-R {r.get('cov_recall', 0):.2f} / "
+                f"COV-P {r.get('cov_precision', 0):.2f}, unique {r.get('uniqueness', 0):.2f}")
+        if "novelty" in r:
+            text += f", novel {r['novelty']:.2f}"
+        if "cc_1p2_share" in r:
+            text += f", every C-C >= 1.2 Å {r['cc_1p2_share']:.2f}"
+        if r.get("train_seconds") is not None:
+            text += f", train {r['train_seconds']:.0f} s, sample {r['sample_seconds']:.0f} s"
+        parts.append(text)
+    load = d["meta"]["machine"]["load_avg_1_5_15"]
+    return (f"{d['dataset']} held-out generation, {d['n_samples']} samples vs "
+            f"{d['split']['test_scored']} test crystals (load {load[0]:.0f}-{load[2]:.0f} on "
+            f"{d['meta']['machine']['cpus']} cores; {d['note']}): " + "; ".join(parts))
+
+
 def dft_confirmation(d: dict) -> str:
     c = d["confusion"]
     f1 = "n/a" if c["f1"] is None else f"{c['f1']:.2f}"
@@ -188,6 +209,12 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
     "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
+    "generation_perov_5.json": ("python benchmarks/generation.py --dataset perov_5",
+                                [generation_heldout]),
+    "generation_carbon_24.json": ("python benchmarks/generation.py --dataset carbon_24",
+                                  [generation_heldout]),
+    "generation_realistic.json": ("python benchmarks/generation.py --dataset realistic",
+                                  [generation_heldout]),
     "faults.json": ("python benchmarks/faults.py --trials 10 --rounds 1", [faults]),
     "mutation.json": ("python benchmarks/mutation.py", [mutation]),
     "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
