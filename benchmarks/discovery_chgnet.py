@@ -87,7 +87,7 @@ def campaign_config(strategy: str, seed: int, scale: dict, checkpoint: Path) -> 
 
 def chgnet_benchmark(args) -> dict:
     from matloop.config import parse_config
-    from matloop.flows.steps import CampaignRun, Progress
+    from matloop.loop import CampaignRun, Progress
     from matloop.store import MatloopStore
 
     scale = {

@@ -83,9 +83,9 @@ def run(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from matloop.export import export_campaign
-    from matloop.flows.steps import CampaignRun
-    from matloop.flows.steps import Progress as StepProgress
+    from matloop.loop import CampaignRun
+    from matloop.loop import Progress as StepProgress
+    from matloop.results.export import export_campaign
     from matloop.store import redact_uri
 
     console = Console()
@@ -117,7 +117,7 @@ def run(
         relax_started=relax_started,
         relax_advanced=relax_advanced,
     )
-    from matloop.flows.steps import CampaignMismatchError
+    from matloop.loop import CampaignMismatchError
     from matloop.store import StoreURIError
 
     try:
@@ -133,10 +133,9 @@ def run(
         campaign.ensure_campaign()
     except CampaignMismatchError as err:
         _fail(str(err))
-    from matloop.flows.campaign import campaign_flow, register_run
+    from matloop.flows.campaign import campaign_flow
 
-    register_run(campaign)
-    result = campaign_flow(config.model_dump(mode="json"), rounds=rounds)
+    result = campaign_flow(config.model_dump(mode="json"), rounds=rounds, run=campaign)
     # the flow's last task writes the export and report.html; export here if it could not
     out = result.get("output") or export_campaign(campaign.store, config.name,
                                                   config.output_dir)
@@ -234,7 +233,7 @@ def status(
 
 
 def _summary(db, name: str) -> dict:
-    from matloop.report import campaign_summary
+    from matloop.results.report import campaign_summary
 
     return campaign_summary(db, name)
 
@@ -342,7 +341,7 @@ def export(
     store: Annotated[str, typer.Option(help="Store URI")] = "monty://./matloop-store",
 ) -> None:
     """Write candidates.csv, rounds.csv, references.csv, cifs/, plots/ and report.md."""
-    from matloop.export import export_campaign
+    from matloop.results.export import export_campaign
 
     try:
         out = export_campaign(_store(store), name, output)
@@ -442,7 +441,7 @@ def report(
     ] = None,
 ) -> None:
     """Write the campaign report (report.html, one self-contained page) with the export."""
-    from matloop.export import export_campaign
+    from matloop.results.export import export_campaign
 
     db = _store(store)
     doc = db.get_campaign(name)
@@ -454,7 +453,7 @@ def report(
     out = export_campaign(db, name, output, generators=_checkpoint_generators(doc.config))
     typer.echo(f"wrote {out / 'report.html'}")
     if screenshot is not None:
-        from matloop.report import screenshot as take
+        from matloop.results.report import screenshot as take
 
         png = take(out / "report.html", screenshot, height=2600)
         if png is None:

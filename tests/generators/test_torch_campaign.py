@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
 from matloop.config import parse_config  # noqa: E402
-from matloop.flows.steps import CampaignRun  # noqa: E402
+from matloop.loop import CampaignRun  # noqa: E402
 from matloop.generators.base import ChemicalSpace, Feedback  # noqa: E402
 from matloop.generators.training import generator_class, load_checkpoint  # noqa: E402
 from matloop.store import CandidateStatus  # noqa: E402

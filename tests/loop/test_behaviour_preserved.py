@@ -38,7 +38,7 @@ def _config(tmp_path):
 
 def _run_campaign(config) -> None:
     """What ``campaign_flow`` does, without Prefect: references, rounds, finish."""
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
 
     run = CampaignRun(config)
     run.ensure_campaign()

@@ -53,6 +53,10 @@ class Generator(ABC):
     """
 
     name: ClassVar[str] = "generator"
+    #: How the loop may teach it between rounds: ``"finetune"`` (``update`` on rewarded
+    #: feedback) and ``"reinforce"`` (``reinforce`` on its sampling policy). Empty: it does
+    #: not learn, and the loop's learn step leaves it alone.
+    learns: ClassVar[frozenset[str]] = frozenset()
     #: Bumped by ``fit``/``update`` so every candidate records which model state proposed it.
     version: int = 0
 

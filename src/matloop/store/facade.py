@@ -218,6 +218,10 @@ class MatloopStore:
                 setattr(doc, name, value)
         self._upsert("candidates", docs)
 
+    def count_candidates(self, campaign: str, status: CandidateStatus | str) -> int:
+        """How many of the campaign's candidates have ``status``."""
+        return self.count("candidates", {"campaign": campaign, "status": str(status)})
+
     def status_counts(self, campaign: str) -> dict[str, int]:
         return {
             status.value: self.count("candidates", {"campaign": campaign, "status": status.value})

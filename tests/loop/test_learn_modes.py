@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
 from matloop.config import parse_config  # noqa: E402
-from matloop.flows.steps import CampaignRun  # noqa: E402
+from matloop.loop import CampaignRun  # noqa: E402
 from matloop.generators.training import generator_class  # noqa: E402
 from matloop.store import CandidateStatus, EvaluationDoc  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The DFT verification stage of a round (``CampaignRun.verify``, called by ``evaluate``).
+"""The DFT verification step of a round (:mod:`matloop.loop.verify`).
 
 A stand-in maker (ASE's EMT through the force-field maker) plays the DFT code so the loop's
 bookkeeping is tested in seconds; one slow test runs a real CP2K cell relaxation of a
@@ -11,7 +11,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import ConfigError, parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
+from matloop.loop.verify import verify_candidates
 from matloop.relax.dft import cp2k_command
 from matloop.relax.makers import CachedForceFieldRelaxMaker
 from matloop.store import EvaluationDoc, MatloopStore, RelaxationDoc
@@ -65,7 +66,7 @@ def _add(store: MatloopStore, cid: str, structure: Structure, e_hull: float, *,
 def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     store = MatloopStore("memory://")
     run = CampaignRun(config(), store)
-    run._dft_maker = CachedForceFieldRelaxMaker(  # stand-in for CP2K
+    run.dft_maker = CachedForceFieldRelaxMaker(  # stand-in for CP2K
         force_field_name=EMT, relax_kwargs={"fmax": 0.05, "final_atoms_object_file": None},
         ionic_step_data=None,
     )
@@ -74,7 +75,7 @@ def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     _add(store, "al-c", fcc("Al", 4.10), 0.05, novel=False)  # known: never verified
     _add(store, "al-d", fcc("Al", 4.00), 0.30, stable=False)  # not stable: never verified
 
-    assert run.verify(1) == {"dft_verified": 1, "dft_failed": 0}
+    assert verify_candidates(run.context, 1) == {"dft_verified": 1, "dft_failed": 0}
     (doc,) = store.dft_results("dft-demo")
     assert doc.candidate_id == "cu-b" and doc.ok and doc.round == 1
     assert doc.evidence == "dft-relaxed"
@@ -86,16 +87,16 @@ def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     evaluation = {e.candidate_id: e for e in store.evaluations("dft-demo")}["cu-b"]
     assert evaluation.energy_per_atom == -3.0 and evaluation.evidence == "mlip-relaxed"
 
-    assert run.verify(2) == {"dft_verified": 1, "dft_failed": 0}  # the next best
+    assert verify_candidates(run.context, 2) == {"dft_verified": 1, "dft_failed": 0}  # the next best
     assert [d.candidate_id for d in store.dft_results("dft-demo")] == ["cu-a", "cu-b"]
-    assert run.verify(3) == {"dft_verified": 0, "dft_failed": 0}  # nothing left
+    assert verify_candidates(run.context, 3) == {"dft_verified": 0, "dft_failed": 0}  # nothing left
 
 
 def test_verify_is_off_without_a_dft_block() -> None:
     cfg = parse_config({"name": "x", "chemical_space": {"elements": ["Cu"]},
                         "store": "memory://"})
     run = CampaignRun(cfg, MatloopStore("memory://"))
-    assert run.dft_maker is None and run.verify(1) == {}
+    assert run.dft_maker is None and verify_candidates(run.context, 1) == {}
 
 
 needs_cp2k = pytest.mark.skipif(
@@ -161,7 +162,7 @@ def test_verify_relaxes_a_candidate_with_real_cp2k(monkeypatch) -> None:
     store = MatloopStore("memory://")
     run = CampaignRun(cfg, store)
     _add(store, "si-2", start, 0.0)
-    assert run.verify(1) == {"dft_verified": 1, "dft_failed": 0}
+    assert verify_candidates(run.context, 1) == {"dft_verified": 1, "dft_failed": 0}
 
     (out,) = outcomes
     assert out.ok, out.reason

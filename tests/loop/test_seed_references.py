@@ -7,7 +7,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun, Progress
+from matloop.loop import CampaignRun, Progress
 
 pytestmark = pytest.mark.slow
 

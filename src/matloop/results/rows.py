@@ -1,0 +1,157 @@
+"""The rows every result is built from, in one place: candidates, rounds, hull entries.
+
+:mod:`matloop.results.export` writes them as CSV files; :mod:`matloop.results.report` and
+:mod:`matloop.results.plots` read them. Everything comes from the store; nothing here
+relaxes or loads a potential (a campaign's potential label is stored with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matloop.store import CampaignDoc, MatloopStore
+
+__all__ = [
+    "NEAR_STABLE",
+    "campaign_potential",
+    "candidate_rows",
+    "hull_entries",
+    "reference_rows",
+    "reference_version_of",
+    "round_rows",
+]
+
+NEAR_STABLE = 0.1  # eV/atom: what gets a CIF in cifs/
+
+
+def campaign_potential(doc: CampaignDoc) -> str:
+    """The potential label of a stored campaign (e.g. ``'CHGNet 0.3.0'``): recorded with it,
+    or, for campaigns stored before it was, read from its hull scheme."""
+    from matloop.evaluators.stability import parse_hull_scheme
+
+    if doc.potential:
+        return doc.potential
+    return parse_hull_scheme(doc.hull_scheme)[0] if doc.hull_scheme else ""
+
+
+def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
+    """One row per candidate: the candidate, its relaxation and its evaluation merged."""
+    from matloop.evaluators.evidence import evidence_for_potential
+
+    evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
+    relaxations = {r.candidate_id: r for r in store.relaxations(campaign)}
+    dft = {d.candidate_id: d for d in store.dft_results(campaign)}
+    rows = []
+    for cand in store.candidates(campaign):
+        row: dict[str, Any] = cand.model_dump(exclude={"structure", "history", "conditions"})
+        if (relax := relaxations.get(cand.candidate_id)) is not None:
+            row.update(
+                energy_per_atom=relax.energy_per_atom, n_steps=relax.n_steps,
+                max_force=relax.max_force, converged=relax.converged, potential=relax.potential,
+                evidence=relax.evidence or evidence_for_potential(relax.potential),
+            )
+        if (ev := evaluations.get(cand.candidate_id)) is not None:
+            # evaluations written before evidence was recorded leave these None: keep the
+            # relaxation's values then
+            row.update({k: v for k, v in ev.model_dump(exclude={"round", "properties"}).items()
+                        if v is not None})
+        if (check := dft.get(cand.candidate_id)) is not None:
+            # a DFT verification beside the ML evaluation (its energy is not in the ML hull)
+            row.update(dft_evidence=check.evidence, dft_code=check.code, dft_ok=check.ok,
+                       dft_converged=check.converged, dft_energy_per_atom=check.energy_per_atom,
+                       dft_matches_ml_structure=check.matches_ml_structure)
+        rows.append(row)
+    return rows
+
+
+def round_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
+    return [
+        {"round": r.round, "status": r.status, "started_at": r.started_at,
+         "completed_at": r.completed_at, **r.metrics}
+        for r in store.rounds(campaign)
+    ]
+
+
+def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any], Any]]:
+    """Every entry of the campaign's latest hull as ``(row, corrected entry)`` pairs.
+
+    The hull of the last evaluation: the elemental and seed references, and every candidate
+    that was evaluated (a candidate relaxed but not yet evaluated, or whose energy the
+    correction scheme rejected, is not part of it). Entries are built exactly as
+    :class:`matloop.loop.evaluate.EvaluateStep` builds them.
+    """
+    from pymatgen.core import Structure
+
+    from matloop.evaluators.evidence import evidence_for_potential
+    from matloop.evaluators.stability import CORRECTION_NAME, make_entry, parse_hull_scheme
+
+    doc = store.get_campaign(campaign)
+    if doc is None or not doc.hull_scheme:
+        return []
+    potential = campaign_potential(doc)
+    correct = parse_hull_scheme(doc.hull_scheme)[1] == CORRECTION_NAME
+    elements = doc.config["chemical_space"]["elements"]
+    ids = [f"element:{el}" for el in elements] + doc.seed_reference_ids
+    evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
+    pairs: list[tuple[dict[str, Any], Any]] = []
+    sources = [
+        ("reference", r.reference_id, r.structure, r.energy_per_atom, r.source,
+         r.evidence, r.potential)
+        for r in store.references(potential, ids=ids)
+    ]
+    sources += [
+        ("candidate", r.candidate_id, r.structure, r.energy_per_atom, f"campaign round {r.round}",
+         r.evidence or evidence_for_potential(r.potential), r.potential)
+        for r in store.relaxations(campaign, ids=list(evaluations)) if r.ok and r.structure
+    ]
+    for kind, entry_id, structure, energy_per_atom, source, evidence, pot in sources:
+        entry = make_entry(Structure.from_dict(structure), energy_per_atom, entry_id,
+                           correct=correct)
+        composition = entry.composition
+        pairs.append((
+            {
+                "entry_id": entry_id, "kind": kind,
+                "formula": composition.formula.replace(" ", ""),
+                "reduced_formula": composition.reduced_formula,
+                "n_atoms": int(composition.num_atoms),
+                "energy_per_atom": entry.uncorrected_energy_per_atom,
+                "energy": entry.uncorrected_energy,
+                "correction": entry.correction,
+                "corrected_energy": entry.energy,
+                "corrected_energy_per_atom": entry.energy_per_atom,
+                "correction_scheme": CORRECTION_NAME if correct else "none",
+                "source": source, "evidence": evidence, "potential": pot,
+            },
+            entry,
+        ))
+    return pairs
+
+
+def reference_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
+    """The rows of ``references.csv``: every hull entry, raw and corrected energies, and its
+    ``e_above_hull`` in the hull they make together."""
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+    pairs = hull_entries(store, campaign)
+    if not pairs:
+        return []
+    pd = PhaseDiagram([entry for _, entry in pairs])
+    rows = []
+    for row, entry in pairs:
+        row["e_above_hull"] = float(pd.get_e_above_hull(entry))
+        row["formation_energy_per_atom"] = float(pd.get_form_energy_per_atom(entry))
+        rows.append(row)
+    return rows
+
+
+def reference_version_of(rows: Sequence[dict[str, Any]], scheme: str | None) -> str:
+    """The reference-set version of a hull given as ``references.csv`` rows."""
+    from matloop.evaluators.evidence import reference_set_version
+
+    return reference_set_version(
+        [(r["entry_id"], r["formula"], float(r["energy_per_atom"])) for r in rows], scheme
+    )
+
+
