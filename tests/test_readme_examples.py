@@ -72,6 +72,8 @@ def test_the_generator_example_is_built_from_the_registry_and_samples(examples):
     assert len(structures) == 4 and generator.learns == frozenset()
     for structure in structures:
         assert len(structure) == 8 and structure.composition.reduced_formula.count("Na") <= 1
+    with pytest.raises(TypeError, match="lattice"):  # its typed settings are checked
+        build_generator("rock_salt", ChemicalSpace(["Na", "Cl"]), lattice="big")
     config = parse_config({"name": "x", "chemical_space": {"elements": ["Na", "Cl"]},
                            "generators": [{"name": "rock_salt"}], "store": "memory://"})
     assert config.generators[0].name == "rock_salt"  # campaign files may name it
