@@ -67,7 +67,7 @@ def run(
     = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs")] = False,
 ) -> None:
-    """Run (or resume) a campaign: rounds of generate → screen → relax → evaluate → learn."""
+    """Run (or resume) a campaign: rounds of generate, screen, relax, evaluate, verify, learn."""
     if rounds is not None and rounds < 1:
         _fail(f"--rounds must be at least 1 (got {rounds})")
     config = _load(config_path, store, output)
