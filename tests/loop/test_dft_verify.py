@@ -87,7 +87,8 @@ def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     evaluation = {e.candidate_id: e for e in store.evaluations("dft-demo")}["cu-b"]
     assert evaluation.energy_per_atom == -3.0 and evaluation.evidence == "mlip-relaxed"
 
-    assert verify_candidates(run.context, 2) == {"dft_verified": 1, "dft_failed": 0}  # the next best
+    # the next best
+    assert verify_candidates(run.context, 2) == {"dft_verified": 1, "dft_failed": 0}
     assert [d.candidate_id for d in store.dft_results("dft-demo")] == ["cu-a", "cu-b"]
     assert verify_candidates(run.context, 3) == {"dft_verified": 0, "dft_failed": 0}  # nothing left
 

@@ -98,7 +98,8 @@ class MakerRelaxer:
 
 @dataclass
 class ReplayRelaxer:
-    """Answers "relaxations" from a labelled table (a :class:`~matloop.relax.replay.ReplayOracle`)."""
+    """Answers "relaxations" from a labelled table
+    (a :class:`~matloop.relax.replay.ReplayOracle`)."""
 
     oracle: Any
     energy_column: str

@@ -109,7 +109,9 @@ class RelaxationDoc(_Doc):
     created_at: str = Field(default_factory=utcnow)
 
     @classmethod
-    def from_outcome(cls, outcome: Any, campaign: str, round_: int, potential: str) -> RelaxationDoc:
+    def from_outcome(
+        cls, outcome: Any, campaign: str, round_: int, potential: str
+    ) -> RelaxationDoc:
         """The document of a relaxer's outcome (a ``matloop.relax.outcome.RelaxOutcome``),
         labelled with the campaign's ``potential``."""
         structure = outcome.structure
