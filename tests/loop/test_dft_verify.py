@@ -201,3 +201,26 @@ def test_verify_relaxes_a_candidate_with_real_cp2k(monkeypatch) -> None:
     assert task["metadata"]["dft_candidate_id"] == "si-2"
     (evaluation,) = store.evaluations("dft-demo")
     assert evaluation.energy_per_atom == -3.0 and evaluation.evidence == "mlip-relaxed"
+
+
+def test_a_round_verified_inside_evaluate_is_not_verified_again() -> None:
+    """Rounds stored when evaluate ran the DFT verification (before verify was a step of its
+    own) carry its metrics; resuming one runs no second verification."""
+    from matloop.store import RoundDoc
+
+    store = MatloopStore("memory://")
+    run = CampaignRun(config(), store)
+    run.dft_maker = CachedForceFieldRelaxMaker(
+        force_field_name=EMT, relax_kwargs={"fmax": 0.05, "final_atoms_object_file": None},
+        ionic_step_data=None,
+    )
+    _add(store, "cu-b", fcc("Cu", 3.65), 0.00)
+    store.save_round(RoundDoc(campaign="dft-demo", round=1,
+                              steps_done=["generate", "screen", "relax", "evaluate"],
+                              metrics={"dft_verified": 0, "dft_failed": 0}))
+    assert run.verify(1).counts == {} and store.dft_results("dft-demo") == []
+    assert run.store.get_round("dft-demo", 1).steps_done[-1] == "verify"
+    store.save_round(RoundDoc(campaign="dft-demo", round=2,
+                              steps_done=["generate", "screen", "relax", "evaluate"]))
+    assert run.verify(2).counts == {"dft_verified": 1, "dft_failed": 0}
+    assert run.verify(2).skipped  # recorded: a second call does nothing
