@@ -24,37 +24,50 @@ Two parts, written into one JSON (``benchmarks/results/discovery.json``, one sec
     ``prototype_substitution``, a learned generator with active-learning fine-tuning and the
     same generator with REINFORCE. Hit rate per round and cumulative discoveries.
 
+One command writes the whole file (both parts, every seed); ``--parts`` picks fewer, and
+``--jobs 2`` runs the replay agents and the CHGNet campaigns side by side. Data resolves from
+``../shared/data`` beside the checkout (``--shared-data`` or ``MATLOOP_SHARED_DATA`` to
+override); caches (features, training CSV, VAE checkpoint) live in ``--cache-dir`` under
+names keyed by the content hash of their inputs and settings. ``--schema`` runs the same
+code on a tiny synthetic pool and fake campaign rounds and prints the JSON it would write.
+
 Examples::
 
-    python benchmarks/discovery.py --replay --seeds 0 1 2
-    python benchmarks/discovery.py --chgnet --quick
+    python benchmarks/discovery.py --seeds 0 1 2 --rounds 4 --proposals 32 --relaxations 8
+    python benchmarks/discovery.py --parts replay --seeds 0
+    python benchmarks/discovery.py --schema
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path("/work/shared/data/perov_5/val.csv.gz")
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, content_hash, shared_data, write_result
+
 OUT = RESULTS / "discovery.json"
-CACHE = Path("/tmp/matloop-bench/perov5_features.npz")
-AGENTS = ("random", "greedy", "ucb", "ei", "thompson")
+AGENTS = ("random", "greedy", "ucb", "ei", "thompson", "ucb-cal", "thompson-cal")
+CALIBRATION_KEYS = tuple(f"{where}_within_{k}sigma" for where in ("picked", "pool") for k in (1, 2))
 
 
 # ------------------------------------------------------------------ replay: agents on perov-5
 
 
-def load_pool(csv: Path, cache: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
-    """Features (cached once; ``featurize`` costs ~10 ms a crystal) and labels of the pool."""
+def load_pool(csv: Path, cache_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """Features and labels of the pool. Features cost ~10 ms a crystal, so they are cached
+    under a name keyed by the pool's content."""
     from matloop.relax.replay import ReplayOracle
 
     oracle = ReplayOracle.from_csv(csv, ["heat_ref", "dir_gap"], name="perov_5")
+    cache = cache_dir / f"features_{content_hash(csv, 'featurize-v1')}.npz"
     if cache.is_file():
         data = np.load(cache)
         if list(data["ids"]) == oracle.ids:
@@ -67,6 +80,13 @@ def load_pool(csv: Path, cache: Path) -> tuple[np.ndarray, dict[str, np.ndarray]
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, X=X, ids=np.array(oracle.ids))
     return X, oracle.properties, oracle.ids
+
+
+def synthetic_pool(n: int = 120, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """A tiny random pool for ``--schema``: same code path, no data, no featurising."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    return X, {"heat_ref": X[:, 0] + 0.1 * rng.normal(size=n)}, [str(i) for i in range(n)]
 
 
 def run_agent(
@@ -92,8 +112,7 @@ def run_agent(
     rng = np.random.default_rng(seed)
     first = rng.choice(n, size=batch, replace=False)  # same start for every agent of a seed
     oracle.query(first)
-    calibration: dict[str, list[float]] = {f"{where}_within_{k}sigma": []
-                                           for where in ("picked", "pool") for k in (1, 2)}
+    calibration: dict[str, list[float]] = {key: [] for key in CALIBRATION_KEYS}
     if agent == "random":
         rest = np.setdiff1d(np.arange(n), first)
         oracle.query(rng.permutation(rest)[: max_queries - batch])
@@ -146,12 +165,16 @@ def _stats(values: list[float | None]) -> dict:
     }
 
 
-def replay_benchmark(args) -> dict:
-    X, props, _ = load_pool(args.csv, args.cache)
-    y = props["heat_ref"]
+def replay_targets(y: np.ndarray) -> tuple[int, set[int]]:
+    """The objective: the top 1% of the pool by lowest label."""
+    m = math.ceil(0.01 * len(y))
+    return m, set(np.argsort(y, kind="stable")[:m].tolist())
+
+
+def replay_payload(args, pool: str, y: np.ndarray, runs: dict[tuple[str, int], tuple]) -> dict:
+    """The replay section from every (agent, seed) run: ``(order, calibration, seconds)``."""
     n = len(y)
-    m = math.ceil(0.01 * n)
-    targets = set(np.argsort(y, kind="stable")[:m].tolist())
+    m, targets = replay_targets(y)
     half = math.ceil(m / 2)
     exp_half = expected_random_queries(n, m, half)
     exp_all = expected_random_queries(n, m, m)
@@ -162,11 +185,8 @@ def replay_benchmark(args) -> dict:
         calibration: dict[str, list[float]] = {}
         curves[agent] = []
         for seed in args.seeds:
-            start = time.perf_counter()
-            order, calib = run_agent(agent, X, y, seed=seed, batch=args.batch,
-                              max_queries=args.max_queries, members=args.members,
-                              beta=args.beta)  # fmt: skip
-            seconds.append(time.perf_counter() - start)
+            order, calib, took = runs[agent, seed]
+            seconds.append(took)
             for key, values in calib.items():
                 calibration.setdefault(key, []).append(float(np.mean(values)))
             found = discovery_curve(order, targets)
@@ -176,8 +196,8 @@ def replay_benchmark(args) -> dict:
             frac.append(float(found[-1] / m))
             enrich50.append(exp_half / q50[-1] if q50[-1] else None)
             enrich_budget.append(float((found[-1] / m) / (len(order) / n)))
-            print(f"{agent:9s} seed {seed}: found {found[-1]}/{m} in {len(order)} queries; "
-                  f"50% after {q50[-1]}, all after {q100[-1]} ({seconds[-1]:.0f} s)")  # fmt: skip
+            print(f"{agent:12s} seed {seed}: found {found[-1]}/{m} in {len(order)} queries; "
+                  f"50% after {q50[-1]}, all after {q100[-1]} ({took:.0f} s)")  # fmt: skip
         per_agent[agent] = {
             "queries_to_50pct": _stats(q50),
             "queries_to_100pct": _stats(q100),
@@ -186,14 +206,14 @@ def replay_benchmark(args) -> dict:
             "enrichment_at_budget": _stats(enrich_budget),
             "seconds": _stats(seconds),
             # mean over rounds, then mean/std over seeds; a calibrated Gaussian spread
-            # gives about 0.68 and 0.95
+            # gives about 0.68 and 0.95 (empty for the random agent: no surrogate)
             "calibration": {key: _stats(values) for key, values in calibration.items()},
         }
-    plot = "discovery_replay.png" if set(args.agents) >= set(AGENTS) else (
-        f"discovery_replay_{'_'.join(args.agents)}.png")
-    plot_replay(curves, m, n, args.max_queries, RESULTS / plot)
+    plot = "benchmarks/results/discovery_replay.png"
+    if not args.schema:
+        plot_replay(curves, m, n, args.max_queries, RESULTS.parent.parent / plot)
     return {
-        "pool": f"{args.csv.name}: all {n} rows",
+        "pool": f"{pool}: all {n} rows",
         "objective": f"the {m} rows with the lowest heat_ref (top 1%)",
         "batch_per_round": args.batch,
         "max_queries": args.max_queries,
@@ -202,8 +222,18 @@ def replay_benchmark(args) -> dict:
                      f"features, refitted each round; ucb beta={args.beta}",
         "random_expected": {"queries_to_50pct": exp_half, "queries_to_100pct": exp_all},
         "agents": per_agent,
-        "plot": f"benchmarks/results/{plot}",
+        "plot": plot,
     }
+
+
+def timed_agent(agent: str, seed: int, X: np.ndarray, y: np.ndarray, args) -> tuple:
+    """One replay run, timed (a worker's task)."""
+    _one_thread(args.threads)
+    start = time.perf_counter()
+    order, calibration = run_agent(agent, X, y, seed=seed, batch=args.batch,
+                                   max_queries=args.max_queries, members=args.members,
+                                   beta=args.beta)  # fmt: skip
+    return order, calibration, time.perf_counter() - start
 
 
 def plot_replay(curves, m, n, budget, path: Path) -> None:
@@ -235,53 +265,95 @@ def plot_replay(curves, m, n, budget, path: Path) -> None:
 # ------------------------------------------------------------------ main
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--replay", action="store_true", help="agents on perov-5, labels by lookup")
-    p.add_argument("--chgnet", action="store_true", help="campaigns with real CHGNet relaxations")
-    p.add_argument("--quick", action="store_true", help="smaller CHGNet part (see the JSON)")
-    p.add_argument("--rounds", type=int, help="CHGNet part: rounds per campaign")
-    p.add_argument("--proposals", type=int, help="CHGNet part: candidates per round")
-    p.add_argument("--relaxations", type=int, help="CHGNet part: relaxations per round")
-    p.add_argument("--csv", type=Path, default=DATA, help="replay part: the labelled pool")
-    p.add_argument("--vae-csv", type=Path,
-                   help="CHGNet part: the learned generator's training crystals (default: "
-                   "every MP and OQMD crystal of ../shared/data within the space's max_atoms)")
-    p.add_argument("--cache", type=Path, default=CACHE, help="feature cache (outside the repo)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--agents", nargs="+", default=list(AGENTS))
-    p.add_argument("--batch", type=int, default=20)
-    p.add_argument("--max-queries", type=int, default=600)
-    p.add_argument("--members", type=int, default=5)
-    p.add_argument("--beta", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--output", type=Path, default=OUT)
-    args = p.parse_args()
-    if not (args.replay or args.chgnet):
-        p.error("choose --replay and/or --chgnet")
+def _one_thread(threads: int) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)
-    fresh = {}
-    if args.replay:
-        fresh["replay"] = replay_benchmark(args)
-    if args.chgnet:
-        from discovery_chgnet import chgnet_benchmark  # noqa: PLC0415 - heavy, optional part
+    torch.set_num_threads(threads)
 
-        fresh["chgnet"] = chgnet_benchmark(args)
-    # merged at the end: the two parts may run as separate commands
-    results = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    old = results.get("replay", {})
-    same = ("objective", "seeds", "max_queries", "batch_per_round")
-    if "replay" in fresh and all(old.get(k) == fresh["replay"][k] for k in same):
-        # agents run in separate commands add up (same pool, objective, seeds and budget)
-        fresh["replay"]["agents"] = {**old["agents"], **fresh["replay"]["agents"]}
-        plots = old.get("plots", [old["plot"]] if "plot" in old else [])
-        fresh["replay"]["plots"] = sorted({*plots, fresh["replay"].pop("plot")})
-    results.update(fresh)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--parts", nargs="+", choices=("replay", "chgnet"), default=["replay", "chgnet"],
+                   help="which sections to run and write (default both)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--shared-data", help="the shared data folder (default ../shared/data)")
+    p.add_argument("--cache-dir", type=Path,
+                   default=Path(tempfile.gettempdir()) / "matloop-bench",
+                   help="features, training CSV and VAE checkpoints (content-hash names)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (replay runs and the "
+                   "CHGNet campaigns are independent tasks)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--output", type=Path, default=OUT)
+    p.add_argument("--schema", action="store_true",
+                   help="run on a tiny synthetic pool and fake rounds; print the JSON, write nothing")
+    g = p.add_argument_group("replay part")
+    g.add_argument("--csv", type=Path, help="the labelled pool (default perov_5/val.csv.gz)")
+    g.add_argument("--agents", nargs="+", default=list(AGENTS))
+    g.add_argument("--batch", type=int, default=20)
+    g.add_argument("--max-queries", type=int, default=600)
+    g.add_argument("--members", type=int, default=5)
+    g.add_argument("--beta", type=float, default=1.0)
+    g = p.add_argument_group("CHGNet part")
+    g.add_argument("--quick", action="store_true", help="smaller CHGNet part (see the JSON)")
+    g.add_argument("--rounds", type=int, help="rounds per campaign")
+    g.add_argument("--proposals", type=int, help="candidates per round")
+    g.add_argument("--relaxations", type=int, help="relaxations per round")
+    g.add_argument("--vae-csv", type=Path,
+                   help="the learned generator's training crystals (default: every MP and OQMD "
+                   "crystal of the shared data within the space's max_atoms)")
+    g.add_argument("--vae-epochs", type=int, help="epochs of the learned generator's training")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every section asked for, as one payload (tasks spread over ``args.jobs`` processes)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import multiprocessing
+
+    payload: dict = {}
+    replay = "replay" in args.parts
+    if replay:
+        if args.schema:
+            X, props, ids = synthetic_pool()
+            args.max_queries, args.batch, args.members, pool = 40, 20, 2, "synthetic"
+        else:
+            csv = args.csv or shared_data(args.shared_data) / "perov_5" / "val.csv.gz"
+            X, props, ids = load_pool(csv, args.cache_dir)
+            pool = csv.name
+        y = props["heat_ref"]
+    jobs = 1 if args.schema else args.jobs
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool_ex:
+        chgnet = None
+        if "chgnet" in args.parts:
+            from discovery_chgnet import chgnet_benchmark  # noqa: PLC0415 - heavy part
+
+            # submitted first: the longest task
+            chgnet = pool_ex.submit(chgnet_benchmark, args)
+        if replay:
+            futures = {(a, s): pool_ex.submit(timed_agent, a, s, X, y, args)
+                       for a in args.agents for s in args.seeds}  # fmt: skip
+            payload["replay"] = replay_payload(args, pool, y,
+                                               {k: f.result() for k, f in futures.items()})  # fmt: skip
+        if chgnet is not None:
+            payload["chgnet"] = chgnet.result()
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.schema:  # progress to stderr: stdout is the JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            payload = run(args)
+    else:
+        payload = run(args)
+    if args.schema:
+        json.dump(payload, sys.stdout, indent=1, default=float)
+        print()
+        return
+    write_result(args.output, payload)
     print(f"wrote {args.output}")
 
 

@@ -25,34 +25,46 @@ from pathlib import Path
 
 import numpy as np
 
+from common import content_hash, shared_data
+
 STRATEGIES = ("random_symmetric", "prototype_substitution", "vae_finetune", "vae_reinforce")
-MP_SEEDS = Path("/work/shared/data/known_crystals_mp.csv.gz")
-OQMD = Path("/work/shared/data/known_crystals_oqmd.csv.gz")
+SEED_CRYSTALS = "known_crystals_mp.csv.gz"
+KNOWN = ("known_crystals_mp.csv.gz", "known_crystals_oqmd.csv.gz")
+VAE = {"hidden": 128, "latent_dim": 32, "seed": 0}
 
 
-def known_crystals_csv(max_atoms: int) -> Path:
-    """Every MP and OQMD crystal of ../shared/data with at most ``max_atoms`` sites, as one
-    CSV outside the repository: the learned generator's training data (broad structure
-    types, all chemistries; elements are masked to the campaign's space at decoding)."""
+def _required(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark data missing: {path}")
+    return path
+
+
+def known_crystals_csv(data: Path, max_atoms: int, cache_dir: Path) -> Path:
+    """Every MP and OQMD crystal of the shared data with at most ``max_atoms`` sites, as one
+    CSV in the cache (named by the content hash of its sources and ``max_atoms``): the
+    learned generator's training data (broad structure types, all chemistries; elements are
+    masked to the campaign's space at decoding)."""
     import pandas as pd
 
-    path = Path(f"/tmp/matloop-bench/mp_oqmd_le{max_atoms}.csv")
+    sources = [_required(data / name) for name in KNOWN]
+    path = cache_dir / f"known_le{max_atoms}_{content_hash(*sources, max_atoms)}.csv"
     if not path.is_file():
-        frame = pd.concat([pd.read_csv(MP_SEEDS), pd.read_csv(OQMD)])
+        frame = pd.concat([pd.read_csv(src) for src in sources])
         path.parent.mkdir(parents=True, exist_ok=True)
         frame[frame.nsites <= max_atoms][["material_id", "cif"]].to_csv(path, index=False)
     return path
 
 
-def train_vae(csv: Path, path: Path, epochs: int, seed: int = 0) -> Path:
-    """A crystal VAE on every row of ``csv`` (cached at ``path``)."""
+def train_vae(csv: Path, epochs: int, cache_dir: Path) -> Path:
+    """A crystal VAE on every row of ``csv``, cached under the content hash of the data and
+    the training settings."""
+    path = cache_dir / f"vae_{content_hash(csv, {'epochs': epochs, **VAE})}.pt"
     if path.is_file():
         return path
     from matloop.generators.training import train_model
 
     start = time.perf_counter()
-    gen = train_model("crystal_vae", csv, epochs=epochs, seed=seed, hidden=128, latent_dim=32,
-                      device="cpu")  # fmt: skip
+    gen = train_model("crystal_vae", csv, epochs=epochs, device="cpu", **VAE)
     path.parent.mkdir(parents=True, exist_ok=True)
     gen.save(path)
     print(f"trained crystal_vae on {csv.name} ({epochs} epochs) in "
@@ -60,7 +72,7 @@ def train_vae(csv: Path, path: Path, epochs: int, seed: int = 0) -> Path:
     return path
 
 
-def campaign_config(strategy: str, seed: int, scale: dict, checkpoint: Path) -> dict:
+def campaign_config(strategy: str, seed: int, scale: dict, checkpoint: Path, seeds_csv: Path) -> dict:
     if strategy.startswith("vae_"):
         # screen_proposals: the VAE redraws charge-unbalanced and repeated crystals, as
         # the baselines' generators do by construction
@@ -79,17 +91,35 @@ def campaign_config(strategy: str, seed: int, scale: dict, checkpoint: Path) -> 
                    "candidates_per_round": scale["candidates_per_round"],
                    "relaxations_per_round": scale["relaxations_per_round"]},  # fmt: skip
         "acquisition": {"strategy": "ucb", "beta": 1.0, "ensemble_size": 4},
-        "seed_data": {"files": [{"path": str(MP_SEEDS)}]} if MP_SEEDS.is_file() else {},
+        "seed_data": {"files": [{"path": str(seeds_csv)}]},
         "store": "memory://",
         "seed": seed,
     }
 
 
-def chgnet_benchmark(args) -> dict:
-    from matloop.config import parse_config
-    from matloop.loop import CampaignRun, Progress
-    from matloop.store import MatloopStore
+def round_record(round_: int, m: dict, seconds: float) -> dict:
+    """What the benchmark keeps of one round's metrics."""
+    attempted = m.get("relaxed", 0) + m.get("failed", 0)
+    return {
+        "round": round_,
+        "proposed": m.get("proposed", 0),
+        "rejected": m.get("rejected", 0),
+        "relaxed": m.get("relaxed", 0),
+        "failed": m.get("failed", 0),
+        "hits": m.get("hits", 0),
+        "hit_rate": m.get("hits", 0) / attempted if attempted else 0.0,
+        "stable": m.get("stable", 0),
+        "mean_reward_per_proposal": m.get("mean_reward_per_proposal", {}),
+        "surrogate_mae": m.get("surrogate_mae"),
+        "seconds": round(seconds, 1),
+    }
 
+
+def chgnet_benchmark(args) -> dict:
+    """The CHGNet section. With ``args.schema``: fake rounds, nothing trained or relaxed."""
+    import torch
+
+    torch.set_num_threads(args.threads)
     scale = {
         "elements": ["Ca", "Ti", "O"],
         "max_atoms": 5,
@@ -97,57 +127,65 @@ def chgnet_benchmark(args) -> dict:
         "candidates_per_round": args.proposals or (24 if args.quick else 40),
         "relaxations_per_round": args.relaxations or (6 if args.quick else 10),
         "seeds": list(args.seeds[:2]) if args.quick else list(args.seeds),
-        "vae_epochs": 40 if args.quick else 100,
+        "vae_epochs": args.vae_epochs or (40 if args.quick else 100),
     }
-    training = args.vae_csv or known_crystals_csv(scale["max_atoms"])
-    scale["vae_training_data"] = str(training)
-    data = training.name.split(".")[0]
-    cached = Path(f"/tmp/matloop-bench/vae_{training.parent.name}_{data}_e{scale['vae_epochs']}.pt")
-    checkpoint = train_vae(training, cached, scale["vae_epochs"])
+    start_all = time.perf_counter()
+    runs: dict[str, list[list[dict]]] = {s: [] for s in STRATEGIES}
+    if args.schema:
+        training, seeds_csv = Path("known.csv"), Path(SEED_CRYSTALS)
+        for strategy in STRATEGIES:
+            generator = "crystal_vae" if strategy.startswith("vae_") else strategy
+            fake = {"mean_reward_per_proposal": {generator: 0.0}}
+            runs[strategy] = [[round_record(r + 1, fake, 0.0) for r in range(scale["rounds"])]
+                              for _ in scale["seeds"]]  # fmt: skip
+    else:
+        data = shared_data(args.shared_data)
+        seeds_csv = _required(data / SEED_CRYSTALS)
+        training = args.vae_csv or known_crystals_csv(data, scale["max_atoms"], args.cache_dir)
+        checkpoint = train_vae(training, scale["vae_epochs"], args.cache_dir)
+        run_campaigns(runs, scale, checkpoint, seeds_csv)
+    summary = summarise(runs)
+    plot = "benchmarks/results/discovery_hit_rate.png"
+    if not args.schema:
+        plot_rounds(summary, Path(__file__).resolve().parents[1] / plot)
+    return {
+        "scale": {**scale, "quick": bool(args.quick),
+                  "relaxer": "CHGNet, fmax 0.1 eV/Å, 200 steps", "acquisition": "ucb, beta 1",
+                  "seed_crystals": seeds_csv.name,
+                  "vae_training_data": training.name if args.vae_csv else
+                  f"every MP and OQMD crystal of the shared data with at most "
+                  f"{scale['max_atoms']} sites ({training.name})",
+                  "wall_s": round(time.perf_counter() - start_all)},  # fmt: skip
+        "hit": "novel, unique, within 0.1 eV/atom of the campaign's CHGNet hull (CHGNet "
+        "energies are already on the MP2020 scale)",
+        "strategies": summary,
+        "plot": plot,
+    }
+
+
+def run_campaigns(runs: dict, scale: dict, checkpoint: Path, seeds_csv: Path) -> None:
+    """Every strategy, every seed, on one ``memory://`` store (references relaxed once)."""
+    from matloop.config import parse_config
+    from matloop.loop import CampaignRun, Progress
+    from matloop.store import MatloopStore
+
     store = MatloopStore("memory://")
     quiet = Progress(message=lambda text: None)
-    runs: dict[str, list[list[dict]]] = {s: [] for s in STRATEGIES}
-    start_all = time.perf_counter()
     for seed in scale["seeds"]:
         for strategy in STRATEGIES:
-            config = parse_config(campaign_config(strategy, seed, scale, checkpoint))
+            config = parse_config(campaign_config(strategy, seed, scale, checkpoint, seeds_csv))
             run = CampaignRun(config, store=store, progress=quiet)
             run.prepare_references()
             rounds = []
             for _ in range(scale["rounds"]):
                 start = time.perf_counter()
                 doc = run.run_round()
-                m = doc.metrics
-                attempted = m.get("relaxed", 0) + m.get("failed", 0)
-                rounds.append({
-                    "round": doc.round,
-                    "proposed": m.get("proposed", 0),
-                    "rejected": m.get("rejected", 0),
-                    "relaxed": m.get("relaxed", 0),
-                    "failed": m.get("failed", 0),
-                    "hits": m.get("hits", 0),
-                    "hit_rate": m.get("hits", 0) / attempted if attempted else 0.0,
-                    "stable": m.get("stable", 0),
-                    "mean_reward_per_proposal": m.get("mean_reward_per_proposal", {}),
-                    "surrogate_mae": m.get("surrogate_mae"),
-                    "seconds": round(time.perf_counter() - start, 1),
-                })
-                print(f"seed {seed} {strategy:24s} round {doc.round}: hits {rounds[-1]['hits']}"
-                      f"/{attempted} relaxed, {m.get('rejected', 0)} rejected "
-                      f"({rounds[-1]['seconds']} s)", flush=True)  # fmt: skip
+                rounds.append(round_record(doc.round, doc.metrics, time.perf_counter() - start))
+                r = rounds[-1]
+                print(f"seed {seed} {strategy:24s} round {doc.round}: hits {r['hits']}"
+                      f"/{r['relaxed'] + r['failed']} relaxed, {r['rejected']} rejected "
+                      f"({r['seconds']} s)", flush=True)  # fmt: skip
             runs[strategy].append(rounds)
-    summary = summarise(runs)
-    plot_rounds(summary, Path(args.output).parent / "discovery_hit_rate.png")
-    return {
-        "scale": {**scale, "quick": bool(args.quick),
-                  "relaxer": "CHGNet, fmax 0.1 eV/Å, 200 steps", "acquisition": "ucb, beta 1",
-                  "seed_crystals": MP_SEEDS.name,
-                  "wall_s": round(time.perf_counter() - start_all)},  # fmt: skip
-        "hit": "novel, unique, within 0.1 eV/atom of the campaign's CHGNet hull (CHGNet "
-        "energies are already on the MP2020 scale)",
-        "strategies": summary,
-        "plot": "benchmarks/results/discovery_hit_rate.png",
-    }
 
 
 def summarise(runs: dict[str, list[list[dict]]]) -> dict:

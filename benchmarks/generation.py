@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path("/work/shared/data/perov_5/val.csv.gz")
 OUT = Path(__file__).parent / "results" / "generation.json"
 PUBLISHED_CDVAE = {
     "struct_valid": 1.0,
@@ -75,7 +74,20 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--csv", type=Path, default=DATA)
+    p.add_argument("--csv", type=Path, default=None,
+                   help="perov-5 CSV of the default mode (default: the shared data's)")
+    p.add_argument("--dataset", choices=["perov_5", "carbon_24", "realistic"], default=None,
+                   help="held-out benchmark of generation_split.py on this preset split")
+    p.add_argument("--train", type=Path, default=None, help="train CSV (held-out mode)")
+    p.add_argument("--test", type=Path, default=None, help="test CSV (held-out mode)")
+    p.add_argument("--n", type=int, default=1000, help="samples per model (held-out mode)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="score against a random subset of this many test crystals")
+    p.add_argument("--checkpoint-dir", default=None, help="reuse / keep trained models here")
+    p.add_argument("--retrain", action="store_true", help="ignore checkpoints in --checkpoint-dir")
+    p.add_argument("--setting", action="append", help="KEY=VALUE model setting (repeatable)")
+    p.add_argument("--note", default=None, help="recorded in the results file")
+    p.add_argument("--shared-data", default=None, help="shared data folder (default: ../shared)")
     p.add_argument(
         "--models",
         nargs="+",
@@ -96,12 +108,22 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="read only the first rows (smoke runs)")
     p.add_argument(
         "--data-row", action="store_true", help="also score training crystals (the ceiling)"
     )
     args = p.parse_args()
+    if args.dataset or args.train:
+        from generation_split import run
+
+        run(args)
+        return
+    args.out = args.out or OUT
+    if args.csv is None:
+        from common import shared_data
+
+        args.csv = shared_data(args.shared_data) / "perov_5" / "val.csv.gz"
 
     import torch
 

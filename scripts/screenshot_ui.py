@@ -78,7 +78,7 @@ def main() -> None:
     try:
         config = work / "campaign.yaml"
         config.write_text(json.dumps({
-            **CAMPAIGN, "store": f"monty://{work}/store", "output": str(work / "out"),
+            **CAMPAIGN, "store": f"sqlite://{work}/store.db", "output": str(work / "out"),
         }))
         import httpx
 

@@ -20,6 +20,7 @@ from matloop.store import (
 )
 
 NAME = "hand-na-cl"
+SEED_ID = "seed:file:known.csv:zb-1"
 
 
 def _structures() -> dict[str, Structure]:
@@ -35,6 +36,11 @@ def _structures() -> dict[str, Structure]:
                            [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]]),
         "nacl2": Structure(Lattice.cubic(5.2), ["Na", "Cl", "Cl"],
                            [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]]),
+        # a known Na-Cl crystal of the seed data (zinc blende, far above the hull): it makes
+        # Na-Cl a judged system, so the candidates' novelty is novel or known, not unjudged
+        "zincblende": Structure.from_spacegroup(
+            "F-43m", Lattice.cubic(6.0), ["Na", "Cl"], [[0, 0, 0], [0.25, 0.25, 0.25]]
+        ).get_primitive_structure(),
         "na3cl": Structure(Lattice.cubic(5.4), ["Na", "Na", "Na", "Cl"],
                            [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]),
     }
@@ -51,8 +57,11 @@ CANDIDATES = [
 ]
 
 
-def build_campaign(uri: str = "memory://", *, evaluate_round_2: bool = False) -> CampaignRun:
-    """Two rounds: round 1 evaluated; round 2 relaxed (evaluated when asked)."""
+def build_campaign(
+    uri: str = "memory://", *, evaluate_round_2: bool = False, seed: bool = True
+) -> CampaignRun:
+    """Two rounds: round 1 evaluated; round 2 relaxed (evaluated when asked). ``seed``: one
+    known Na-Cl crystal in the reference (without it novelty is unjudged)."""
     config = parse_config({
         "name": NAME,
         "chemical_space": {"elements": ["Na", "Cl"], "max_atoms": 4},
@@ -72,6 +81,13 @@ def build_campaign(uri: str = "memory://", *, evaluate_round_2: bool = False) ->
                      structure=structure_dict(structures[el]), source="elemental")
         for el, energy in (("Na", -1.31), ("Cl", -1.85))
     ])
+    run.store.save_references([ReferenceDoc(
+        reference_id=SEED_ID, potential=run.potential, formula="NaCl", chemsys="Cl-Na",
+        energy_per_atom=-3.2, structure=structure_dict(structures["zincblende"]),
+        source="file:known.csv", source_id="zb-1",
+    )])
+    campaign.seed_reference_ids = [SEED_ID] if seed else []
+    run.store.save_campaign(campaign)
     by_round: dict[int, list[str]] = {1: [], 2: []}
     for key, round_, energy, evidence in CANDIDATES:
         structure = structures[key]

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
 import time
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -31,11 +34,12 @@ def test_run_refuses_a_bad_config_before_any_work(tmp_path):
     assert not (tmp_path / "matloop-store").exists()
 
 
+@pytest.mark.slow
 def test_train_then_sample_writes_cifs(shared_data, tmp_path):
     checkpoint = tmp_path / "cvae.pt"
     result = runner.invoke(app, [
         "train", "crystal_cvae", str(shared_data / "perov_5" / "val.csv.gz"), "-o",
-        str(checkpoint), "--property", "dir_gap", "--epochs", "2", "--limit", "40",
+        str(checkpoint), "--property", "dir_gap", "--epochs", "20", "--limit", "100",
     ])
     assert result.exit_code == 0, result.output
     assert checkpoint.is_file()
@@ -47,7 +51,18 @@ def test_train_then_sample_writes_cifs(shared_data, tmp_path):
     assert len(cifs) == 7
     from pymatgen.core import Structure
 
-    assert all(1 <= len(Structure.from_file(c)) <= 5 for c in cifs)
+    from matloop.generators.torch_common import file_sha256
+    from matloop.soundness import unsound_reason
+
+    back = [Structure.from_file(c) for c in cifs]
+    assert all(1 <= len(s) <= 5 for s in back)
+    assert all(unsound_reason(s) is None for s in back)
+    record = json.loads((out / "sample.json").read_text())
+    assert record["seed"] == 3 and record["written"] == 7
+    assert record["checkpoint_sha256"] == file_sha256(checkpoint)
+    assert record["temperature"] == 0.5  # the model's default
+    assert record["conditions"] == {"dir_gap": [1.5, 2.5]}
+    assert "UserWarning" not in result.output
 
 
 def test_train_and_sample_name_their_mistakes(tmp_path):

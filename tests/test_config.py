@@ -19,7 +19,7 @@ def test_quickstart_config_is_valid():
     config = load_config(QUICKSTART)
     assert config.chemical_space.elements == ["Ca", "Ti", "O"]
     assert config.budget.rounds >= 3
-    assert config.store.startswith("monty://")
+    assert config.store.startswith("sqlite://")
 
 
 def test_defaults_fill_a_minimal_config():
@@ -41,7 +41,7 @@ def test_defaults_fill_a_minimal_config():
         ({"generators": [{"name": "magic"}]}, "unknown generator 'magic'"),
         ({"relaxer": {"potential": "MACE"}}, "relaxer.potential"),
         ({"acquisition": {"strategy": "best"}}, "acquisition.strategy"),
-        ({"store": "sqlite:///x"}, "store: store URI scheme 'sqlite' is not supported"),
+        ({"store": "redis://x"}, "store: store URI scheme 'redis' is not supported"),
         ({"name": "bad name!"}, "name: must start with a letter or digit"),
         ({"budgett": {}}, "budgett: unknown field"),
         ({"objective": {"property": {"name": "dir_gap", "min": 3, "max": 1}}},

@@ -84,7 +84,7 @@ def test_materials_project_fetch_at_its_one_seam(monkeypatch):
             return [doc]
 
     class FakeRester:
-        def __init__(self, api_key):
+        def __init__(self, api_key, endpoint=None):
             calls["key"] = api_key
             self.materials = type("M", (), {"summary": FakeSummary()})()
 

@@ -3,6 +3,10 @@
 Every mistake is reported with the field's dotted path and what was expected, before any
 work starts. Relative paths (store folder, output folder, seed files) are taken relative to
 the directory ``matloop`` is run from.
+
+Validation is pure: it reads no file and opens no connection, so a configuration stored
+with a campaign validates again anywhere. Whether the files it names exist, parse and
+can be trusted, and whether the store answers, is checked by :mod:`matloop.preflight`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+#: Longest campaign name (it becomes a folder name and a Prefect flow-run name).
+NAME_MAX = 80
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ConfigError(ValueError):
@@ -75,6 +81,10 @@ class GeneratorConfig(_Strict):
     weight: float = Field(1.0, gt=0, description="Share of each round's proposals")
     settings: dict = Field(default_factory=dict, description="Passed to the generator")
     checkpoint: str | None = Field(None, description="Trained model file for torch generators")
+    trust: bool = Field(
+        False, description="Load the checkpoint even without a matching <checkpoint>.sha256 "
+        "beside it (only for a file you made or checked yourself)",
+    )
     update: Literal["finetune", "reinforce", "none"] = Field(
         "finetune",
         description="How a learned generator learns between rounds: reward-weighted "
@@ -114,13 +124,6 @@ class ReplayTable(_Strict):
     )
     cif_column: str = "cif"
     id_column: str = "material_id"
-
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, value: str) -> str:
-        if not Path(value).expanduser().is_file():
-            raise ValueError(f"replay table not found: {value}")
-        return value
 
 
 class RelaxerConfig(_Strict):
@@ -195,6 +198,12 @@ class DftConfig(_Strict):
     )
     settings: dict = Field(default_factory=dict, description="Input settings for the DFT maker")
     max_atoms: int = Field(20, ge=1, description="Larger candidates are not verified")
+    max_references: int = Field(
+        4, ge=0, le=1000,
+        description="Known compounds per verified chemical system relaxed with the same DFT "
+        "settings for the DFT hull, beside its elemental references (always relaxed): those "
+        "on or nearest the ML hull first, then the smallest cells",
+    )
 
 
 class BudgetConfig(_Strict):
@@ -266,7 +275,7 @@ class CampaignConfig(_Strict):
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     seed_data: SeedConfig = Field(default_factory=SeedConfig)
     store: str = Field(
-        "monty://./matloop-store",
+        "sqlite://./matloop-store.db",
         description="Store URI; may hold ${ENV_VAR} or ${prefect-secret:BLOCK} placeholders",
     )
     output: str = Field("./matloop-output", description="Folder for exported results")
@@ -275,10 +284,12 @@ class CampaignConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
+        rule = ("must start with a letter or digit, use only letters, digits, '.', '_', '-' "
+                f"and have at most {NAME_MAX} characters")
+        if len(value) > NAME_MAX:
+            raise ValueError(f"{rule}; this one has {len(value)} characters")
         if not _NAME.match(value):
-            raise ValueError(
-                "must start with a letter or digit and use only letters, digits, '.', '_', '-'"
-            )
+            raise ValueError(rule)
         return value
 
     @field_validator("generators")
@@ -298,8 +309,6 @@ class CampaignConfig(_Strict):
                     f"generator {gen.name!r} is a learned model and needs `checkpoint: PATH` "
                     "(train one with `matloop train`)"
                 )
-            if gen.checkpoint and not Path(gen.checkpoint).expanduser().is_file():
-                raise ValueError(f"checkpoint of {gen.name!r} not found: {gen.checkpoint}")
             if gen.checkpoint and (bad := sorted(set(gen.settings) - set(SAMPLING_SETTINGS))):
                 raise ValueError(
                     f"generator {gen.name!r} loads a trained model: its settings may only "
@@ -330,6 +339,8 @@ def _format_errors(source: str, error: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         got_text = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        if len(got_text) > 70:  # a long value is named, not printed whole
+            got_text = f" (got {got_text[6:50]}…)"
         if err["type"] == "extra_forbidden":
             message = "unknown field (check the spelling)"
         lines.append(f"  - {where}: {message}{got_text}")

@@ -167,10 +167,16 @@ def fetch_materials_project(elements: list[str], api_key: str | None = None) -> 
         for combo in combinations(elements, size)
     ]
     crystals: list[SeedCrystal] = []
-    with MPRester(api_key) as mpr:
-        docs = mpr.materials.summary.search(
-            chemsys=systems, fields=["material_id", "structure", "energy_above_hull"]
-        )
+    # MP_API_ENDPOINT (a mirror, a test server) is read here, not only when mp_api is imported
+    endpoint = os.environ.get("MP_API_ENDPOINT") or None
+    try:
+        with MPRester(api_key, endpoint=endpoint) as mpr:
+            docs = mpr.materials.summary.search(
+                chemsys=systems, fields=["material_id", "structure", "energy_above_hull"]
+            )
+    except Exception as err:  # mp_api raises MPRestError, requests errors, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"Materials Project fetch failed: {reason}") from err
     for doc in docs:
         props = {}
         if getattr(doc, "energy_above_hull", None) is not None:
@@ -179,3 +185,56 @@ def fetch_materials_project(elements: list[str], api_key: str | None = None) -> 
             SeedCrystal(str(doc.material_id), doc.structure, "materials-project", props)
         )
     return ReadReport(crystals, [])
+
+
+# -- seed coverage: is there a known crystal to judge novelty against? ---------------------
+def chemical_systems(elements: list[str], min_size: int = 2) -> list[str]:
+    """Every chemical system of ``elements`` with at least ``min_size`` elements, named as
+    pymatgen names them (``"Cl-Na"``: sorted, joined by ``-``), smallest first."""
+    from itertools import combinations
+
+    return [
+        "-".join(sorted(combo))
+        for size in range(min_size, len(elements) + 1)
+        for combo in combinations(sorted(elements), size)
+    ]
+
+
+#: Spaces of more elements are judged as a whole: they have too many subsystems to list.
+MAX_ENUMERATED_ELEMENTS = 6
+
+
+def seed_coverage(counts: dict[str, int], elements: list[str]) -> dict[str, Any]:
+    """How well seed crystals cover a chemical space, and the warning to show when not.
+
+    ``counts`` maps chemical systems (``"Cl-Na"``) to seed crystals in them (elements too,
+    they are ignored: elemental references are relaxed anyway). Returns ``{"systems":
+    {system: count} for every system of 2+ elements (for spaces of more than
+    :data:`MAX_ENUMERATED_ELEMENTS` elements: those with seed crystals), "empty": [systems
+    with none], "warning": str | None}``. A system with no seed crystal has nothing to judge novelty
+    against there: a known compound proposed again would look new.
+
+    >>> seed_coverage({"Cl-Na": 0}, ["Na", "Cl"])["warning"][:44]
+    'seed data has no known crystal in the Cl-Na '
+    >>> seed_coverage({"Cl-Na": 3}, ["Na", "Cl"])["warning"] is None
+    True
+    """
+    if len(elements) <= MAX_ENUMERATED_ELEMENTS:
+        systems = {system: int(counts.get(system, 0)) for system in chemical_systems(elements)}
+    else:  # 2**n subsystems: judge the space as a whole, list the systems that have some
+        systems = {system: int(n) for system, n in counts.items() if "-" in system and n}
+    empty = [system for system, n in systems.items() if n == 0]
+    warning = None
+    if len(elements) > 1 and sum(systems.values()) == 0:
+        space = "-".join(sorted(elements))
+        warning = (
+            f"seed data has no known crystal in the {space} space: nothing to judge novelty "
+            f"against, so a known compound proposed again would count as new; add known "
+            f"crystals of {space} under seed_data"
+        )
+    elif empty:
+        warning = (
+            f"seed data has no known crystal in {', '.join(empty)} (of {len(systems)} "
+            "chemical systems): novelty there is judged against nothing"
+        )
+    return {"systems": systems, "empty": empty, "warning": warning}

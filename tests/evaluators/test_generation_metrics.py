@@ -78,7 +78,6 @@ def test_coverage_from_fingerprints_known_answer():
 
 
 def test_coverage_of_set_against_itself_is_full():
-    pytest.importorskip("matminer")
     xs = [perovskite(3.9), perovskite(4.1, "Ba", "Zr"), perovskite(3.8, "Ca", "Ti")]
     cov = coverage(xs, xs, **{f"{k}_cutoff": v for k, v in COV_CUTOFFS["perov_5"].items()})
     assert cov["cov_recall"] == 1.0

@@ -131,3 +131,25 @@ def test_len_and_bucket_size(n):
         index.add(i, _rocksalt(5.0 + i))
     assert len(index) == n
     assert index.bucket_size(_cscl()) == n
+
+
+# -- novelty judged against a reference, or unjudged ----------------------------------------
+def test_novelty_is_unjudged_only_when_the_reference_lacks_the_chemical_system():
+    from matloop.evaluators.novelty import Novelty, ReferenceCoverage, judge_novelty
+
+    coverage = ReferenceCoverage.from_crystals(
+        [("file:mp.csv", "Ti-O"), ("file:mp.csv", "O-Ti"), ("optimade:odbx", "O")]
+    )
+    # Ca-O holds nothing: not found means nothing
+    novelty, reference = judge_novelty(None, "Ca-O", coverage)
+    assert novelty is Novelty.unjudged
+    assert reference == {"sets": ["file:mp.csv", "optimade:odbx"], "chemsys": "Ca-O",
+                         "n_chemsys": 0, "n_subsystems": {"Ca": 0, "O": 1}}
+    # Ti-O holds two crystals (element order does not matter): a miss is novel
+    novelty, reference = judge_novelty(None, "Ti-O", coverage)
+    assert novelty is Novelty.novel and reference["n_chemsys"] == 2
+    # a match is known, whether or not the system was covered
+    assert judge_novelty("element:Ca", "Ca", coverage)[0] is Novelty.known
+    assert judge_novelty("mp-2", "O-Ti", coverage)[0] is Novelty.known
+    # an empty reference judges nothing
+    assert judge_novelty(None, "Ti-O", ReferenceCoverage())[0] is Novelty.unjudged

@@ -1,5 +1,5 @@
 """A real campaign end to end: Prefect flows on a temporary server, real CHGNet
-relaxations, a real MontyStore on disk; then a resume from the store."""
+relaxations, a real SQLite store on disk (the embedded default); then a resume from the store."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def campaign_config(tmp_path_factory):
         "chemical_space": {"elements": ["Na", "Cl"], "max_atoms": 4},
         "budget": {"rounds": 2, "candidates_per_round": 6, "relaxations_per_round": 2},
         "relaxer": {"steps": 150},
-        "store": f"monty://{root}/store",
+        "store": f"sqlite://{root}/store.db",
         "output": str(root / "out"),
         "seed": 3,
     })

@@ -130,7 +130,7 @@ def test_serve_schedule_advances_the_campaign(server, tmp_path):
     api = Api(server.api_url)
     name = "served-na-cl"
     secret_dir = tmp_path / PLANTED  # a resolved value that must stay out of Prefect
-    config = _campaign(tmp_path, name, "monty://${MATLOOP_E2E_STORE_DIR}/store")
+    config = _campaign(tmp_path, name, "sqlite://${MATLOOP_E2E_STORE_DIR}/store.db")
     env = server.client_env(
         MATLOOP_E2E_STORE_DIR=str(secret_dir), PREFECT_LOGGING_LEVEL="INFO",
         OMP_NUM_THREADS="1",
@@ -162,7 +162,7 @@ def test_serve_schedule_advances_the_campaign(server, tmp_path):
     assert runs[0]["end_time"] <= runs[1]["start_time"], "scheduled runs overlapped"
 
     # each scheduled run advanced the campaign by one round
-    store = MatloopStore(f"monty://{secret_dir}/store")
+    store = MatloopStore(f"sqlite://{secret_dir}/store.db")
     rounds = store.rounds(name)
     assert [r.round for r in rounds][:2] == [1, 2]
     assert all(r.status == "completed" for r in rounds[:2])
@@ -211,7 +211,7 @@ def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
     """deployments/prefect.yaml on a `process` pool: deploy, then a worker runs it."""
     api = Api(server.api_url)
     name = "pooled-na-cl"
-    config = _campaign(tmp_path, name, "monty://./store")  # relative: the pull step's folder
+    config = _campaign(tmp_path, name, "sqlite://./store.db")  # relative: the pull step's folder
     env = server.client_env(PREFECT_LOGGING_LEVEL="INFO", OMP_NUM_THREADS="1",
                             PWD=str(tmp_path))
 
@@ -255,7 +255,7 @@ def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
     finally:
         _stop(worker)
     assert run["name"].startswith(f"{name}-scheduled-")
-    store = MatloopStore(f"monty://{tmp_path}/store")
+    store = MatloopStore(f"sqlite://{tmp_path}/store.db")
     (round1,) = store.rounds(name)
     assert round1.status == "completed"
     assert (tmp_path / "out" / name / "report.md").is_file()

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from pymatgen.core import Lattice, Structure
 
-torch = pytest.importorskip("torch")
-
-from pymatgen.core import Lattice, Structure  # noqa: E402
-
-from matloop.generators.base import Feedback  # noqa: E402
-from matloop.generators.reinforce import LatentPolicy, action_key, reinforce_step  # noqa: E402
-from matloop.generators.training import generator_class, load_checkpoint  # noqa: E402
+from matloop.generators.base import Feedback
+from matloop.generators.reinforce import LatentPolicy, action_key, reinforce_step
+from matloop.generators.training import generator_class, load_checkpoint
 
 A_SITE = ["Sr", "Ba", "Ca"]
 B_SITE = ["Ti", "Zr"]

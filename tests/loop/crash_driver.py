@@ -17,6 +17,8 @@ Used by ``tests/flows/test_crash_safety.py`` and ``benchmarks/faults.py``::
   a 1000 Å cell, too many atoms, NaN coordinates, and a crash on every third call); the
   config names it.
 * ``--summary-only``: print the summary of what the store holds; run nothing.
+* ``--lease``: hold the campaign's lease while running, as ``matloop run`` does; when
+  another run holds it, print its message and exit 3 (:data:`EXIT_BUSY`).
 * ``--hiccups K,...``: the K-th store write raises ``ConnectionError`` once (the store is
   briefly unreachable) and the step is retried, as its Prefect task would be.
 
@@ -181,6 +183,7 @@ def summary(run) -> dict:
         "evaluations": {e.candidate_id: [round(e.e_above_hull, 4), e.is_novel, e.is_unique]
                         for e in store.evaluations(name)},
         "jobs": jobs,
+        "proposals": sum(c.times_proposed for c in store.candidates(name)),
     }
 
 
@@ -201,6 +204,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kill-on", action="append")
     parser.add_argument("--summary-only", action="store_true",
                         help="print what the store holds and run nothing")
+    parser.add_argument("--lease", action="store_true",
+                        help="hold the campaign lease while running, as `matloop run` does")
     args = parser.parse_args(argv)
 
     if args.bad:
@@ -215,6 +220,27 @@ def main(argv: list[str]) -> int:
     if args.summary_only:
         print("done " + json.dumps(summary(run)), flush=True)
         return 0
+    if args.lease:
+        from matloop.store.lease import CampaignLease, LeaseHeld
+
+        try:
+            lease = CampaignLease(run.store, run.name).acquire()
+        except LeaseHeld as err:
+            print(f"busy {err}", flush=True)
+            return EXIT_BUSY
+        print("lease taken", flush=True)
+        with lease.keep_alive():
+            return _run_all(run)
+    return _run_all(run)
+
+
+#: Exit status when another run holds the campaign's lease (as ``matloop run``).
+EXIT_BUSY = 3
+
+
+def _run_all(run) -> int:
+    from matloop.loop import STEPS
+
     retries = 0
 
     def attempt(fn, *a):

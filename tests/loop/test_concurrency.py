@@ -1,7 +1,7 @@
 """Several workers on one store: no candidate is relaxed twice, a dead worker's claim is
 taken over, and the round's relax step finishes only when every claim is settled.
 
-Real processes, a real MontyStore on disk, real CHGNet relaxations (no Prefect)."""
+Real processes, a real SQLite store on disk (the embedded default), real CHGNet relaxations (no Prefect)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def screened_round(tmp_path):
         "chemical_space": {"elements": ["Na", "Cl"], "max_atoms": 4},
         "budget": {"rounds": 1, "candidates_per_round": 10, "relaxations_per_round": 5},
         "relaxer": {"steps": 150},
-        "store": f"monty://{tmp_path}/store",
+        "store": f"sqlite://{tmp_path}/store.db",
         "output": str(tmp_path / "out"),
         "seed": 5,
     }

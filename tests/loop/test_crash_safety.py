@@ -1,7 +1,7 @@
 """Crash safety: a campaign process killed with SIGKILL at any point of a round resumes, loses
 nothing, relaxes nothing twice, and ends exactly where an uninterrupted run ends.
 
-Real processes (``crash_driver.py``), a real MontyStore on disk, real CHGNet relaxations; a
+Real processes (``crash_driver.py``), a real SQLite store on disk (the embedded default), real CHGNet relaxations; a
 generator of broken crystals is mixed into every round. One store is killed again and again,
 at a different kind of moment each time (before or in the middle of a store write, in every
 step, and once from outside at an arbitrary moment of a relaxation), then run to the end and
@@ -53,7 +53,7 @@ def config(root: Path) -> Path:
         "budget": {"rounds": 2, "max_rounds": 2, "candidates_per_round": 6,
                    "relaxations_per_round": 2},
         "relaxer": {"steps": 150},
-        "store": f"monty://{root}/store",
+        "store": f"sqlite://{root}/store.db",
         "output": str(root / "out"),
         "seed": 3,
     }

@@ -12,7 +12,7 @@ from pymatgen.core import Lattice, Structure
 
 from matloop.config import ConfigError, parse_config
 from matloop.loop import CampaignRun
-from matloop.loop.verify import verify_candidates
+from matloop.loop.verify import dft_label, verify_round
 from matloop.relax.dft import cp2k_command
 from matloop.relax.makers import CachedForceFieldRelaxMaker
 from matloop.store import EvaluationDoc, MatloopStore, RelaxationDoc
@@ -63,6 +63,10 @@ def _add(store: MatloopStore, cid: str, structure: Structure, e_hull: float, *,
     )])
 
 
+def _counts(metrics: dict) -> tuple[int, int]:
+    return metrics["dft_verified"], metrics["dft_failed"]
+
+
 def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     store = MatloopStore("memory://")
     run = CampaignRun(config(), store)
@@ -75,7 +79,7 @@ def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     _add(store, "al-c", fcc("Al", 4.10), 0.05, novel=False)  # known: never verified
     _add(store, "al-d", fcc("Al", 4.00), 0.30, stable=False)  # not stable: never verified
 
-    assert verify_candidates(run.context, 1) == {"dft_verified": 1, "dft_failed": 0}
+    assert _counts(verify_round(run.context, 1)) == (1, 0)
     (doc,) = store.dft_results("dft-demo")
     assert doc.candidate_id == "cu-b" and doc.ok and doc.round == 1
     assert doc.evidence == "dft-relaxed"
@@ -87,17 +91,16 @@ def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     evaluation = {e.candidate_id: e for e in store.evaluations("dft-demo")}["cu-b"]
     assert evaluation.energy_per_atom == -3.0 and evaluation.evidence == "mlip-relaxed"
 
-    # the next best
-    assert verify_candidates(run.context, 2) == {"dft_verified": 1, "dft_failed": 0}
+    assert _counts(verify_round(run.context, 2)) == (1, 0)  # the next best
     assert [d.candidate_id for d in store.dft_results("dft-demo")] == ["cu-a", "cu-b"]
-    assert verify_candidates(run.context, 3) == {"dft_verified": 0, "dft_failed": 0}  # nothing left
+    assert _counts(verify_round(run.context, 3)) == (0, 0)  # nothing left
 
 
 def test_verify_is_off_without_a_dft_block() -> None:
     cfg = parse_config({"name": "x", "chemical_space": {"elements": ["Cu"]},
                         "store": "memory://"})
     run = CampaignRun(cfg, MatloopStore("memory://"))
-    assert run.dft_maker is None and verify_candidates(run.context, 1) == {}
+    assert run.dft_maker is None and verify_round(run.context, 1) == {}
 
 
 needs_cp2k = pytest.mark.skipif(
@@ -163,7 +166,7 @@ def test_verify_relaxes_a_candidate_with_real_cp2k(monkeypatch) -> None:
     store = MatloopStore("memory://")
     run = CampaignRun(cfg, store)
     _add(store, "si-2", start, 0.0)
-    assert verify_candidates(run.context, 1) == {"dft_verified": 1, "dft_failed": 0}
+    assert _counts(verify_round(run.context, 1)) == (1, 0)
 
     (out,) = outcomes
     assert out.ok, out.reason
@@ -203,6 +206,60 @@ def test_verify_relaxes_a_candidate_with_real_cp2k(monkeypatch) -> None:
     assert evaluation.energy_per_atom == -3.0 and evaluation.evidence == "mlip-relaxed"
 
 
+def test_verify_builds_a_dft_hull_and_gives_verdicts(tmp_path) -> None:
+    """The DFT hull with a stand-in DFT code (EMT): the elemental references are relaxed
+    with the same maker, a candidate on the DFT hull is confirmed, one far above it refuted,
+    and the exported references.csv rebuilds the DFT hull within 1 meV/atom."""
+    from matloop.results.export import export_campaign, recompute_hull
+    from matloop.store import ReferenceDoc
+
+    store = MatloopStore("memory://")
+    run = CampaignRun(config(top_k=5, max_references=2), store)
+    run.dft_maker = CachedForceFieldRelaxMaker(  # stand-in for CP2K
+        force_field_name=EMT, relax_kwargs={"fmax": 0.02, "final_atoms_object_file": None},
+        ionic_step_data=None,
+    )
+    campaign = run.ensure_campaign()
+    campaign.references_ready, campaign.hull_scheme = True, run.hull_scheme
+    campaign.reference_e_above_hull = {"element:Cu": 0.0, "element:Al": 0.0}
+    store.save_campaign(campaign)
+    store.save_references([
+        ReferenceDoc(reference_id=f"element:{el}", potential=run.potential, formula=el,
+                     chemsys=el, energy_per_atom=-3.0, structure=fcc(el, a).as_dict(),
+                     source="elemental")
+        for el, a in (("Cu", 3.61), ("Al", 4.05))
+    ])
+    simple_cubic = Structure(Lattice.cubic(2.4), ["Cu"], [[0, 0, 0]])
+    _add(store, "cu-fcc", fcc("Cu", 3.70), 0.00)  # relaxes onto the Cu reference: on the hull
+    _add(store, "cu-sc", simple_cubic, 0.01)  # simple cubic copper: far above fcc
+
+    metrics = verify_round(run.context, 1)
+    assert metrics["dft_verified"] == 2 and metrics["dft_references"] == 1  # Cu only
+    assert metrics["dft_confirmed"] == 1 and metrics["dft_refuted"] == 1
+    (ref,) = store.references(dft_label(run.context))
+    assert ref.reference_id == "element:Cu" and ref.energy_per_atom == pytest.approx(
+        -0.0057, abs=0.01)  # EMT's energy, not the ML reference's -3.0
+    assert ref.settings and ref.evidence == "dft-relaxed"
+    results = {d.candidate_id: d for d in store.dft_results("dft-demo")}
+    assert results["cu-fcc"].verdict == "confirmed"
+    assert results["cu-fcc"].dft_e_above_hull == pytest.approx(0.0, abs=1e-3)
+    assert results["cu-sc"].verdict == "refuted" and results["cu-sc"].dft_e_above_hull > 0.1
+    assert results["cu-sc"].dft_reference_ids == ["element:Cu"]
+    # the ML evaluations are untouched; the references are relaxed once
+    assert {e.candidate_id: e.e_above_hull for e in store.evaluations("dft-demo")} == {
+        "cu-fcc": 0.0, "cu-sc": 0.01}
+    assert verify_round(run.context, 2)["dft_references"] == 1
+
+    out = export_campaign(store, "dft-demo", tmp_path)
+    _pd, e_hull = recompute_hull(out / "references.csv", hull="dft")
+    assert set(e_hull) == {"element:Cu", "cu-fcc", "cu-sc"}
+    for cid, doc in results.items():
+        assert abs(e_hull[cid] - doc.dft_e_above_hull) < 1e-3
+    summary = (out / "summary.json").read_text()
+    assert '"dft_refuted": 1' in summary and '"dft_confirmed": 1' in summary
+    assert "refuted by DFT" in (out / "report.html").read_text()
+
+
 def test_a_round_verified_inside_evaluate_is_not_verified_again() -> None:
     """Rounds stored when evaluate ran the DFT verification (before verify was a step of its
     own) carry its metrics; resuming one runs no second verification."""
@@ -222,5 +279,5 @@ def test_a_round_verified_inside_evaluate_is_not_verified_again() -> None:
     assert run.store.get_round("dft-demo", 1).steps_done[-1] == "verify"
     store.save_round(RoundDoc(campaign="dft-demo", round=2,
                               steps_done=["generate", "screen", "relax", "evaluate"]))
-    assert run.verify(2).counts == {"dft_verified": 1, "dft_failed": 0}
+    assert _counts(run.verify(2).counts) == (1, 0)
     assert run.verify(2).skipped  # recorded: a second call does nothing

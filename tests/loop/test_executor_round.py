@@ -18,7 +18,7 @@ def test_round_relaxes_through_the_dask_executor(tmp_path):
         "budget": {"candidates_per_round": 6, "relaxations_per_round": 3},
         "relaxer": {"steps": 150, "executor": "dask",
                     "executor_settings": {"n_workers": 2}},
-        "store": f"monty://{tmp_path}/store",
+        "store": f"sqlite://{tmp_path}/store.db",
     })
     run = CampaignRun(config)
     run.prepare_references()
@@ -28,6 +28,9 @@ def test_round_relaxes_through_the_dask_executor(tmp_path):
     assert doc.metrics["relaxed"] + doc.metrics["failed"] == 3
     relaxations = run.store.relaxations("dask-round")
     assert len(relaxations) == 3
+    # Dask worker processes ran them (the local executor records no worker)
+    assert all((r.worker or "").startswith("tcp://") for r in relaxations), relaxations
+    assert doc.metrics["relaxed"] >= 1 and sum(r.ok for r in relaxations) == doc.metrics["relaxed"]
     job_store = run.store.job_store()
     for relax in relaxations:
         if relax.ok:  # the workers' task documents came back to the campaign's job store

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
+from pymatgen.core import Lattice, Structure
 
-from pymatgen.core import Lattice, Structure  # noqa: E402
-
-from matloop.config import parse_config  # noqa: E402
-from matloop.loop import CampaignRun  # noqa: E402
-from matloop.generators.training import generator_class  # noqa: E402
-from matloop.store import CandidateStatus, EvaluationDoc  # noqa: E402
+from matloop.config import parse_config
+from matloop.loop import CampaignRun
+from matloop.generators.training import generator_class, load_checkpoint
+from matloop.store import CandidateStatus, EvaluationDoc
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +76,28 @@ def test_reinforce_mode_updates_the_policy_and_stores_it(checkpoint):
     assert "policy" in generator.modules and int(generator.modules["policy"].n_updates) == 1
 
 
+def decoding_loss(gen, structures) -> float:
+    """Mean decoding loss at the posterior means: lower = the model finds them likelier."""
+    tensors, _ = gen._encode_structures(structures, np.zeros((len(structures), 0)))
+    m = gen.module
+    with torch.no_grad():
+        mu, _ = m.encode(m.features(tensors["lat"], tensors["cls"], tensors["frac"]), None)
+        l_lat, l_cls, l_coord = m.reconstruction_terms(mu, tensors)
+    return float((l_lat + l_cls + m.coord_weight * l_coord).mean())
+
+
 def test_finetune_mode_updates_the_decoder(checkpoint):
     run, counts = run_one_round(checkpoint, "finetune")
     assert counts["generators_updated"] == ["crystal_vae"] and "reinforce" not in counts
     (_, generator), = run.generators()
     assert "policy" not in generator.modules
+    # the rewarded (stable) proposals became likelier than under the checkpoint
+    stable = {e.candidate_id for e in run.store.evaluations(run.name) if e.is_stable}
+    rewarded = [Structure.from_dict(c.structure) for c in run.store.candidates(run.name)
+                if c.candidate_id in stable]
+    assert rewarded, "the round should have rewarded some proposals"
+    before = decoding_loss(load_checkpoint(checkpoint), rewarded)
+    assert decoding_loss(generator, rewarded) < 0.97 * before
 
 
 def test_none_mode_keeps_the_generator(checkpoint):

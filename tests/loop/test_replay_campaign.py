@@ -116,14 +116,26 @@ def _row_id(oracle, structure_dict) -> str:
     [
         ({"potential": "replay"}, "relaxer: potential: replay needs a table"),
         ({"potential": "CHGNet", "replay": {"path": "x.csv", "energy_column": "e"}},
-         "relaxer.replay.path: replay table not found"),
-        ({"potential": "replay", "replay": {"path": "missing.csv", "energy_column": "e"}},
-         "relaxer.replay.path: replay table not found: missing.csv"),
+         "relaxer: relaxer.replay is only used with potential: replay"),
     ],
 )
 def test_bad_replay_config_is_refused(table, relaxer, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         parse_config(config(table, relaxer=relaxer))
+
+
+def test_missing_or_wrong_replay_table_is_a_preflight_problem(table):
+    """Validation reads no file; the pre-flight checks the table exists and has columns."""
+    from matloop.preflight import check_replay_table
+
+    missing = parse_config(config(table, relaxer={
+        "potential": "replay", "replay": {"path": "missing.csv", "energy_column": "e"}}))
+    (problem,) = check_replay_table(missing.relaxer.replay)
+    assert str(problem).startswith("relaxer.replay.path: missing.csv: no such file")
+    wrong = parse_config(config(table, relaxer={
+        "potential": "replay", "replay": {"path": str(table), "energy_column": "nope"}}))
+    (problem,) = check_replay_table(wrong.relaxer.replay)
+    assert "no column(s) nope" in str(problem)
 
 
 def test_replay_table_with_a_potential_is_refused(table):

@@ -121,12 +121,12 @@ def test_fixed_cell_agrees_too(mp_crystals) -> None:
 def test_failures_in_one_batch_leave_the_others_alone(mp_crystals, monkeypatch) -> None:
     real_evaluate = batched._evaluate
 
-    def nan_for_nacl(model, graphs):
+    def nan_for_nacl(model, inputs):
         """CHGNet's answers, except a NaN energy for rock salt."""
-        energies, forces, stresses = real_evaluate(model, graphs)
+        energies, forces, stresses = real_evaluate(model, inputs)
         energies = energies.clone()
-        for i, graph in enumerate(graphs):
-            if graph.composition == "Na1 Cl1":
+        for i, formula in enumerate(inputs.formulas):
+            if formula == "Na1 Cl1":
                 energies[i] = float("nan")
         return energies, forces, stresses
 
@@ -169,10 +169,10 @@ def test_failures_in_one_batch_leave_the_others_alone(mp_crystals, monkeypatch) 
 def test_a_crystal_that_breaks_the_model_call_fails_alone(mp_crystals, monkeypatch) -> None:
     real_evaluate = batched._evaluate
 
-    def fails_on_nacl(model, graphs):
-        if any(graph.composition == "Na1 Cl1" for graph in graphs):
+    def fails_on_nacl(model, inputs):
+        if "Na1 Cl1" in inputs.formulas:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real_evaluate(model, graphs)
+        return real_evaluate(model, inputs)
 
     monkeypatch.setattr(batched, "_evaluate", fails_on_nacl)
     items = [mp_crystals[0], ("nacl", _rocksalt())]
@@ -202,14 +202,14 @@ def test_not_converged_keeps_its_energy_and_a_relaxed_crystal_stops_at_once(
 
 @pytest.mark.slow
 def test_batches_respect_their_size_limits(mp_crystals, monkeypatch) -> None:
-    real_predict = batched._predict
+    real_evaluate = batched._evaluate
     sizes: list[tuple[int, int]] = []  # (crystals, atoms) of each model call
 
-    def spy(model, structures, device):
-        sizes.append((len(structures), sum(len(s) for s in structures)))
-        return real_predict(model, structures, device)
+    def spy(model, inputs):
+        sizes.append((len(inputs.formulas), inputs.n_atoms))
+        return real_evaluate(model, inputs)
 
-    monkeypatch.setattr(batched, "_predict", spy)
+    monkeypatch.setattr(batched, "_evaluate", spy)
     biggest = max(len(s) for _, s in mp_crystals)
     outs = BatchedRelaxer(steps=3, batch_size=3, max_batch_atoms=biggest).relax(mp_crystals)
     assert len(outs) == 8 and all(o.energy_per_atom is not None for o in outs)
@@ -225,6 +225,14 @@ def test_empty_and_all_rejected_inputs_need_no_model(monkeypatch) -> None:
     assert BatchedRelaxer().relax([]) == []
     (out,) = BatchedRelaxer().relax([("big", _rocksalt() * (2, 2, 2))], max_atoms=4)
     assert out.reason == "too many atoms (16 > 4)" and out.potential == "CHGNet 0.3.0"
+
+
+def test_potential_named_as_the_per_structure_path() -> None:
+    from matloop.relax.makers import potential_version
+
+    model = batched._load_chgnet("cpu")
+    assert BatchedRelaxer().potential == potential_version("CHGNet") == "CHGNet 0.3.0"
+    assert BatchedRelaxer(model=model).potential == potential_version("CHGNet", {"model": model})
 
 
 def test_cell_forces_match_ase_frechet_filter() -> None:

@@ -89,7 +89,15 @@ def test_extra_candidates_join_the_competition(job_store: JobStore, emt) -> None
     h = 3.59 / 2
     extra = Structure(Lattice([[0, h, h], [h, 0, h], [h, h, 0]]), ["Ni"], [[0, 0, 0]])
     refs = relax_elemental_references(["Ni"], emt, job_store, extra={"Ni": [extra]})
-    assert refs["Ni"].candidate_id in {f"ref:Ni:{p}" for p in prototypes("Ni") + ["extra-5"]}
+    relaxed = {
+        d["metadata"]["candidate_id"]: d["output"]["output"]["energy_per_atom"]
+        for d in job_store.query({"metadata.candidate_id": {"$regex": "^ref:Ni:"}})
+    }
+    seed_id = f"ref:Ni:extra-{len(prototypes('Ni'))}"
+    # the seed crystal was relaxed beside every prototype, and the lowest of all won
+    assert set(relaxed) == {f"ref:Ni:{p}" for p in prototypes("Ni")} | {seed_id}
+    assert relaxed[seed_id] is not None
+    assert refs["Ni"].energy_per_atom == pytest.approx(min(relaxed.values()))
 
 
 def test_all_candidates_failing_names_the_element(job_store: JobStore, emt) -> None:

@@ -63,7 +63,7 @@ def test_evaluate_records_evidence_convergence_and_hull_version(evaluated):
         assert (ev.max_force, ev.n_steps, ev.converged) == (
             relax.max_force, relax.n_steps, relax.converged)
         assert ev.settings == {"fmax": 0.05, "steps": 300, "relax_cell": True}
-        assert ev.n_hull_entries == 2 + 5
+        assert ev.n_hull_entries == 2 + 1 + 5  # elements, one seed crystal, candidates
         assert ev.hull_version == 2
         if ev.formula == "NaCl2":
             assert (ev.evidence, ev.potential) == ("dft-relaxed", "CP2K PBE")
@@ -90,7 +90,7 @@ def test_an_unevaluated_candidate_is_not_in_the_hull(tmp_path):
     run = build_campaign()  # round 2 relaxed but not evaluated
     out = export_campaign(run.store, NAME, tmp_path)
     references, candidates = _assert_hull_recomputes(out)
-    assert len(references) == 2 + 3
+    assert len(references) == 2 + 1 + 3
     assert {r["formula"] for r in candidates} == {"NaCl", "Na2Cl"}
 
 
@@ -107,6 +107,50 @@ def test_candidates_csv_carries_evidence_and_summary_counts_levels(evaluated_exp
     assert summary["discoveries"] == sum(hits.values()) == 3
     assert hits == {"mlip-relaxed": 2, "dft-single-point": 0, "dft-relaxed": 1}
     assert summary["confirmed"] == 1 and summary["leads"] == 2  # ML-only is never confirmed
+
+
+def test_novelty_is_judged_against_the_reference_and_exported(evaluated_export):
+    """Na-Cl holds one reference crystal: the candidates' novelty is judged (novel), each
+    row says what was searched; nothing is unjudged, so no 'novelty unknown' count."""
+    rows = [r for r in _csv(evaluated_export / "candidates.csv") if r["e_above_hull"]]
+    assert {r["novelty"] for r in rows} == {"novel"}
+    reference = json.loads(rows[0]["novelty_reference"])
+    assert reference == {"sets": ["file:known.csv"], "chemsys": "Cl-Na", "n_chemsys": 1,
+                         "n_subsystems": {"Cl": 0, "Na": 0}}
+    summary = json.loads((evaluated_export / "summary.json").read_text())
+    assert summary["novelty"] == {"novel": 5, "known": 0, "unjudged": 0}
+    assert summary["stable_novelty_unknown"] == 0
+    assert summary["novelty_reference_sets"] == ["file:known.csv"]
+
+
+def test_without_a_reference_crystal_nothing_is_novel(tmp_path):
+    """The same campaign with no reference crystal of Na-Cl: rock-salt NaCl and the others
+    are 'unjudged', no discovery is claimed, and the stable ones are counted as 'stable,
+    novelty unknown' in summary.json, rounds.csv, the report and status --json."""
+    from typer.testing import CliRunner
+
+    from matloop.cli import app
+    from handmade_campaign import SEED_ID
+
+    uri = f"monty://{tmp_path}/store"
+    run = build_campaign(uri, evaluate_round_2=True, seed=False)
+    assert SEED_ID not in run.reference_ids()
+    out = export_campaign(run.store, NAME, tmp_path / "out")
+    rows = [r for r in _csv(out / "candidates.csv") if r["e_above_hull"]]
+    assert rows and {r["novelty"] for r in rows} == {"unjudged"}
+    assert {r["is_novel"] for r in rows} == {"False"}
+    assert all(json.loads(r["novelty_reference"])["n_chemsys"] == 0 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    n_stable = sum(r["is_stable"] == "True" and r["is_unique"] == "True" for r in rows)
+    assert summary["discoveries"] == 0 and summary["confirmed"] == 0
+    assert summary["stable_novelty_unknown"] == n_stable > 0
+    assert sum(int(r["stable_novelty_unknown"]) for r in _csv(out / "rounds.csv")) == n_stable
+    assert "stable with novelty unknown" in (out / "report.md").read_text()
+    assert "stable, novelty unknown" in (out / "report.html").read_text()
+    result = CliRunner().invoke(app, ["status", NAME, "--store", uri, "--json"])
+    payload = json.loads(result.output)
+    assert payload["summary"]["stable_novelty_unknown"] == n_stable
+    assert sum(r["stable_novelty_unknown"] for r in payload["rounds"]) == n_stable
 
 
 @pytest.mark.slow

@@ -109,7 +109,7 @@ def test_cli_report_and_status(tmp_path):
 
     from matloop.cli import app
 
-    uri = f"monty://{tmp_path}/store"
+    uri = f"sqlite://{tmp_path}/store.db"
     build_campaign(uri, evaluate_round_2=True)
     runner = CliRunner()
     result = runner.invoke(app, ["report", NAME, "--store", uri, "--output",
@@ -122,7 +122,7 @@ def test_cli_report_and_status(tmp_path):
     assert summary["discoveries_by_evidence"]["dft-relaxed"] == 1
     assert summary["confirmed"] == 1
     result = runner.invoke(app, ["status", NAME, "--store", uri])
-    assert "confirmed (DFT-relaxed): 1" in " ".join(result.output.split())
+    assert "confirmed (DFT-relaxed, on the DFT hull): 1" in " ".join(result.output.split())
     result = runner.invoke(app, ["report", "nope", "--store", uri])
     assert result.exit_code == 2 and "no campaign named 'nope'" in result.output
 
@@ -133,7 +133,7 @@ def test_report_markdown_artifact_names_the_report(export, campaign):
     summary = json.loads((export / "summary.json").read_text())
     text = report_markdown(campaign, summary, export / "report.html")
     assert "file://" in text and "report.html" in text
-    assert "| confirmed (DFT-relaxed) | **1**" in text
+    assert "| confirmed (DFT-relaxed, on the DFT hull) | **1**" in text
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium")
@@ -146,7 +146,7 @@ def test_report_renders_in_headless_chromium(export, tmp_path):
 
 def test_latent_map_of_a_real_crystal_vae(tmp_path):
     """The adapter gives matloop's crystal VAEs the encode(structures) protocol."""
-    torch = pytest.importorskip("torch")
+    import torch
     from pymatgen.core import Lattice, Structure
 
     from matloop.generators.training import generator_class
@@ -177,19 +177,23 @@ def test_latent_map_of_a_real_crystal_vae(tmp_path):
 
 
 def test_a_dft_verification_raises_the_evidence_level(tmp_path):
-    store_module = pytest.importorskip("matloop.store")
-    if not hasattr(store_module, "DftDoc"):
-        pytest.skip("no DFT verification documents in this version")
     from matloop.results.report import campaign_summary
+    from matloop.store import DftDoc
 
     run = build_campaign()  # ML only so far
     hit = next(e for e in run.store.evaluations(NAME)
                if e.is_stable and e.is_novel and e.is_unique)
-    run.store.save_dft([store_module.DftDoc(
+    run.store.save_dft([DftDoc(
         campaign=NAME, candidate_id=hit.candidate_id, round=1, ok=True, code="cp2k",
         kind="relax", evidence="dft-relaxed", energy_per_atom=-150.0, converged=True,
         matches_ml_structure=True,
     )])
+    # DFT-relaxed but no DFT hull to place it on: not confirmed
+    summary = campaign_summary(run.store, NAME)
+    assert summary["confirmed"] == 0 and summary["dft_verified"] == 1
+    (doc,) = run.store.dft_results(NAME)
+    doc.dft_e_above_hull, doc.verdict = 0.0, "confirmed"
+    run.store.save_dft([doc])
     summary = campaign_summary(run.store, NAME)
     assert summary["confirmed"] == 1 and summary["dft_verified"] == 1
     assert summary["discoveries_by_evidence"]["dft-relaxed"] == 1
@@ -200,3 +204,29 @@ def test_a_dft_verification_raises_the_evidence_level(tmp_path):
         row = next(r for r in csv.DictReader(handle) if r["candidate_id"] == hit.candidate_id)
     assert (row["evidence"], row["dft_evidence"], row["dft_code"]) == (
         "mlip-relaxed", "dft-relaxed", "cp2k")  # the hull energy stays the ML one
+
+
+def test_a_failed_dft_run_is_never_counted_as_confirmed(tmp_path):
+    from matloop.results.report import campaign_summary
+    from matloop.store import DftDoc
+
+    run = build_campaign()
+    hit = next(e for e in run.store.evaluations(NAME)
+               if e.is_stable and e.is_novel and e.is_unique)
+    # a DFT relaxation that ran and failed (SCF not converged): stored, but no evidence
+    run.store.save_dft([DftDoc(
+        campaign=NAME, candidate_id=hit.candidate_id, round=1, ok=False, code="cp2k",
+        kind="relax", evidence="dft-relaxed", energy_per_atom=None, converged=False,
+        reason="SCF did not converge",
+    )])
+    summary = campaign_summary(run.store, NAME)
+    assert summary["confirmed"] == 0 and summary["dft_verified"] == 0
+    assert summary["leads"] == summary["discoveries"] >= 1
+    assert summary["discoveries_by_evidence"].get("dft-relaxed", 0) == 0
+    out = export_campaign(run.store, NAME, tmp_path)
+    import csv
+
+    with (out / "candidates.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if r["candidate_id"] == hit.candidate_id)
+    assert row["evidence"] == "mlip-relaxed" and row["dft_ok"] == "False"
+    assert "confirmed by DFT relaxation" not in (out / "report.html").read_text()

@@ -20,10 +20,12 @@ def _candidate(cid: str, round_: int = 1) -> CandidateDoc:
     )
 
 
-@pytest.fixture(params=["memory", "monty"])
+URIS = {"sqlite": "sqlite://{tmp}/matloop.db", "memory": "memory://", "monty": "monty://{tmp}/db"}
+
+
+@pytest.fixture(params=list(URIS))
 def store(request, tmp_path) -> MatloopStore:
-    uri = "memory://" if request.param == "memory" else f"monty://{tmp_path}/db"
-    db = MatloopStore(uri)
+    db = MatloopStore(URIS[request.param].format(tmp=tmp_path))
     yield db
     db.close()
 
@@ -57,8 +59,9 @@ def test_status_changes_are_recorded_with_reasons(store):
     assert counts["rejected"] == 1 and counts["failed"] == 1 and counts["proposed"] == 0
 
 
-def test_monty_store_persists_across_processes_worth_of_instances(tmp_path):
-    uri = f"monty://{tmp_path}/db"
+@pytest.mark.parametrize("kind", ["sqlite", "monty"])
+def test_embedded_store_persists_across_instances(tmp_path, kind):
+    uri = URIS[kind].format(tmp=tmp_path)
     first = MatloopStore(uri)
     first.save_campaign(CampaignDoc(campaign="demo", config={"chemical_space": {}}))
     first.add_candidates([_candidate("a")])
@@ -88,9 +91,10 @@ def test_job_store_lives_in_the_same_database(store):
 @pytest.mark.parametrize(
     "uri, message",
     [
-        ("sqlite:///x.db", "not supported"),
+        ("postgres://h/db", "not supported"),
         ("./folder", "no scheme"),
         ("monty://", "needs a folder"),
+        ("sqlite://", "needs a database file"),
     ],
 )
 def test_bad_store_uris_are_named(uri, message):
@@ -122,3 +126,52 @@ def test_named_queries_and_documents_built_from_outcomes(store):
     assert (doc.candidate_id, doc.round, doc.potential, doc.energy_per_atom) == (
         "a", 2, "CHGNet 0.3.0", -3.2)
     assert doc.structure["lattice"]["a"] == pytest.approx(5.64) and doc.properties == {"gap": 1.0}
+
+
+def test_repeats_grow_by_how_often_they_were_proposed(store):
+    store.add_candidates([_candidate("a"), _candidate("b")])
+    new, old = store.add_candidates(
+        [_candidate("a", 2), _candidate("a", 2), _candidate("b", 2), _candidate("c", 2)]
+    )
+    assert new == ["c"] and sorted(old) == ["a", "b"]
+    times = {c.candidate_id: c.times_proposed for c in store.candidates("demo")}
+    assert times == {"a": 3, "b": 2, "c": 1}
+
+
+def test_set_status_fields_take_numpy_values_and_keep_history(store):
+    import numpy as np
+
+    store.add_candidates([_candidate(x) for x in "abc"])
+    store.set_status(
+        "demo",
+        {"a": (CandidateStatus.selected, None), "b": (CandidateStatus.selected, None),
+         "c": (CandidateStatus.rejected, "too close")},
+        round_=1,
+        fields={"a": {"acquisition_score": np.float64(0.5), "selected_round": 1}},
+    )
+    a, b, c = store.candidates("demo")
+    assert (a.status, a.acquisition_score, a.selected_round) == ("selected", 0.5, 1)
+    assert b.status == "selected" and b.acquisition_score is None
+    assert [(h.status, h.round) for h in c.history] == [("rejected", 1)]
+    assert store.status_counts("demo") == {
+        "proposed": 0, "selected": 2, "rejected": 1, "relaxing": 0, "relaxed": 0,
+        "failed": 0, "evaluated": 0,
+    }
+
+
+def test_claims_take_each_candidate_once_and_take_over_dead_workers(store):
+    store.add_candidates([_candidate("a"), _candidate("b")])
+    store.set_status("demo", {"a": (CandidateStatus.selected, None),
+                              "b": (CandidateStatus.selected, None)})
+    first, second = store.claim_candidate("demo", 1), store.claim_candidate("demo", 1)
+    assert {first.candidate_id, second.candidate_id} == {"a", "b"}
+    assert first.status == "relaxing" and first.claimed_by == store.worker_id()
+    assert store.claim_candidate("demo", 1) is None  # my own live claims are not stale
+    import socket
+
+    dead = f"{socket.gethostname()}:999999999"  # a pid that cannot exist
+    store.set_status("demo", {"a": (CandidateStatus.relaxing, None)},
+                     fields={"a": {"claimed_by": dead}})
+    taken = store.claim_candidate("demo", 1)
+    assert taken.candidate_id == "a" and taken.claimed_by == store.worker_id()
+    assert [h.status for h in taken.history][-1] == "relaxing"

@@ -18,15 +18,26 @@ Examples
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass, field
+from enum import StrEnum
+from itertools import combinations
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-__all__ = ["NoveltyIndex", "NoveltyResult", "novelty_and_uniqueness"]
+__all__ = [
+    "Novelty",
+    "NoveltyIndex",
+    "NoveltyResult",
+    "ReferenceCoverage",
+    "judge_novelty",
+    "novelty_and_uniqueness",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +183,109 @@ def novelty_and_uniqueness(
         )
         batch.add(id_, structure)
     return results
+
+
+# -- novelty judged against a reference, or not judged at all -------------------------------
+class Novelty(StrEnum):
+    """Whether a candidate is new, and whether that could be judged at all.
+
+    ``novel``     no match among the reference crystals, and the reference holds at least one
+                  crystal of the candidate's chemical system (so it was searched where it counts)
+    ``known``     matches a reference crystal (``duplicate_of`` names it)
+    ``unjudged``  no match, but the reference holds no crystal of the candidate's chemical
+                  system: "not found" means nothing, so novelty is unknown
+    """
+
+    novel = "novel"
+    known = "known"
+    unjudged = "unjudged"
+
+
+def _chemsys(elements: Iterable[str]) -> str:
+    return "-".join(sorted(set(elements)))
+
+
+def subsystems(chemsys: str) -> list[str]:
+    """Every proper, non-empty subsystem of a chemical system, smallest first.
+
+    Examples
+    --------
+    >>> subsystems("Na-Cl")
+    ['Cl', 'Na']
+    """
+    elements = sorted(chemsys.split("-"))
+    return [
+        "-".join(combo)
+        for size in range(1, len(elements))
+        for combo in combinations(elements, size)
+    ]
+
+
+@dataclass
+class ReferenceCoverage:
+    """Which reference sets novelty is judged against, and how many crystals of each
+    chemical system they hold.
+
+    Only crystals from a reference set (seed files, Materials Project, OPTIMADE providers,
+    a reference shipped with matloop) count: matloop's own elemental ground states are
+    matched against (a copy of one is ``known``) but do not make an element's system
+    *judged*, since they are one guessed structure per element, not a database.
+
+    Examples
+    --------
+    >>> cov = ReferenceCoverage.from_crystals([("file:mp.csv", "Cl-Na"), ("file:mp.csv", "Na")])
+    >>> cov.count("Na-Cl"), cov.describe("Na-Cl")["n_subsystems"]
+    (1, {'Cl': 0, 'Na': 1})
+    """
+
+    sets: list[str] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def from_crystals(cls, crystals: Iterable[tuple[str, str]]) -> ReferenceCoverage:
+        """From ``(reference set, chemical system)`` pairs, one per known crystal."""
+        sets: dict[str, None] = {}
+        counts: Counter = Counter()
+        for source, chemsys in crystals:
+            sets[source] = None
+            counts[_chemsys(chemsys.split("-"))] += 1
+        return cls(list(sets), counts)
+
+    def count(self, chemsys: str) -> int:
+        """Reference crystals of exactly this chemical system (element order free)."""
+        return int(self.counts.get(_chemsys(chemsys.split("-")), 0))
+
+    def describe(self, chemsys: str) -> dict[str, Any]:
+        """The ``novelty_reference`` of a candidate of ``chemsys``: the sets searched and
+        the known crystals of its system and of each subsystem."""
+        return {
+            "sets": list(self.sets),
+            "chemsys": _chemsys(chemsys.split("-")),
+            "n_chemsys": self.count(chemsys),
+            "n_subsystems": {sub: self.count(sub) for sub in subsystems(chemsys)},
+        }
+
+
+def judge_novelty(
+    duplicate_of: Hashable | None, chemsys: str, coverage: ReferenceCoverage
+) -> tuple[Novelty, dict[str, Any]]:
+    """``(novelty, novelty_reference)`` of one candidate.
+
+    ``duplicate_of`` is its match among the reference crystals (or None); a match is always
+    ``known``. Without a match it is ``novel`` only when the reference holds a crystal of its
+    chemical system, else ``unjudged``.
+
+    Examples
+    --------
+    >>> cov = ReferenceCoverage.from_crystals([("file:mp.csv", "Ti-O")])
+    >>> judge_novelty(None, "Ca-O", cov)[0].value, judge_novelty(None, "O-Ti", cov)[0].value
+    ('unjudged', 'novel')
+    >>> judge_novelty("mp-1", "Ca-O", cov)[0].value
+    'known'
+    """
+    described = coverage.describe(chemsys)
+    if duplicate_of is not None:
+        return Novelty.known, described
+    if described["n_chemsys"] == 0:
+        return Novelty.unjudged, described
+    return Novelty.novel, described

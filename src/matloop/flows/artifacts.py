@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 METRIC_KEYS = (
     "proposed", "rejected", "selected", "relaxed", "failed", "evaluated", "stable", "novel",
-    "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
+    "stable_novelty_unknown", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
 )
 
 
@@ -39,7 +39,7 @@ def best_rows(run: CampaignRun, limit: int = 10) -> list[dict]:
             "round": e.round,
             "spacegroup": e.spacegroup,
             "e_above_hull": round(e.e_above_hull, 4),
-            "novel": e.is_novel,
+            "novelty": e.novelty or ("novel" if e.is_novel else "known"),
             "unique": e.is_unique,
             "evidence": e.evidence,
         }
@@ -59,7 +59,8 @@ def summary_markdown(run: CampaignRun, round_: int) -> str:
         f"- relaxed **{m.get('relaxed', 0)}**, failed {m.get('failed', 0)} "
         f"({run.potential})",
         f"- within {threshold} eV/atom of the hull: **{m.get('stable', 0)}**, novel "
-        f"{m.get('novel', 0)}, hits **{m.get('hits', 0)}** "
+        f"{m.get('novel', 0)}, stable with novelty unknown "
+        f"**{m.get('stable_novelty_unknown', 0)}**, hits **{m.get('hits', 0)}** "
         f"(hit rate {m.get('hit_rate', 0.0):.0%})",
         f"- hull: {m.get('hull_scheme', run.hull_scheme)}",
         f"- exported results: `{run.config.output_dir}` (report.md, candidates.csv, "
@@ -103,8 +104,11 @@ def report_markdown(run: CampaignRun, summary: dict, report: Path) -> str:
         f"| proposed / relaxed / failed | {s['proposed']} / {s['relaxed']} / {s['failed']} |",
         f"| discoveries (novel, ≤ {s['stability_threshold']} eV/atom) | "
         f"**{s['discoveries']}** (hit rate {s['hit_rate']:.0%}) |",
+        f"| stable, novelty unknown | **{s.get('stable_novelty_unknown', 0)}** (no reference "
+        "crystal of their chemical system: not counted as discoveries) |",
         f"| by evidence | {by_evidence} |",
-        f"| confirmed (DFT-relaxed) | **{s['confirmed']}** — the other {s['leads']} are leads |",
+        f"| confirmed (DFT-relaxed, on the DFT hull) | **{s['confirmed']}** — the other "
+        f"{s['leads']} are leads; refuted by DFT: {s.get('dft_refuted', 0)} |",
         f"| best | {best.get('formula', '–')} "
         + (f"{best['e_above_hull']:.3f} eV/atom above hull |" if best else "|"),
         f"| energies | {s['potential']}, {s['converged']} of {s['relaxed']} converged |",

@@ -86,12 +86,18 @@ def scheduled_campaign(
 
     logger = get_run_logger()
     config = load_campaign(config_path, store, output)
+    from matloop.store.lease import CampaignLease
+
     run = CampaignRun(config)
-    run.ensure_campaign()
-    logger.info(
-        "campaign %s: %d round(s) on store %s", config.name, rounds, redact_uri(config.store)
-    )
-    result = campaign_flow(config.model_dump(mode="json"), rounds=rounds, run=run)
+    # one run per campaign: a run started by `matloop serve` shares the server's lease
+    lease = CampaignLease(run.store, config.name).acquire()
+    with lease.keep_alive():
+        run.ensure_campaign()
+        logger.info(
+            "campaign %s: %d round(s) on store %s", config.name, rounds,
+            redact_uri(config.store),
+        )
+        result = campaign_flow(config.model_dump(mode="json"), rounds=rounds, run=run)
     out = export_campaign(run.store, config.name, config.output_dir)
     logger.info("rounds %s done; results in %s", result["rounds_run"] or "none", out)
     return {**result, "output": str(out)}

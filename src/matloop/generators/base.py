@@ -73,7 +73,7 @@ class Generator(ABC):
     #: not learn, and the loop's learn step leaves it alone.
     learns: ClassVar[frozenset[str]] = frozenset()
     #: The typed settings of its constructor (None: not declared, passed on unchecked).
-    Settings: ClassVar[type[GeneratorSettings] | None] = None
+    Settings: ClassVar[type[BaseModel] | None] = None
     #: Bumped by ``fit``/``update`` so every candidate records which model state proposed it.
     version: int = 0
 
@@ -103,8 +103,8 @@ class Generator(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no learned state to save")
 
     @classmethod
-    def load(cls, path: str | Path) -> Generator:
-        """Read a checkpoint written by ``save``."""
+    def load(cls, path: str | Path, trust: bool = False) -> Generator:
+        """Read a checkpoint written by ``save`` (``trust``: without a matching sha256)."""
         raise NotImplementedError(f"{cls.__name__} cannot be loaded from a checkpoint")
 
     def describe(self) -> dict[str, Any]:

@@ -132,8 +132,11 @@ def load_generator(
     checkpoint: str,
     chemical_space: ChemicalSpace,
     settings: dict[str, Any] | None = None,
+    trust: bool = False,
 ) -> Generator:
     """Load a trained generator from a checkpoint file written by its ``save``.
+
+    The file must match the ``<checkpoint>.sha256`` written beside it, unless ``trust``.
 
     ``settings`` (a campaign's ``generators[].settings``) may override how a torch model
     samples (:data:`SAMPLING_SETTINGS`, e.g. ``{"temperature": 1.0}``); they are kept in the
@@ -150,7 +153,7 @@ def load_generator(
 
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint for generator {name!r} not found: {checkpoint}")
-    generator = generator_class(name).load(checkpoint)
+    generator = generator_class(name).load(checkpoint, trust=trust)
     if hasattr(generator, "chemical_space") and generator.chemical_space is None:
         generator.chemical_space = chemical_space
     if settings:

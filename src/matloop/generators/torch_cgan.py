@@ -40,6 +40,7 @@ from matloop.generators.torch_common import (
     condition_values,
     mlp,
     properties_matrix,
+    report_epoch,
 )
 from matloop.generators.torch_crystal import CrystalVAEGenerator, CrystalVAEModule
 
@@ -252,16 +253,16 @@ class CrystalCGANGenerator(CrystalVAEGenerator):
                 opt_p.zero_grad(set_to_none=True)
                 p_loss.backward()
                 opt_p.step()
-                logs["critic"] += float(d_loss)
-                logs["predictor"] += float(p_loss)
+                logs["critic"] += float(d_loss.detach())
+                logs["predictor"] += float(p_loss.detach())
                 step += 1
                 if step % n_critic == 0:
                     g_loss, gap = m.generator_loss(cond[idx], pred_weight)
                     opt_g.zero_grad(set_to_none=True)
                     g_loss.backward()
                     opt_g.step()
-                    logs["generator"] += float(g_loss)
-                    logs["pred_gap"] += float(gap)
+                    logs["generator"] += float(g_loss.detach())
+                    logs["pred_gap"] += float(gap.detach())
                     g_steps += 1
             history.append(
                 {
@@ -271,6 +272,7 @@ class CrystalCGANGenerator(CrystalVAEGenerator):
                     "pred_gap": logs["pred_gap"] / max(g_steps, 1),
                 }
             )
+            report_epoch(epoch + 1, epochs, history[-1])
         m.eval()
         return history
 

@@ -15,10 +15,11 @@ returns the file's sha256 and writes it beside the file (``<path>.sha256``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,13 +28,21 @@ import torch
 from torch import nn
 
 from matloop.generators.base import Feedback, Generator
+from matloop.generators.checkpoints import (  # noqa: F401  re-exported
+    CheckpointError,
+    check_checkpoint_hash,
+    file_sha256,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from pymatgen.core import Composition, Structure
 
 CHECKPOINT_FORMAT = 1
+#: Closest pair distance of a sampled crystal, as a fraction of its covalent radii sum, for
+#: models whose checkpoint predates ``distance_factor`` (``fit`` measures it on the data).
+DISTANCE_FACTOR = 0.7
 
 
 # --------------------------------------------------------------------------- device, seeds
@@ -249,6 +258,42 @@ class TemplateBank:
         return s
 
 
+# --------------------------------------------------------------------------- progress
+
+#: Called after every training epoch as ``(epoch, epochs, logs)`` (1-based epoch), by
+#: :func:`train_loop` and the GAN's loop, inside :func:`training_progress`.
+_PROGRESS: ContextVar[Callable[[int, int, Mapping[str, float]], None] | None] = ContextVar(
+    "matloop_training_progress", default=None
+)
+
+
+@contextmanager
+def training_progress(
+    callback: Callable[[int, int, Mapping[str, float]], None],
+) -> Iterator[None]:
+    """Report every training epoch of the torch generators to ``callback`` while inside
+    the block (the CLI draws a rich progress bar with it); models need no argument for it.
+
+    >>> seen = []
+    >>> with training_progress(lambda e, n, logs: seen.append((e, n))):
+    ...     report_epoch(1, 3, {"loss": 0.5})
+    >>> seen
+    [(1, 3)]
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def report_epoch(epoch: int, epochs: int, logs: Mapping[str, float]) -> None:
+    """Tell the active :func:`training_progress` callback (if any) an epoch has ended."""
+    callback = _PROGRESS.get()
+    if callback is not None:
+        callback(epoch, epochs, logs)
+
+
 # --------------------------------------------------------------------------- training loop
 
 
@@ -314,6 +359,7 @@ def train_loop(
             scheduler.step()
         if on_epoch is not None:
             on_epoch(epoch, mean_logs)
+        report_epoch(epoch + 1, epochs, mean_logs)
     module.eval()
     return history
 
@@ -332,14 +378,6 @@ def kl_annealing(epoch: int, epochs: int, beta: float, warmup_fraction: float = 
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def structures_to_tensors(
@@ -408,22 +446,41 @@ def save_checkpoint(
     return sha
 
 
+def load_checkpoint_payload(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a matloop checkpoint; anything else
+    (a pickle with code in it, a text file, another program's model) is one
+    :class:`CheckpointError` line, never PyTorch's advice to drop ``weights_only``."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+        kind = type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a matloop checkpoint (torch cannot read it as plain tensors: "
+            f"{kind}); nothing in it was run. Use a file written by `matloop train`"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path}: not a matloop checkpoint (format {found!r}, expected "
+            f"{CHECKPOINT_FORMAT}); use a file written by `matloop train`"
+        )
+    return payload
+
+
 def read_checkpoint(
-    path: str | Path, with_tensors: bool = False
+    path: str | Path, with_tensors: bool = False, trust: bool = False
 ) -> tuple[str, dict[str, Any], dict[str, dict[str, torch.Tensor]], str]:
     """``(kind, config, states, sha256)`` of a checkpoint, read with ``weights_only=True``;
     ``with_tensors=True`` appends the dict of extra tensors (the replay sample).
 
-    Raises ``ValueError`` when a ``<path>.sha256`` sidecar exists and disagrees with the file.
+    Raises :class:`CheckpointError` (a ``ValueError``) when the ``<path>.sha256`` sidecar is
+    missing or disagrees with the file (unless ``trust``), or the file is not a matloop
+    checkpoint.
     """
     path = Path(path)
-    sha = file_sha256(path)
-    sidecar = Path(f"{path}.sha256")
-    if sidecar.exists() and sidecar.read_text().split()[0] != sha:
-        raise ValueError(f"checkpoint {path} does not match its recorded sha256")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+    sha = check_checkpoint_hash(path, trust=trust)
+    payload = load_checkpoint_payload(path)
     out = (payload["kind"], json.loads(payload["config"]), payload["state"], sha)
     if with_tensors:
         return (*out, dict(payload.get("tensors") or {}))  # type: ignore[return-value]
@@ -462,6 +519,7 @@ class TorchGenerator(Generator):
         self.chemical_space: Any = None
         self._replay: list[Structure] = []
         self._replay_props: np.ndarray | None = None
+        self.soundness: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -484,8 +542,11 @@ class TorchGenerator(Generator):
         return self.checkpoint_sha256
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> TorchGenerator:
-        kind, config, states, sha, tensors = read_checkpoint(path, with_tensors=True)
+    def load(
+        cls, path: str | Path, device: str | None = None, trust: bool = False
+    ) -> TorchGenerator:
+        kind, config, states, sha, tensors = read_checkpoint(path, with_tensors=True,
+                                                             trust=trust)
         if kind != cls.name:
             raise ValueError(f"{path} holds a {kind!r} checkpoint, not {cls.name!r}")
         version = int(config.pop("version", 0))
@@ -546,8 +607,14 @@ class TorchGenerator(Generator):
         self.version += 1
 
     def _remember(self, structures: Sequence[Structure], props: np.ndarray | None) -> None:
-        """Keep (a seeded random subset of at most ``replay_size``) training crystals."""
+        """Keep (a seeded random subset of at most ``replay_size``) training crystals, and
+        the cell sizes of all of them (``atom_counts``, for the soundness check)."""
+        from matloop.soundness import atom_counts_of, data_distance_factor
+
         structures = list(structures)
+        self.config["atom_counts"] = atom_counts_of(structures)
+        if self.config.get("distance_factor") is None:
+            self.config["distance_factor"] = data_distance_factor(structures)
         size = int(self.config.get("replay_size", 4096))
         idx = np.arange(len(structures))
         if len(structures) > size:
@@ -555,6 +622,35 @@ class TorchGenerator(Generator):
             idx = np.sort(rng.choice(len(structures), size=size, replace=False))
         self._replay = [structures[i] for i in idx]
         self._replay_props = None if props is None else np.asarray(props)[idx]
+
+    # -- physically sound output
+    def _sound(self, structure: Structure) -> bool:
+        """True when ``structure`` passes :func:`matloop.soundness.unsound_reason` (pairs
+        beyond ``distance_factor`` x covalent radii sums, measured on the training data at
+        ``fit`` by :func:`~matloop.soundness.data_distance_factor`; a training cell size; a
+        CIF that reads back); counted in ``self.soundness``. ``soundness: false`` in the config
+        switches the check off (benchmarks measuring the raw model)."""
+        from matloop.soundness import SoundnessTally, unsound_reason
+
+        if not hasattr(self, "soundness") or self.soundness is None:
+            self.soundness = SoundnessTally()
+        if not self.config.get("soundness", True):
+            return self.soundness.add(None)
+        counts = self.config.get("atom_counts")
+        if counts is None and self._replay:  # a checkpoint written before atom_counts
+            counts = sorted({len(s) for s in self._replay})
+        reason = unsound_reason(
+            structure,
+            factor=float(self.config.get("distance_factor") or DISTANCE_FACTOR),
+            atom_counts=None if counts is None else set(counts),
+        )
+        return self.soundness.add(reason)
+
+    def reset_soundness(self) -> None:
+        """Start a new tally of kept and redrawn samples (``self.soundness``)."""
+        from matloop.soundness import SoundnessTally
+
+        self.soundness = SoundnessTally()
 
     # -- the campaign's chemical space
     def _allowed_elements(self) -> list[str] | None:

@@ -93,7 +93,8 @@ class CompositionVAEModule(nn.Module):
         rec = F.cross_entropy(logits.transpose(1, 2), x.argmax(dim=-1), reduction="none").sum(dim=1)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)
         loss = weighted_mean(rec + kl_annealing(epoch, epochs, self.beta) * kl, weights)
-        return loss, {"rec": float(rec.mean()), "kl": float(kl.mean()), "loss": float(loss)}
+        logs = {"rec": rec.mean(), "kl": kl.mean(), "loss": loss}
+        return loss, {k: float(v.detach()) for k, v in logs.items()}
 
 
 class CompositionWGANModule(nn.Module):
@@ -354,19 +355,23 @@ class _CompositionGenerator(TorchGenerator):
         conditions: Mapping[str, Any] | None = None,
         rng: np.random.Generator | None = None,
     ) -> list[Structure]:
-        """Crystals for sampled compositions (template decoration); up to 5 rounds of redraws.
+        """Crystals for sampled compositions (template decoration); up to 10 rounds of redraws.
+
+        A decorated template that is not physically sound (:mod:`matloop.soundness`) is
+        redrawn, like one outside the chemical space.
 
         With a ``chemical_space`` set, elements outside it are given count 0 at decoding and
         crystals outside its cell-size bounds are redrawn."""
         rng = rng or np.random.default_rng()
+        self.reset_soundness()
         out: list[Structure] = []
-        for _ in range(5):
+        for _ in range(10):
             need = n - len(out)
             if need <= 0:
                 break
             for comp in self.sample_compositions(max(need, 16), conditions, rng):
                 s = self._bank.structure(comp, rng)
-                if s is not None and self._allows(s):
+                if s is not None and self._allows(s) and self._sound(s):
                     out.append(s)
         return out[:n]
 

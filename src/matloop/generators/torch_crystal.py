@@ -215,7 +215,10 @@ class CrystalVAEModule(nn.Module):
             per_row = per_row + self.prop_weight * l_prop
             logs["prop"] = l_prop.mean()
         loss = weighted_mean(per_row, weights)
-        return loss, {k: float(v) for k, v in logs.items()} | {"loss": float(loss)}
+        # detach: float() of a tensor that requires grad warns on every batch
+        return loss, {k: float(v.detach()) for k, v in logs.items()} | {
+            "loss": float(loss.detach())
+        }
 
 
 class CrystalVAEGenerator(TorchGenerator):
@@ -610,9 +613,14 @@ class CrystalVAEGenerator(TorchGenerator):
         """``n`` decoded crystals.
 
         ``prior`` and ``temperature`` default to the config's (see the module docstring).
-        Draws are redrawn (up to 5 rounds) when the decoded cell is not a lattice, when it
-        falls outside ``chemical_space`` (cell size; elements are masked at decoding) and,
-        only if ``min_distance > 0`` was asked for, when two atoms are closer than that.
+        Draws are redrawn (up to 10 rounds of twice the missing number) when the decoded
+        cell is not a lattice, when it falls outside ``chemical_space`` (cell size; elements
+        are masked at decoding), when it is not physically sound
+        (:mod:`matloop.soundness`: atoms closer than 0.8 x their covalent radii sum, a cell
+        size never seen in training, a CIF that does not read back; ``self.soundness``
+        counts what was redrawn and why) and, only if ``min_distance > 0`` was asked for,
+        when two atoms are closer than that. Fewer than ``n`` come back when the rounds run
+        out.
         """
         if not self.modules:
             raise RuntimeError("fit or load the generator before sampling")
@@ -627,12 +635,14 @@ class CrystalVAEGenerator(TorchGenerator):
         # the generation benchmark, whose validity metrics must see every draw.
         screen = bool(self.config.get("screen_proposals"))
         seen = DistinctStructures() if screen else None
+        sound = bool(self.config.get("soundness", True))
+        self.reset_soundness()
         out: list[Structure] = []
-        for _ in range(20 if screen else 5):
+        for _ in range(20 if screen else 10 if sound else 5):
             need = n - len(out)
             if need <= 0:
                 break
-            draws = 2 * need if screen else need
+            draws = 2 * need if screen or sound else need
             for s in self._sample_batch(draws, conditions, rng, prior, temperature):
                 if s is None or not self._keep(s):
                     continue
@@ -644,8 +654,9 @@ class CrystalVAEGenerator(TorchGenerator):
         return out[:n]
 
     def _keep(self, structure: Structure) -> bool:
-        """The campaign's cell-size bounds and the opt-in ``min_distance`` filter."""
-        if not self._allows(structure):
+        """The campaign's cell-size bounds, physical soundness (``_sound``) and the opt-in
+        ``min_distance`` filter."""
+        if not self._allows(structure) or not self._sound(structure):
             return False
         cutoff = float(self.config.get("min_distance") or 0.0)
         if cutoff > 0 and len(structure) > 1:

@@ -33,10 +33,17 @@ TORCH_GENERATORS: dict[str, str] = {
     "composition_vae": "matloop.generators.torch_composition:CompositionVAEGenerator",
     "composition_cvae": "matloop.generators.torch_composition:CompositionCVAEGenerator",
     "composition_wgan": "matloop.generators.torch_composition:CompositionWGANGenerator",
+    "crystal_flow": "matloop.generators.torch_flow:CrystalFlowGenerator",
 }
 
 #: Models that use ``property_columns``.
-CONDITIONAL = {"crystal_cvae", "crystal_latent_opt", "crystal_cgan", "composition_cvae"}
+CONDITIONAL = {
+    "crystal_cvae",
+    "crystal_latent_opt",
+    "crystal_cgan",
+    "composition_cvae",
+    "crystal_flow",
+}
 
 
 def generator_class(kind: str) -> type[Generator]:
@@ -97,9 +104,12 @@ def sample_structures(
     return generator.sample(n, conditions, rng=rng)
 
 
-def load_checkpoint(path: str | Path, device: str | None = None) -> Generator:
-    """Any torch generator checkpoint (the kind is read from the file, ``weights_only``)."""
+def load_checkpoint(
+    path: str | Path, device: str | None = None, trust: bool = False
+) -> Generator:
+    """Any torch generator checkpoint (the kind is read from the file, ``weights_only``);
+    refused without a matching ``<path>.sha256`` unless ``trust``."""
     from matloop.generators.torch_common import read_checkpoint
 
-    kind, *_ = read_checkpoint(path)
-    return generator_class(kind).load(path, device=device)
+    kind, *_ = read_checkpoint(path, trust=trust)
+    return generator_class(kind).load(path, device=device, trust=trust)

@@ -64,6 +64,15 @@ class CampaignRun:
         """The campaign's hull references (see :meth:`RunContext.references`)."""
         return self.context.references()
 
+    def reference_ids(self) -> list[str]:
+        return self.context.reference_ids()
+
+    def load_seed_crystals(self):
+        """Seed crystals inside the chemical space, and the problems met reading them."""
+        from matloop.loop.references import load_seed_crystals
+
+        return load_seed_crystals(self.context)
+
     def generators(self):
         """(config, generator) pairs of the campaign (see :meth:`RunContext.generators`)."""
         return self.context.generators()
@@ -202,29 +211,34 @@ def campaign_differences(stored: dict[str, Any], config: dict[str, Any]) -> str 
     """The first search setting (chemical space, relaxer physics) in which a stored
     campaign's config differs from ``config``, described for an error message; else None."""
     for part in ("chemical_space", "relaxer"):
-        if _physics(part, stored.get(part)) != _physics(part, config[part]):
+        if physics_settings(part, stored.get(part)) != physics_settings(part, config[part]):
             return f"{part} ({stored.get(part)} vs {config[part]})"
     return None
 
 
-def _physics(part: str, settings: dict | None) -> dict | None:
+def physics_settings(part: str, settings: dict | None) -> dict | None:
     """The settings that change results: where and how relaxations run do not.
 
     A section is first read back through its config model, so a campaign stored before a
     field existed compares with that field's default (e.g. ``relaxer.replay: null``)
-    instead of refusing to resume.
+    instead of refusing to resume. Validation is pure (it reads no file), so a stored
+    section validates again; one that does not is a stored campaign this version cannot
+    read, and says so.
     """
     if not isinstance(settings, dict):
         return settings
-    from contextlib import suppress
-
     from pydantic import ValidationError
 
     from matloop.config import ChemicalSpaceConfig, RelaxerConfig
 
     model = {"relaxer": RelaxerConfig, "chemical_space": ChemicalSpaceConfig}[part]
-    with suppress(ValidationError):  # one this version refuses is compared as stored
+    try:
         settings = model.model_validate(settings).model_dump(mode="json")
+    except ValidationError as err:
+        raise CampaignMismatchError(
+            f"the stored campaign's {part} no longer validates "
+            f"({err.errors()[0]['msg']}); use a new campaign name"
+        ) from None
     if part != "relaxer":
         return settings
     return {k: v for k, v in settings.items() if k not in NOT_PHYSICS}

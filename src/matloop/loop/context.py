@@ -224,7 +224,7 @@ def _build_generators(ctx: RunContext) -> list[tuple[Any, Generator]]:
             generator = load_stored_model(ctx.store, stored[-1], space, gen_config.settings)
         elif gen_config.checkpoint:
             generator = load_generator(gen_config.name, gen_config.checkpoint, space,
-                                       gen_config.settings)  # fmt: skip
+                                       gen_config.settings, trust=gen_config.trust)
         else:
             generator = build_generator(gen_config.name, space, seed=config.seed + index,
                                         **gen_config.settings)  # fmt: skip

@@ -23,7 +23,7 @@ class EvaluateStep:
 
     def run(self, ctx: RunContext, round_: int) -> dict[str, Any]:
         from matloop.evaluators.evidence import evidence_for_potential, reference_set_version
-        from matloop.evaluators.novelty import NoveltyIndex
+        from matloop.evaluators.novelty import NoveltyIndex, ReferenceCoverage, judge_novelty
         from matloop.evaluators.stability import EntryRejectedError, compute_hull, make_entry
 
         store, name = ctx.store, ctx.name
@@ -75,6 +75,9 @@ class EvaluateStep:
         known = NoveltyIndex()
         for ref in references:
             known.add(ref.reference_id, structure_from_dict(ref.structure))
+        coverage = ReferenceCoverage.from_crystals(
+            (ref.source, ref.chemsys) for ref in references if ref.source != "elemental"
+        )
         previous = {e.candidate_id: e for e in store.evaluations(name)}
         seen = NoveltyIndex()
         docs, fresh = [], []
@@ -97,6 +100,7 @@ class EvaluateStep:
             else:
                 duplicate = known.match(structure)
                 earlier = seen.match(structure)
+                novelty, novelty_reference = judge_novelty(duplicate, cand.chemsys, coverage)
                 doc = EvaluationDoc(
                     campaign=name,
                     candidate_id=cid,
@@ -108,9 +112,11 @@ class EvaluateStep:
                     e_above_hull=e_hull,
                     e_above_hull_at_round=e_hull,
                     is_stable=e_hull <= threshold,
-                    is_novel=duplicate is None,
+                    is_novel=novelty == "novel",
                     is_unique=earlier is None,
                     duplicate_of=duplicate or earlier,
+                    novelty=novelty.value,
+                    novelty_reference=novelty_reference,
                     spacegroup=spacegroup(structure),
                     hull_scheme=hull_scheme,
                     hull_version=round_,
@@ -141,8 +147,13 @@ class EvaluateStep:
             "stable": sum(d.is_stable for d in fresh),
             "on_hull": sum(d.e_above_hull <= 1e-6 for d in fresh),
             "novel": sum(d.is_novel for d in fresh),
+            "unjudged": sum(d.novelty == "unjudged" for d in fresh),
             "unique": sum(d.is_unique for d in fresh),
             "hits": len(hits),
+            # stable, unique, not a known crystal, but nothing of its system to compare with
+            "stable_novelty_unknown": sum(
+                d.is_stable and d.is_unique and d.novelty == "unjudged" for d in fresh
+            ),
             "hit_rate": len(hits) / attempted if attempted else 0.0,
             "best_e_above_hull": min((d.e_above_hull for d in fresh), default=None),
             "hull_scheme": hull_scheme,
@@ -151,6 +162,9 @@ class EvaluateStep:
         ctx.progress.message(
             f"round {round_}: evaluated {len(fresh)} — {counts['stable']} within "
             f"{threshold} eV/atom of the hull, {counts['novel']} novel, {len(hits)} hit(s)"
+            + (f", {counts['stable_novelty_unknown']} stable with novelty unknown (no "
+               "reference crystal of their chemical system)"
+               if counts["stable_novelty_unknown"] else "")
         )
         return counts
 

@@ -12,7 +12,7 @@ from matloop.store.documents import structure_dict
 if TYPE_CHECKING:
     from matloop.loop.context import RunContext
 
-__all__ = ["load_seed_crystals", "prepare_references"]
+__all__ = ["load_seed_crystals", "prepare_references", "seed_systems"]
 
 
 def prepare_references(ctx: RunContext) -> StepResult:
@@ -44,7 +44,8 @@ def prepare_references(ctx: RunContext) -> StepResult:
     elif missing:
         from matloop.relax.references import relax_elemental_references
 
-        ctx.progress.message(f"relaxing elemental references for {', '.join(missing)}")
+        ctx.progress.message(f"loading {ctx.config.relaxer.potential}, then relaxing "
+                             f"elemental references for {', '.join(missing)}")
         outcomes = relax_elemental_references(missing, ctx.maker, ctx.store.job_store())
         ctx.store.save_references([
             ReferenceDoc(
@@ -82,6 +83,8 @@ def prepare_references(ctx: RunContext) -> StepResult:
     stored = {ref.reference_id for ref in ctx.store.references(potential)}
     campaign = ctx.store.get_campaign(ctx.name)
     campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
+    campaign.seed_systems = seed_systems(
+        seed.structure for rid, seed in zip(seed_ids, seeds, strict=True) if rid in stored)
     campaign.references_ready = True
     campaign.hull_scheme = ctx.hull_scheme
     ctx.store.save_campaign(campaign)
@@ -115,3 +118,12 @@ def load_seed_crystals(ctx: RunContext):
             c for c in report.crystals if in_chemical_space(c.structure, space.elements, 40)
         ]
     return crystals, problems
+
+
+def seed_systems(structures) -> dict[str, int]:
+    """Seed crystals per chemical system (``{"Cl-Na": 3}``), for the coverage warning."""
+    counts: dict[str, int] = {}
+    for structure in structures:
+        system = structure.composition.chemical_system
+        counts[system] = counts.get(system, 0) + 1
+    return counts

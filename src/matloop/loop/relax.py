@@ -74,7 +74,11 @@ class RelaxStep:
                 else:
                     save_outcome(ctx, out, round_)
             if todo:
-                for out in relaxer.relax(todo):
+                # renewed while relaxing: a relaxation longer than the lease is not taken over
+                renewal = store.keep_claims(name, [cid for cid, _ in todo])
+                outcomes = relaxer.relax(todo)
+                renewal.stop()
+                for out in outcomes:
                     save_outcome(ctx, out, round_)
                     done_count += 1
                     ctx.progress.relax_advanced(done_count, max(total, done_count),

@@ -73,9 +73,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     import torch
-    from chgnet.graph import CrystalGraph
     from chgnet.model import CHGNet
     from pymatgen.core import Species
+
+    from matloop.relax.graphs import CrystalGraphs
 
 __all__ = ["BatchedRelaxer", "clear_model_cache", "relax_batched"]
 
@@ -128,6 +129,15 @@ class BatchedRelaxer:
         when ``model`` is given: the relaxation runs where the model is.
     model : chgnet.model.CHGNet or None
         A loaded CHGNet; None loads CHGNet 0.3.0 (its default) once per process and device.
+    skin : float
+        Verlet skin of the neighbour lists in Å: a crystal's list (within 6 Å + skin) is
+        rebuilt only when its atoms or cell have moved enough that it may miss a pair.
+    max_batch_elements : int or None
+        Most graph elements (atoms + edges + angles of CHGNet's graphs) in a batch. None:
+        on a GPU, sized from its free memory (:class:`matloop.relax.autobatch.MemoryBudget`);
+        on a CPU, no limit beyond ``batch_size``.
+    memory_fraction : float
+        Share of the GPU's free memory a batch may fill when ``max_batch_elements`` is None.
 
     Examples
     --------
@@ -143,6 +153,9 @@ class BatchedRelaxer:
     max_atoms: int | None = None
     device: str | None = None
     model: Any = field(default=None, repr=False)
+    skin: float = 1.0
+    max_batch_elements: int | None = None
+    memory_fraction: float = 0.7
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -158,6 +171,8 @@ class BatchedRelaxer:
     @property
     def potential(self) -> str:
         """Potential name stored with every outcome, e.g. ``"CHGNet 0.3.0"``."""
+        # relax.potentials imports no atomate2: the batched path runs where only CHGNet is
+        # installed (gpu_check)
         from matloop.relax.potentials import potential_version
 
         if self.model is None:
@@ -241,7 +256,11 @@ class BatchedRelaxer:
         take one FIRE step with the rest.
         """
         model = self.model if self.model is not None else _load_chgnet(self._device())
-        batch = _Batch(next(model.parameters()).device)
+        from matloop.relax.autobatch import MemoryBudget
+
+        batch = _Batch(next(model.parameters()).device, skin=self.skin)
+        batch.budget = MemoryBudget(str(batch.device), self.max_batch_elements,
+                                    self.memory_fraction)  # fmt: skip
         queue = list(reversed(waiting))  # pop() takes the next crystal in input order
         while queue or len(batch):
             self._refill(batch, queue, items)
@@ -250,7 +269,7 @@ class BatchedRelaxer:
             batch.share_time(time.perf_counter() - start)
             for b in now.stop.nonzero().flatten().tolist():
                 member = batch.members[b]
-                fields = self._fields(now, b, items[member.index][1], max_volume_ratio)
+                fields = self._fields(batch, now, b, items[member.index][1], max_volume_ratio)
                 finish(member.index, member.wall_s, fields)
 
             start = time.perf_counter()
@@ -264,16 +283,24 @@ class BatchedRelaxer:
     def _refill(
         self, batch: _Batch, queue: list[tuple[int, float]], items: list[tuple[str, Structure]]
     ) -> None:
-        """Move waiting crystals into the batch while ``batch_size`` and ``max_batch_atoms``
-        allow (an empty batch always takes one)."""
+        """Move waiting crystals into the batch while ``batch_size``, ``max_batch_atoms``
+        and the memory budget allow (an empty batch always takes one)."""
+        from matloop.relax.autobatch import estimated_elements
+
+        elements = sum(m.elements for m in batch.members)
         while queue and len(batch) < self.batch_size:
             index, check_s = queue[-1]
-            n_atoms = len(items[index][1])
+            structure = items[index][1]
+            n_atoms = len(structure)
             if (len(batch) and self.max_batch_atoms is not None
                     and batch.n_atoms + n_atoms > self.max_batch_atoms):  # fmt: skip
                 break
+            joining = estimated_elements(n_atoms, structure.volume)
+            if not batch.budget.admits(elements, joining, len(batch)):
+                break
             queue.pop()
-            batch.add(index, items[index][1], check_s)
+            batch.add(index, structure, check_s, elements=joining)
+            elements += joining
 
     def _evaluate(self, model: CHGNet, batch: _Batch, max_volume_ratio: float) -> _Evaluation:
         """CHGNet on the batch's current crystals, the filter's forces, and who stops now."""
@@ -281,8 +308,7 @@ class BatchedRelaxer:
 
         deform = batch.deformation()
         cells, positions = batch.cells_and_positions(deform)
-        structures = batch.structures(cells, positions)
-        energy, forces, stress, errors = _predict(model, structures, batch.device)
+        energy, forces, stress, errors = _predict(model, batch, cells)
 
         # ASE's FrechetCellFilter forces, and what it tests for convergence
         atom_force = torch.einsum("ni,nij->nj", forces, deform[batch.crystal_of])
@@ -305,7 +331,8 @@ class BatchedRelaxer:
         out_of_window = (volume_ratio > max_volume_ratio) | (volume_ratio < 1 / max_volume_ratio)
         failed = torch.tensor([e is not None for e in errors], device=batch.device)
         return _Evaluation(
-            structures=structures,
+            cells=cells,
+            positions=positions,
             energy=energy,
             max_force=batch.per_crystal_max(forces.norm(dim=1)),
             stress_gpa=stress.abs().amax(dim=(1, 2)) * _GPA_PER_EV_A3,
@@ -319,7 +346,7 @@ class BatchedRelaxer:
         )
 
     def _fields(
-        self, now: _Evaluation, b: int, start: Structure, max_volume_ratio: float
+        self, batch: _Batch, now: _Evaluation, b: int, start: Structure, max_volume_ratio: float
     ) -> dict[str, Any]:
         """The outcome fields of batch row ``b``, which stops now, judged as the
         per-structure path judges (:func:`matloop.relax.checks.judge`)."""
@@ -330,11 +357,11 @@ class BatchedRelaxer:
             return {
                 "ok": False,
                 "reason": "forces or stress are NaN",
-                "structure": now.structures[b],
+                "structure": batch.structure(b, now.cells, now.positions),
                 "energy_per_atom": energy,
             }
         result = TaskResult(  # what checks.read_task_doc reads from an atomate2 task document
-            structure=now.structures[b],
+            structure=batch.structure(b, now.cells, now.positions),
             energy_per_atom=energy,
             n_steps=int(now.n_steps[b]) + 2,  # atomate2 counts the first and last frames
             max_force=float(now.max_force[b]),
@@ -378,7 +405,8 @@ def relax_batched(
 class _Evaluation:
     """One evaluation of a batch: per crystal (rows), or per atom where noted."""
 
-    structures: list[Structure]  # current crystals
+    cells: torch.Tensor  # (B, 3, 3) current cells
+    positions: torch.Tensor  # (atoms, 3) current Cartesian positions
     energy: torch.Tensor  # eV/atom
     max_force: torch.Tensor  # largest Cartesian force, eV/Å
     stress_gpa: torch.Tensor  # largest stress component, GPa
@@ -400,6 +428,8 @@ class _Member:
     species: list[Species]
     n_atoms: int
     wall_s: float  # seconds spent on it so far
+    formula: str  # as CHGNet's CrystalGraph.composition, e.g. "Na1 Cl1"
+    elements: int  # atoms + edges + angles of its graph (estimated until it is built)
 
 
 class _Batch:
@@ -417,8 +447,11 @@ class _Batch:
     ``N log N``; FIRE only ever adds steps to them, so the two move alike.)
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, skin: float = 1.0) -> None:
         import torch
+
+        from matloop.relax.autobatch import MemoryBudget
+        from matloop.relax.graphs import ATOM_CUTOFF, VerletLists
 
         self.device = device
         self.members: list[_Member] = []
@@ -435,6 +468,10 @@ class _Batch:
         self.alpha = torch.zeros(0, **f64)
         self.n_pos = torch.zeros(0, dtype=torch.long, device=device)
         self.n_steps = torch.zeros(0, dtype=torch.long, device=device)
+        self.atomic_numbers = torch.zeros(0, dtype=torch.int32, device=device)
+        self.inv_cell0 = torch.zeros((0, 3, 3), **f64)
+        self.lists = VerletLists(cutoff=ATOM_CUTOFF, skin=skin)
+        self.budget = MemoryBudget(str(device))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -443,14 +480,22 @@ class _Batch:
     def n_atoms(self) -> int:
         return int(self.x.shape[0])
 
-    def add(self, index: int, structure: Structure, wall_s: float) -> None:
+    def add(self, index: int, structure: Structure, wall_s: float, elements: int = 0) -> None:
         """Append a crystal at rest, in its starting cell (F = identity)."""
         import torch
 
         f64 = {"dtype": torch.float64, "device": self.device}
         n = len(structure)
         row = len(self.members)
-        self.members.append(_Member(index, list(structure.species), n, wall_s))
+        self.members.append(
+            _Member(index, list(structure.species), n, wall_s, structure.composition.formula,
+                    elements)  # fmt: skip
+        )
+        self.atomic_numbers = torch.cat([
+            self.atomic_numbers,
+            torch.tensor([site.specie.Z for site in structure], dtype=torch.int32,
+                         device=self.device),
+        ])  # fmt: skip
         self.x = torch.cat([self.x, torch.tensor(structure.cart_coords, **f64)])
         self.v = torch.cat([self.v, torch.zeros((n, 3), **f64)])
         self.crystal_of = torch.cat(
@@ -461,6 +506,7 @@ class _Batch:
         self.cell_x = torch.cat([self.cell_x, torch.zeros((1, 3, 3), **f64)])
         self.cell_v = torch.cat([self.cell_v, torch.zeros((1, 3, 3), **f64)])
         self.volume0 = torch.cat([self.volume0, torch.linalg.det(cell).abs()[None]])
+        self.inv_cell0 = torch.cat([self.inv_cell0, torch.linalg.inv(cell)[None]])
         self.n = torch.cat([self.n, torch.tensor([float(n)], **f64)])
         self.dt = torch.cat([self.dt, torch.tensor([_FIRE.dt], **f64)])
         self.alpha = torch.cat([self.alpha, torch.tensor([_FIRE.astart], **f64)])
@@ -473,11 +519,13 @@ class _Batch:
         import torch
 
         atom_mask = mask[self.crystal_of]
+        self.lists.keep(mask, self.crystal_of)
         new_row = torch.cumsum(mask.long(), 0) - 1  # old row -> new row of kept crystals
         self.crystal_of = new_row[self.crystal_of[atom_mask]]
         self.x, self.v = self.x[atom_mask], self.v[atom_mask]
+        self.atomic_numbers = self.atomic_numbers[atom_mask]
         for name in ("cell0", "cell_x", "cell_v", "volume0", "n", "dt", "alpha", "n_pos",
-                     "n_steps"):  # fmt: skip
+                     "n_steps", "inv_cell0"):  # fmt: skip
             setattr(self, name, getattr(self, name)[mask])
         self.members = [m for m, k in zip(self.members, mask.tolist(), strict=True) if k]
 
@@ -496,16 +544,20 @@ class _Batch:
         positions = torch.einsum("nj,nkj->nk", self.x, deform[self.crystal_of])
         return cells, positions
 
-    def structures(self, cells: torch.Tensor, positions: torch.Tensor) -> list[Structure]:
-        """The current crystals as pymatgen structures (what CHGNet's graphs are built from)."""
-        cells_np = cells.detach().cpu().numpy()
-        positions_np = positions.detach().cpu().numpy()
-        out, start = [], 0
-        for member, cell in zip(self.members, cells_np, strict=True):
-            coords = positions_np[start : start + member.n_atoms]
-            start += member.n_atoms
-            out.append(Structure(Lattice(cell), member.species, coords, coords_are_cartesian=True))
-        return out
+    def frac(self) -> torch.Tensor:
+        """Fractional coordinates: the cell's deformation moves atoms with it, so they are
+        those of ``x`` in the starting cell."""
+        import torch
+
+        return torch.einsum("na,nab->nb", self.x, self.inv_cell0[self.crystal_of])
+
+    def structure(self, b: int, cells: torch.Tensor, positions: torch.Tensor) -> Structure:
+        """Crystal ``b`` as a pymatgen structure (only for outcomes: never per step)."""
+        member = self.members[b]
+        start = int((self.crystal_of < b).sum())
+        coords = positions[start : start + member.n_atoms].detach().cpu().numpy()
+        lattice = Lattice(cells[b].detach().cpu().numpy())
+        return Structure(lattice, member.species, coords, coords_are_cartesian=True)
 
     # -- per-crystal reductions ----------------------------------------------------------
     def per_crystal_sum(self, atom_values: torch.Tensor) -> torch.Tensor:
@@ -625,6 +677,8 @@ def _load_chgnet(device: str) -> CHGNet:
             model = CHGNet.load(verbose=False, use_device=device)
             model.graph_converter.set_isolated_atom_response("ignore")
             model.eval()
+            # relaxation needs gradients for positions and strains only: no weight gradients
+            model.requires_grad_(False)
             _MODELS[device] = model
         return model
 
@@ -635,91 +689,180 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
-def _predict(
-    model: CHGNet, structures: list[Structure], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str | None]]:
-    """Energies per atom, forces and stresses of ``structures``, one batched model call.
+@dataclass
+class ModelBatch:
+    """What one CHGNet call takes: the batch's graphs and geometry, built with tensors.
 
-    Returns float64 tensors on ``device``: energies (B,), forces (atoms, 3) in eV/Å in the
-    order of the structures' sites, stresses (B, 3, 3) in eV/Å³ (ASE's sign, symmetrised as
-    ASE does); and per structure None or why it could not be evaluated (its values are then
-    zero). A structure whose graph cannot be built, or that breaks the batched call, fails
-    alone: the others are evaluated without it.
+    ``formulas`` name the crystals (as CHGNet's ``CrystalGraph.composition``);
+    :meth:`select` gives the same inputs for some of the crystals, with freshly built
+    graphs (used to find the crystal that breaks a batched call).
+    """
+
+    graphs: CrystalGraphs
+    atomic_numbers: torch.Tensor  # (atoms,) int32
+    frac: torch.Tensor  # (atoms, 3) float64
+    cells: torch.Tensor  # (B, 3, 3) float64
+    crystal_of: torch.Tensor  # (atoms,) long
+    formulas: list[str]
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.frac.shape[0])
+
+    def elements_per_crystal(self) -> torch.Tensor:
+        """Atoms + directed edges + angles of each crystal's graphs (what memory scales
+        with)."""
+        import torch
+
+        n = len(self.formulas)
+        graphs = self.graphs
+        atoms = torch.bincount(self.crystal_of, minlength=n)
+        edges = torch.bincount(graphs.crystal, minlength=n)
+        angles = torch.bincount(self.crystal_of[graphs.angles[:, 0]], minlength=n)
+        return atoms + edges + angles
+
+    def select(self, rows: list[int]) -> ModelBatch:
+        import torch
+
+        from matloop.relax.graphs import ATOM_CUTOFF, build_graphs, neighbour_pairs
+
+        index = torch.tensor(rows, dtype=torch.long, device=self.frac.device)
+        atom_mask = torch.isin(self.crystal_of, index)
+        new_row = torch.full((len(self.formulas),), -1, dtype=torch.long,
+                             device=self.frac.device)  # fmt: skip
+        new_row[index] = torch.arange(len(rows), device=self.frac.device)
+        frac, cells = self.frac[atom_mask], self.cells[index]
+        crystal_of = new_row[self.crystal_of[atom_mask]]
+        every = torch.arange(len(rows), device=frac.device)
+        i, j, image = neighbour_pairs(frac, cells, crystal_of, every, ATOM_CUTOFF)
+        vec = torch.einsum("pa,pab->pb", frac[j] + image - frac[i], cells[crystal_of[i]])
+        return ModelBatch(
+            graphs=build_graphs(i, j, image, vec, crystal_of, len(frac)),
+            atomic_numbers=self.atomic_numbers[atom_mask],
+            frac=frac,
+            cells=cells,
+            crystal_of=crystal_of,
+            formulas=[self.formulas[r] for r in rows],
+        )
+
+
+def _predict(
+    model: CHGNet, batch: _Batch, cells: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str | None]]:
+    """Energies per atom, forces and stresses of the batch's crystals, one batched model call.
+
+    Returns float64 tensors on the batch's device: energies (B,), forces (atoms, 3) in eV/Å,
+    stresses (B, 3, 3) in eV/Å³ (ASE's sign, symmetrised as ASE does); and per crystal None
+    or why it could not be evaluated (its values are then zero). A crystal whose neighbour
+    list cannot be built, or that breaks the batched call, fails alone: the others are
+    evaluated without it.
     """
     import torch
 
-    errors: list[str | None] = [None] * len(structures)
-    graphs: dict[int, CrystalGraph] = {}
-    for b, structure in enumerate(structures):
-        try:
-            graphs[b] = model.graph_converter(structure)
-        except Exception as exc:  # e.g. a cell so collapsed the neighbour search fails
-            errors[b] = exception_reason(exc)
-    rows = list(graphs)  # the structures evaluated, in order
+    from matloop.relax.graphs import NeighbourListError, build_graphs
+
+    device = batch.device
+    n = len(batch)
+    errors: list[str | None] = [None] * n
+    frac = batch.frac()
     try:
-        energies, forces, stresses = _evaluate(model, [graphs[b] for b in rows])
+        i, j, image, vec = batch.lists.update(frac, cells, batch.crystal_of)
+    except NeighbourListError as exc:  # e.g. a cell so collapsed the search cannot end
+        for row, reason in zip(exc.rows, exc.reasons, strict=True):
+            errors[row] = reason
+        broken = torch.zeros(n, dtype=torch.bool, device=device)
+        broken[exc.rows] = True
+        # the broken crystals sit still, as lone atoms in a unit cube, for this last call
+        frac = torch.where(broken[batch.crystal_of][:, None], 0.0, frac)
+        cells = torch.where(broken[:, None, None], torch.eye(3, dtype=cells.dtype,
+                                                              device=device), cells)  # fmt: skip
+        batch.lists = type(batch.lists)(batch.lists.cutoff, batch.lists.skin)  # rebuild all
+        i, j, image, vec = batch.lists.update(frac, cells, batch.crystal_of)
+    inputs = ModelBatch(
+        graphs=build_graphs(i, j, image, vec, batch.crystal_of, batch.n_atoms),
+        atomic_numbers=batch.atomic_numbers,
+        frac=frac,
+        cells=cells,
+        crystal_of=batch.crystal_of,
+        formulas=[m.formula for m in batch.members],
+    )
+    sizes = inputs.elements_per_crystal()
+    for member, size in zip(batch.members, sizes.tolist(), strict=True):
+        member.elements = size
+    rows = [b for b in range(n) if errors[b] is None]
+    try:
+        part = inputs if len(rows) == n else inputs.select(rows)
+        batch.budget.start_measuring()
+        energies, forces, stresses = _evaluate(model, part)
+        batch.budget.measured(int(sizes.sum()))
+        parts = [(rows, energies, forces, stresses)]
     except Exception:  # find the culprit(s): evaluate one by one
         parts = []
         for b in rows:
             try:
-                parts.append((b, _evaluate(model, [graphs[b]])))
+                parts.append(([b], *_evaluate(model, inputs.select([b]))))
             except Exception as exc:
                 errors[b] = exception_reason(exc)
-        rows = [b for b, _ in parts]
-        forces = [f[0] for _, (_, f, _) in parts]
-        if parts:
-            energies = torch.cat([e for _, (e, _, _) in parts])
-            stresses = torch.cat([s for _, (_, _, s) in parts])
 
     f64 = {"dtype": torch.float64, "device": device}
-    energy = torch.zeros(len(structures), **f64)
-    stress = torch.zeros((len(structures), 3, 3), **f64)
-    if rows:
-        index = torch.tensor(rows, device=device)
+    energy = torch.zeros(n, **f64)
+    stress = torch.zeros((n, 3, 3), **f64)
+    force = torch.zeros((batch.n_atoms, 3), **f64)
+    for part_rows, energies, forces, stresses in parts:
+        index = torch.tensor(part_rows, dtype=torch.long, device=device)
         energy[index] = energies.to(**f64)
         stress[index] = 0.5 * (stresses + stresses.transpose(1, 2)).to(**f64)
-    by_row = dict(zip(rows, forces, strict=True))
-    atom_forces = [
-        by_row[b].to(**f64) if b in by_row else torch.zeros((len(s), 3), **f64)
-        for b, s in enumerate(structures)
-    ]
-    return energy, torch.cat(atom_forces), stress, errors
+        force[torch.isin(batch.crystal_of, index)] = forces.to(**f64)
+    return energy, force, stress, errors
 
 
 def _evaluate(
-    model: CHGNet, graphs: list[CrystalGraph]
-) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """CHGNet energies per atom (k,), forces [(atoms, 3)] in eV/Å and stresses (k, 3, 3) in
-    eV/Å³ of ``k`` graphs, detached, on the model's device.
+    model: CHGNet, inputs: ModelBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CHGNet energies per atom (k,), forces (atoms, 3) in eV/Å and stresses (k, 3, 3) in
+    eV/Å³ of the ``k`` crystals of ``inputs``, detached, on the model's device.
 
-    The same numbers as ``model(graphs, task="efs")`` (CHGNet's forward pass, which the ASE
-    calculator calls), with forces and stress from one backward pass and no graph for a
-    second derivative. Relies on CHGNet 0.4's ``BatchedGraph.from_graphs`` and
-    ``CHGNet._compute``; the agreement tests guard it.
+    The same numbers as ``model(graphs, task="efs")`` on CHGNet's own graphs (its forward
+    pass, which the ASE calculator calls), from graphs built with tensors
+    (:mod:`matloop.relax.graphs`), with forces and stress from one backward pass and no
+    graph for a second derivative. Relies on CHGNet 0.4's ``BatchedGraph`` fields,
+    ``CHGNet._compute`` and ``AtomRef._get_energy``; ``tests/relax/test_graphs.py`` and the
+    agreement tests guard it.
     """
     import torch
-    from chgnet.model.model import BatchedGraph
 
-    if not graphs:
-        return torch.zeros(0), [], torch.zeros((0, 3, 3))
-    device = next(model.parameters()).device
-    graphs = [graph.to(device) for graph in graphs]
-    composition = 0.0 if model.composition_model is None else model.composition_model(graphs)
-    batched = BatchedGraph.from_graphs(
-        graphs,
-        bond_basis_expansion=model.bond_basis_expansion,
-        angle_basis_expansion=model.angle_basis_expansion,
-        compute_stress=True,
-    )
+    from matloop.relax.graphs import chgnet_inputs
+
+    batched, positions, strain = chgnet_inputs(
+        model, inputs.graphs, inputs.atomic_numbers, inputs.frac, inputs.cells,
+        inputs.crystal_of,
+    )  # fmt: skip
     prediction = model._compute(batched)  # energies only; derivatives below
     n_atoms = prediction["atoms_per_graph"]
     energy = prediction["e"]  # per atom for CHGNet (intensive), total otherwise
     total = energy * n_atoms if model.is_intensive else energy
-    grads = torch.autograd.grad(total.sum(), [*batched.atom_positions, *batched.strains])
-    k = len(graphs)
-    per_atom = energy + composition
+    grad_x, grad_strain = torch.autograd.grad(total.sum(), [positions, strain])
+    per_atom = energy.detach() + _composition_energy(model, inputs)
     if not model.is_intensive:
         per_atom = per_atom / n_atoms
-    forces = [-g.detach() for g in grads[:k]]
-    stresses = torch.stack(grads[k:]) / batched.volumes[:, None, None]  # a (k,) tensor
-    return per_atom.detach(), forces, stresses.detach()
+    stresses = grad_strain / batched.volumes[:, None, None]
+    return per_atom, -grad_x.detach(), stresses.detach()
+
+
+def _composition_energy(model: CHGNet, inputs: ModelBatch) -> torch.Tensor | float:
+    """CHGNet's composition model (``AtomRef``) on the batch's crystals."""
+    import torch
+
+    ref = model.composition_model
+    if ref is None:
+        return 0.0
+    n = len(inputs.formulas)
+    counts = torch.zeros((n, ref.max_num_elements), dtype=torch.float32,
+                         device=inputs.frac.device)  # fmt: skip
+    z = inputs.atomic_numbers.long() - 1
+    counts.index_put_((inputs.crystal_of, z), torch.ones_like(z, dtype=torch.float32),
+                      accumulate=True)  # fmt: skip
+    if ref.is_intensive:
+        counts = counts / counts.sum(dim=1, keepdim=True)
+    with torch.no_grad():
+        return ref._get_energy(counts)

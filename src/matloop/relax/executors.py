@@ -110,6 +110,10 @@ def _relax_chunk(
     store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
     store.connect()
     outs = relax_structures(items, maker, store, num_threads=num_threads, **checks)
+    from distributed import get_worker
+
+    worker = get_worker().address  # recorded, so a caller can tell where it ran
+    outs = [o.model_copy(update={"worker": worker}) for o in outs]
     docs = {"docs": [_strip_id(d) for d in store.docs_store.query({})]}
     for name, extra in store.additional_stores.items():
         docs[name] = [_strip_id(d) for d in extra.query({})]
@@ -454,12 +458,14 @@ def _mongomock_file(lpad) -> str | None:
 
 
 def _require_shared_store(job_store: JobStore, who: str) -> None:
-    from maggma.stores import MemoryStore
+    from maggma.stores import MemoryStore, MontyStore
 
-    if type(job_store.docs_store) is MemoryStore:  # MontyStore subclasses it: allowed
+    if isinstance(job_store.docs_store, MemoryStore) and not isinstance(
+        job_store.docs_store, MontyStore
+    ):  # MontyStore subclasses MemoryStore: allowed
         raise ValueError(
             f"{who} cannot write into an in-memory job store; use the campaign's MongoDB or "
-            "montydb store (monty://PATH)"
+            "SQLite store (sqlite://PATH)"
         )
 
 

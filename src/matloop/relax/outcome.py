@@ -68,3 +68,6 @@ class RelaxOutcome(BaseModel):
         default_factory=dict,
         description="Other computed labels (a replay table's columns, e.g. dir_gap).",
     )
+    worker: str | None = Field(
+        None, description="Address of the Dask worker that relaxed it; None: this process."
+    )

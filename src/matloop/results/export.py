@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 from matloop.results.rows import (  # noqa: F401  reference_version_of: for readers of the CSV
     NEAR_STABLE,
     candidate_rows,
+    dft_hull_rows,
     reference_rows,
     reference_version_of,
     round_rows,
@@ -47,23 +48,25 @@ log = logging.getLogger("matloop")
 CANDIDATE_COLUMNS = [
     "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype",
     "status", "reason", "energy_per_atom", "corrected_energy_per_atom",
-    "formation_energy_per_atom", "e_above_hull", "is_stable", "is_novel", "is_unique",
+    "formation_energy_per_atom", "e_above_hull", "is_stable", "novelty", "novelty_reference", "is_novel", "is_unique",
     "duplicate_of", "spacegroup", "evidence", "potential", "converged", "max_force", "n_steps",
     "hull_scheme", "hull_version", "reference_set_version", "dft_evidence", "dft_code",
     "dft_ok", "dft_converged", "dft_energy_per_atom", "dft_matches_ml_structure",
+    "dft_e_above_hull", "dft_verdict",
     "predicted_e_above_hull", "predicted_std",
 ]
 ROUND_COLUMNS = [
     "round", "status", "proposed", "rejected", "selected", "relaxed", "failed", "evaluated",
-    "stable", "novel", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
+    "stable", "novel", "unjudged", "stable_novelty_unknown", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
     "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
     "reference_set_version", "started_at",
     "completed_at",
 ]
 REFERENCE_COLUMNS = [
-    "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom", "energy",
+    "hull", "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom", "energy",
     "correction", "corrected_energy", "corrected_energy_per_atom", "correction_scheme",
     "e_above_hull", "formation_energy_per_atom", "source", "evidence", "potential",
+    "settings",
 ]
 
 
@@ -75,11 +78,15 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
-def recompute_hull(references_csv: str | Path) -> tuple[PhaseDiagram, dict[str, float]]:
+def recompute_hull(
+    references_csv: str | Path, hull: str = "ml"
+) -> tuple[PhaseDiagram, dict[str, float]]:
     """Rebuild a campaign's hull from an exported ``references.csv`` with plain pymatgen.
 
-    Returns the ``PhaseDiagram`` and ``entry_id -> e_above_hull`` for every row. Nothing of
-    matloop is needed; this is the whole recipe::
+    Returns the ``PhaseDiagram`` and ``entry_id -> e_above_hull`` for every row of one hull:
+    ``hull="ml"`` (the ML potential's) or ``"dft"`` (the DFT verifications' hull, DFT
+    references of the same settings). Nothing of matloop is needed; this is the whole
+    recipe (with the rows of one ``hull`` value)::
 
         entries = [PDEntry(Composition(row["formula"]), float(row["corrected_energy"]),
                            name=row["entry_id"]) for row in csv.DictReader(open(path))]
@@ -90,7 +97,7 @@ def recompute_hull(references_csv: str | Path) -> tuple[PhaseDiagram, dict[str, 
     from pymatgen.core import Composition
 
     with Path(references_csv).open() as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [r for r in csv.DictReader(handle) if (r.get("hull") or "ml") == hull]
     entries = [
         PDEntry(Composition(r["formula"]), float(r["corrected_energy"]), name=r["entry_id"])
         for r in rows
@@ -124,7 +131,8 @@ def export_campaign(
     _write_csv(out / "candidates.csv", CANDIDATE_COLUMNS, candidates)
     _write_csv(out / "rounds.csv", ROUND_COLUMNS, rounds)
     references = reference_rows(store, campaign)
-    _write_csv(out / "references.csv", REFERENCE_COLUMNS, references)
+    _write_csv(out / "references.csv", REFERENCE_COLUMNS,
+               references + dft_hull_rows(store, campaign))
     summary = campaign_summary(store, campaign, references=references)
     if summary["hull_stale"]:
         log.warning(

@@ -71,7 +71,12 @@ def campaign_summary(
 
     hits = [e for e in evaluations if e.is_stable and e.is_novel and e.is_unique]
     by_evidence = count_by_evidence(level(e) for e in hits)
-    confirmed = sum(is_confirmed(level(e)) for e in hits)
+    # confirmed: DFT-relaxed AND within the threshold on a DFT hull of the same settings
+    confirmed = sum(_confirmed(e, dft.get(e.candidate_id)) for e in hits)
+    verdicts = [d.verdict for d in dft.values()]
+    novelty = {key: sum(e.novelty == key for e in evaluations)
+               for key in ("novel", "known", "unjudged")}
+    novelty_sets = sorted({s for e in evaluations for s in e.novelty_reference.get("sets", [])})
     stored = sorted({e.reference_set_version for e in evaluations if e.reference_set_version})
     if references is not None:
         version = reference_version_of(references, doc.hull_scheme) if references else None
@@ -104,6 +109,12 @@ def campaign_summary(
         "on_hull": sum(e.e_above_hull <= 1e-6 for e in evaluations),
         "discoveries": len(hits),
         "hit_rate": len(hits) / len(relaxations) if relaxations else 0.0,
+        # stable, unique, no match, but no reference crystal of its system: not a discovery
+        "stable_novelty_unknown": sum(
+            e.is_stable and e.is_unique and e.novelty == "unjudged" for e in evaluations
+        ),
+        "novelty": novelty,
+        "novelty_reference_sets": novelty_sets,
         "discoveries_by_evidence": by_evidence,
         "evaluated_by_evidence": count_by_evidence(level(e) for e in evaluations),
         "confirmed": confirmed,
@@ -126,8 +137,39 @@ def campaign_summary(
         "stored_reference_set_versions": stored,
         "hull_stale": references is not None and bool(stored) and stored != [version],
         "seed_crystals": len(doc.seed_reference_ids),
+        "seed_coverage": seed_coverage_of(doc),
         "dft_verified": len(dft),
+        "dft_confirmed": verdicts.count("confirmed"),
+        "dft_refuted": verdicts.count("refuted"),
     }
+
+
+def _confirmed(evaluation, check) -> bool:
+    """Confirmed: a DFT verification on a DFT hull says so, or the campaign's own relaxer
+    was DFT (its hull then is a DFT hull) and the candidate is stable on it."""
+    if check is not None:
+        return check.verdict == "confirmed"
+    return is_confirmed(evaluation.evidence) and evaluation.is_stable
+
+
+def seed_coverage_of(doc) -> dict[str, Any] | None:
+    """:func:`matloop.data.seed_coverage` of a stored campaign: seed crystals per chemical
+    system and the warning when a system has none (None before references are ready, or
+    for a campaign stored before seed systems were recorded). Without any seed data the
+    report says so on its own."""
+    from matloop.data import seed_coverage
+
+    seed = doc.config.get("seed_data") or {}
+    if not doc.references_ready or doc.seed_systems is None:
+        return None
+    coverage = seed_coverage(doc.seed_systems, list(doc.config["chemical_space"]["elements"]))
+    if not (seed.get("files") or seed.get("materials_project") or seed.get("optimade")):
+        coverage["warning"] = None  # "no seed data" is reported instead
+    return coverage
+
+
+def _seed_warning(s: Mapping[str, Any]) -> str | None:
+    return (s.get("seed_coverage") or {}).get("warning")
 
 
 # -- markdown ------------------------------------------------------------------------------
@@ -139,10 +181,27 @@ def _evidence_sentence(summary: Mapping[str, Any]) -> str:
     if parts:
         text += " (" + ", ".join(parts) + ")"
     if confirmed:
-        text += f": {confirmed} confirmed by DFT relaxation, {summary['leads']} lead(s)"
+        text += (f": {confirmed} confirmed on a DFT hull, {summary['leads']} lead(s)")
     elif n:
         text += ": none confirmed — every one is a lead for DFT, not a confirmed compound"
+    if summary.get("dft_refuted"):
+        text += f"; {summary['dft_refuted']} refuted by DFT (above the DFT hull)"
+    if unknown := summary.get("stable_novelty_unknown"):
+        text += (f"; {unknown} stable with novelty unknown (no reference crystal of their "
+                 "chemical system)")
     return text + "."
+
+
+def novelty_sentence(summary: Mapping[str, Any]) -> str:
+    """What novelty was judged against, and how to judge it when it was not."""
+    sets = summary.get("novelty_reference_sets") or []
+    if sets:
+        return (f"Novelty is judged against {', '.join(sets)} ({summary['seed_crystals']} "
+                "known crystal(s) of the space); a candidate whose chemical system holds none "
+                "of them is 'unjudged', never 'novel'.")
+    return ("No reference crystals: novelty is unknown ('unjudged') for every candidate. "
+            "Add a reference: seed_data.files (CSV/extxyz), seed_data.materials_project "
+            "(MP_API_KEY) or seed_data.optimade ({base_url, filter}).")
 
 
 def markdown_report(
@@ -167,21 +226,22 @@ def markdown_report(
         f"{s['n_hull_entries']} entries, reference set `{s['reference_set_version']}` "
         "(`references.csv` rebuilds it with pymatgen alone).",
         "",
-        (f"Novelty is judged against {s['seed_crystals']} known crystal(s) of the space given "
-         "as seed data." if s["seed_crystals"] else
-         "**No seed data was given: 'novel' means new to this campaign only.** Give known "
-         "crystals under `seed_data` to judge novelty against them."),
+        novelty_sentence(s) if s.get("novelty_reference_sets") else
+        f"**{novelty_sentence(s)}**",
+        *(["", f"**Warning: {_seed_warning(s)}.**"] if _seed_warning(s) else []),
         "",
         "## Rounds",
         "",
-        "| round | proposed | rejected | relaxed | failed | stable | novel | hits | hit rate |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | proposed | rejected | relaxed | failed | stable | novel "
+        "| stable, novelty unknown | hits | hit rate |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         lines.append(
             f"| {r['round']} | {r.get('proposed', 0)} | {r.get('rejected', 0)} | "
             f"{r.get('relaxed', 0)} | {r.get('failed', 0)} | {r.get('stable', 0)} | "
-            f"{r.get('novel', 0)} | {r.get('hits', 0)} | {(r.get('hit_rate') or 0):.0%} |"
+            f"{r.get('novel', 0)} | {r.get('stable_novelty_unknown', 0)} | "
+            f"{r.get('hits', 0)} | {(r.get('hit_rate') or 0):.0%} |"
         )
     lines += [
         "",
@@ -197,11 +257,22 @@ def markdown_report(
         lines.append(
             f"| {cif} | {c['formula']} | {c.get('selected_round') or c['round']} | "
             f"{c.get('spacegroup') or ''} | {c['e_above_hull']:.3f} | "
-            f"{_row_evidence(c)} | {c.get('is_novel')} | {c.get('is_unique')} |"
+            f"{_row_evidence(c)} | {_novelty_cell(c)} | {c.get('is_unique')} |"
         )
     lines += ["", f"{n_cifs} CIF(s) of stable or nearly stable crystals in `cifs/`.", ""]
     lines += [f"![{p}]({p})" for p in figures.values()]
     return "\n".join(lines) + "\n"
+
+
+def _novelty_cell(c: Mapping[str, Any]) -> str:
+    """novel / known (= its match) / unjudged, with a DFT verdict when there is one."""
+    novelty = c.get("novelty") or ("novel" if c.get("is_novel") else "known")
+    text = novelty
+    if novelty == "known" and c.get("duplicate_of"):
+        text += f" (= {c['duplicate_of']})"
+    if c.get("dft_verdict"):
+        text += f"; DFT: {c['dft_verdict']}"
+    return html.escape(text)
 
 
 def _row_evidence(c: Mapping[str, Any]) -> str:
@@ -325,11 +396,13 @@ def html_report(
             f"{_e(', '.join(s['stored_reference_set_versions']))}, but the exported references "
             f"make hull {_e(s['reference_set_version'])}: a round stopped after relaxing and "
             "before evaluating. Run the campaign again to finish it.</div>")
-    if not s["seed_crystals"]:
-        parts.append(
-            "<div class='banner warn'><b>No seed data:</b> 'novel' means new to this campaign "
-            "only. Give known crystals under <code>seed_data</code> to judge novelty against "
-            "them.</div>")
+    if not s.get("novelty_reference_sets") or s.get("stable_novelty_unknown"):
+        parts.append(f"<div class='banner warn'><b>Novelty:</b> {_e(novelty_sentence(s))}"
+                     + (f" {s['stable_novelty_unknown']} stable candidate(s) have novelty "
+                        "unknown." if s.get("stable_novelty_unknown") else "") + "</div>")
+    if _seed_warning(s):
+        parts.append(f"<div class='banner warn'><b>Seed coverage:</b> {_e(_seed_warning(s))}"
+                     ".</div>")
     best = s["best"]
     cards = [
         (s["rounds_completed"], "rounds completed"),
@@ -337,7 +410,9 @@ def html_report(
         (f"{s['relaxed']}<small style='font-size:14px;color:#9a4'> / {s['failed']} failed"
          "</small>", "relaxed"),
         (s["discoveries"], f"discoveries (≤ {s['stability_threshold']} eV/atom, novel)"),
-        (s["confirmed"], "confirmed by DFT"),
+        (s.get("stable_novelty_unknown", 0), "stable, novelty unknown"),
+        (s["confirmed"], "confirmed on a DFT hull"),
+        (s.get("dft_refuted", 0), "refuted by DFT"),
         (_num(best["e_above_hull"]) if best else "–",
          f"best E above hull (eV/atom){': ' + _e(best['formula']) if best else ''}"),
     ]
@@ -370,7 +445,8 @@ def html_report(
     parts.append(
         "<pre>import csv\nfrom pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram\n"
         "from pymatgen.core import Composition\n"
-        "rows = list(csv.DictReader(open(\"references.csv\")))\n"
+        "rows = [r for r in csv.DictReader(open(\"references.csv\")) "
+        "if r[\"hull\"] == \"ml\"]  # or \"dft\": the DFT verifications' hull\n"
         "entries = [PDEntry(Composition(r[\"formula\"]), float(r[\"corrected_energy\"]), "
         "name=r[\"entry_id\"]) for r in rows]\n"
         "pd = PhaseDiagram(entries)\n"
@@ -382,17 +458,18 @@ def html_report(
         [str(r["round"]) + ("" if r.get("status") == "completed" else "*"),
          str(r.get("proposed", 0)), str(r.get("rejected", 0)), str(r.get("relaxed", 0)),
          str(r.get("failed", 0)), str(r.get("stable", 0)), str(r.get("novel", 0)),
-         str(r.get("hits", 0)), f"{(r.get('hit_rate') or 0):.0%}",
+         str(r.get("stable_novelty_unknown", 0)), str(r.get("hits", 0)), f"{(r.get('hit_rate') or 0):.0%}",
          _num(r.get("best_e_above_hull")), _num(r.get("surrogate_mae")),
          _calibration(r)]
         for r in rounds
     ]
     parts.append(_table(
-        ["round", "proposed", "rejected", "relaxed", "failed", "stable", "novel", "hits",
-         "hit rate", "best E hull", "surrogate MAE", "within 1σ / 2σ"], round_rows,
-        set(range(12))))
+        ["round", "proposed", "rejected", "relaxed", "failed", "stable", "novel",
+         "stable, novelty unknown", "hits", "hit rate", "best E hull", "surrogate MAE",
+         "within 1σ / 2σ"], round_rows, set(range(13))))
     parts.append("<p class='muted'>stable: within the threshold of the hull when evaluated; "
-                 "hits: stable, novel and unique; * round not finished. Within 1σ / 2σ: share "
+                 "hits: stable, novel and unique; stable, novelty unknown: stable and unique but no "
+                 "reference crystal of its chemical system to judge it by; * round not finished. Within 1σ / 2σ: share "
                  "of the round's relaxed candidates whose e_above_hull fell within one / two "
                  "predicted standard deviations of the surrogate's prediction (calibrated: "
                  "about 68 % / 95 %).</p></div>")
@@ -446,15 +523,14 @@ def html_report(
             f"<span style='white-space:nowrap'>{_e(conv) or '–'}</span>",
             str(c.get("selected_round") or c["round"]),
             _e(c.get("generator")),
-            "yes" if c.get("is_novel") else "no" + (
-                f" (= {_e(c['duplicate_of'])})" if c.get("duplicate_of") else ""),
+            _novelty_cell(c),
         ])
         classes.append("hit" if hit else "")
     parts.append("<h2>Best candidates</h2>")
     if best_rows:
         parts.append(_table(
             ["#", "candidate (CIF)", "formula", "space group", "E above hull (eV/atom)",
-             "evidence", "convergence", "round", "generator", "novel"],
+             "evidence", "convergence", "round", "generator", "novelty"],
             best_rows, {0, 4, 7}, classes))
         parts.append("<p class='muted'>Green rows: discoveries. CIFs of every candidate within "
                      f"{NEAR_STABLE} eV/atom of the hull are in <code>cifs/</code>.</p>")

@@ -7,6 +7,7 @@ relaxes or loads a potential (a campaign's potential label is stored with it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "NEAR_STABLE",
     "campaign_potential",
     "candidate_rows",
+    "dft_hull_rows",
     "hull_entries",
     "reference_rows",
     "reference_version_of",
@@ -57,11 +59,13 @@ def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
             # relaxation's values then
             row.update({k: v for k, v in ev.model_dump(exclude={"round", "properties"}).items()
                         if v is not None})
+            row["novelty_reference"] = json.dumps(ev.novelty_reference, sort_keys=True)
         if (check := dft.get(cand.candidate_id)) is not None:
             # a DFT verification beside the ML evaluation (its energy is not in the ML hull)
             row.update(dft_evidence=check.evidence, dft_code=check.code, dft_ok=check.ok,
                        dft_converged=check.converged, dft_energy_per_atom=check.energy_per_atom,
-                       dft_matches_ml_structure=check.matches_ml_structure)
+                       dft_matches_ml_structure=check.matches_ml_structure,
+                       dft_e_above_hull=check.dft_e_above_hull, dft_verdict=check.verdict)
         rows.append(row)
     return rows
 
@@ -112,7 +116,7 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
         composition = entry.composition
         pairs.append((
             {
-                "entry_id": entry_id, "kind": kind,
+                "hull": "ml", "entry_id": entry_id, "kind": kind,
                 "formula": composition.formula.replace(" ", ""),
                 "reduced_formula": composition.reduced_formula,
                 "n_atoms": int(composition.num_atoms),
@@ -146,12 +150,54 @@ def reference_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
     return rows
 
 
+def dft_hull_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
+    """The DFT hull's rows of ``references.csv`` (``hull`` = ``dft``): the DFT references of
+    the campaign's space and its converged DFT verifications, raw DFT energies (no
+    correction), with the settings each was computed with."""
+    from pymatgen.core import Structure
+
+    from matloop.evaluators.dft_hull import dft_hull, dft_label_of
+
+    doc = store.get_campaign(campaign)
+    results = [d for d in store.dft_results(campaign) if d.ok and d.structure]
+    if doc is None or not results or not doc.config.get("dft"):
+        return []
+    label = dft_label_of(doc.config["dft"])
+    ids = [f"element:{el}" for el in doc.config["chemical_space"]["elements"]]
+    refs = store.references(label, ids=ids + doc.seed_reference_ids)
+    rows = []
+    for kind, entry_id, structure, energy, source, evidence, settings in [
+        *(("reference", r.reference_id, r.structure, r.energy_per_atom, r.source, r.evidence,
+           r.settings) for r in refs),
+        *(("candidate", d.candidate_id, d.structure, d.energy_per_atom,
+           f"campaign round {d.round}", d.evidence, d.settings) for d in results),
+    ]:
+        composition = Structure.from_dict(structure).composition
+        n = int(composition.num_atoms)
+        rows.append({
+            "hull": "dft", "entry_id": entry_id, "kind": kind,
+            "formula": composition.formula.replace(" ", ""),
+            "reduced_formula": composition.reduced_formula, "n_atoms": n,
+            "energy_per_atom": energy, "energy": energy * n, "correction": 0.0,
+            "corrected_energy": energy * n, "corrected_energy_per_atom": energy,
+            "correction_scheme": "none", "source": source, "evidence": evidence,
+            "potential": label, "settings": json.dumps(settings, sort_keys=True),
+        })
+    hull = dft_hull([(r["entry_id"], r["formula"], r["energy_per_atom"]) for r in rows
+                     if r["kind"] == "reference"],
+                    [(r["entry_id"], r["formula"], r["energy_per_atom"]) for r in rows
+                     if r["kind"] == "candidate"])
+    for row in rows:
+        row["e_above_hull"] = hull.e_above_hull.get(row["entry_id"])
+        row["formation_energy_per_atom"] = hull.formation_energy.get(row["entry_id"])
+    return rows
+
+
 def reference_version_of(rows: Sequence[dict[str, Any]], scheme: str | None) -> str:
-    """The reference-set version of a hull given as ``references.csv`` rows."""
+    """The reference-set version of the ML hull given as ``references.csv`` rows."""
     from matloop.evaluators.evidence import reference_set_version
 
     return reference_set_version(
-        [(r["entry_id"], r["formula"], float(r["energy_per_atom"])) for r in rows], scheme
+        [(r["entry_id"], r["formula"], float(r["energy_per_atom"])) for r in rows
+         if r.get("hull", "ml") in ("ml", "")], scheme
     )
-
-

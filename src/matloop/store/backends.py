@@ -1,6 +1,10 @@
 """Choose a maggma backend from one URI.
 
-``monty://PATH``   the embedded default: montydb on SQLite in folder PATH, no server needed
+``sqlite://PATH``  the embedded default: one SQLite file PATH with real indexes, no server
+                   needed (:mod:`matloop.store.sqlite`)
+``monty://PATH``   montydb in folder PATH: the embedded store of earlier versions, still read
+                   and written (no secondary indexes: slow past a few thousand candidates);
+                   ``matloop store migrate`` moves a campaign off it
 ``mongodb://…``    a real MongoDB (``mongodb+srv://`` too); the database is the URI's path,
                    ``matloop`` when it has none
 ``memory://``      mongomock, for tests (gone when the process ends)
@@ -17,7 +21,8 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from maggma.core import Store
 
-SCHEMES = ("monty", "mongodb", "mongodb+srv", "memory")
+SCHEMES = ("sqlite", "monty", "mongodb", "mongodb+srv", "memory")
+EXPECTED = "sqlite://PATH, monty://PATH, mongodb://HOST/DB or memory://"
 
 
 class StoreURIError(ValueError):
@@ -62,15 +67,20 @@ class Backend:
     def from_uri(cls, uri: str) -> Backend:
         if "://" not in uri:
             raise StoreURIError(
-                f"store URI {redact_uri(uri)!r} has no scheme; expected one of "
-                "monty://PATH, mongodb://HOST/DB or memory://"
+                f"store URI {redact_uri(uri)!r} has no scheme; expected one of {EXPECTED}"
             )
         scheme = uri.split("://", 1)[0].lower()
         if scheme not in SCHEMES:
             raise StoreURIError(
-                f"store URI scheme {scheme!r} is not supported; expected one of "
-                "monty://PATH, mongodb://HOST/DB or memory://"
+                f"store URI scheme {scheme!r} is not supported; expected one of {EXPECTED}"
             )
+        if scheme == "sqlite":
+            raw = uri.split("://", 1)[1]
+            if not raw or raw.endswith("/"):
+                raise StoreURIError(
+                    "sqlite:// needs a database file, e.g. sqlite://./matloop-store.db"
+                )
+            return cls("sqlite", uri, path=Path(raw).expanduser())
         if scheme == "monty":
             raw = uri.split("://", 1)[1]
             if not raw:
@@ -81,14 +91,30 @@ class Backend:
         database = urlsplit(uri).path.strip("/") or "matloop"
         return cls(scheme, uri, database=database)
 
+    @property
+    def embedded(self) -> bool:
+        """The database is a local file or folder (several processes may share it)."""
+        return self.scheme in ("sqlite", "monty")
+
     def open(self, collection: str, key: str | list[str] = "_id") -> Store:
-        """A maggma store for one collection (not yet connected)."""
-        if self.scheme == "monty":
-            from maggma.stores import MontyStore
+        """A maggma store for one collection (not yet connected).
+
+        Every store returned offers, beside maggma's API, the bulk operations of
+        :class:`~matloop.store.sqlite.SQLiteStore` (``update_many``, ``update_each``,
+        ``find_one_and_update``, ``count_by``, ``ensure_indexes``).
+        """
+        if self.scheme == "sqlite":
+            from matloop.store.sqlite import SQLiteStore
 
             assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return SQLiteStore(str(self.path), collection, key=key)
+        from matloop.store import mongolike
+
+        if self.scheme == "monty":
+            assert self.path is not None
             self.path.mkdir(parents=True, exist_ok=True)
-            return MontyStore(
+            return mongolike.BulkMontyStore(
                 collection,
                 database_path=str(self.path),
                 database_name=self.database,
@@ -96,12 +122,8 @@ class Backend:
                 key=key,
             )
         if self.scheme == "memory":
-            from maggma.stores import MemoryStore
-
-            return MemoryStore(collection, key=key)
-        from maggma.stores import MongoURIStore
-
-        return MongoURIStore(
+            return mongolike.BulkMemoryStore(collection, key=key)
+        return mongolike.BulkMongoURIStore(
             self.uri, collection, database=self.database, key=key,
             mongoclient_kwargs=mongo_client_options(self.uri),
         )

@@ -106,6 +106,7 @@ class RelaxationDoc(_Doc):
     properties: dict[str, float] = Field(
         default_factory=dict, description="Other labels the relaxer computed (replay tables)"
     )
+    worker: str | None = Field(None, description="Dask worker that relaxed it; None: in-process")
     created_at: str = Field(default_factory=utcnow)
 
     @classmethod
@@ -130,6 +131,7 @@ class RelaxationDoc(_Doc):
             reason=outcome.reason,
             round=round_,
             properties=outcome.properties,
+            worker=outcome.worker,
         )
 
 
@@ -148,9 +150,19 @@ class EvaluationDoc(_Doc):
         None, description="e_above_hull against the hull as it stood when first evaluated"
     )
     is_stable: bool = Field(description="e_above_hull within the campaign's threshold")
-    is_novel: bool
+    is_novel: bool = Field(description="novelty == 'novel' (a known or unjudged one is not)")
     is_unique: bool
     duplicate_of: str | None = None
+    novelty: str | None = Field(
+        None,
+        description="novel | known | unjudged: unjudged when the reference sets hold no "
+        "crystal of its chemical system (None: evaluated before novelty was judged)",
+    )
+    novelty_reference: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Reference sets searched (sets), known crystals of its chemical system "
+        "(n_chemsys) and of each subsystem (n_subsystems)",
+    )
     spacegroup: str | None = None
     hull_scheme: str = Field(description="Potential + correction scheme used for the hull")
     hull_version: int = Field(description="Round whose hull this evaluation used")
@@ -187,9 +199,18 @@ class ReferenceDoc(_Doc):
     chemsys: str
     energy_per_atom: float
     structure: dict[str, Any]
-    source: str = Field(description="elemental | file:<path> | materials-project")
+    source: str = Field(
+        description="elemental | file:<name> | materials-project | optimade:<provider>"
+    )
     source_id: str | None = None
+    retrieved_at: str | None = Field(
+        None, description="When the crystal was fetched from its database (OPTIMADE, MP)"
+    )
     evidence: str = "mlip-relaxed"
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of the calculation that gave the energy (DFT references)",
+    )
     properties: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=utcnow)
 
@@ -219,6 +240,10 @@ class CampaignDoc(_Doc):
     )
     seed_reference_ids: list[str] = Field(
         default_factory=list, description="Seed crystals of this campaign's space in the hull"
+    )
+    seed_systems: dict[str, int] | None = Field(
+        None, description="Seed crystals in the hull per chemical system, e.g. {'Cl-Na': 3} "
+        "(None: recorded before this field existed)"
     )
     reference_e_above_hull: dict[str, float] = Field(
         default_factory=dict, description="e_above_hull of each reference at the last evaluation"
@@ -271,6 +296,21 @@ class DftDoc(_Doc):
     )
     matches_ml_structure: bool | None = Field(
         None, description="StructureMatcher: the DFT structure is the ML one (relax only)"
+    )
+    dft_e_above_hull: float | None = Field(
+        None, description="Energy above the DFT hull (same code and settings), eV/atom"
+    )
+    verdict: str | None = Field(
+        None,
+        description="confirmed (DFT-relaxed, converged, within the threshold on the DFT "
+        "hull) | refuted (DFT-relaxed, above it) | checked-stable / checked-unstable (single "
+        "point) | failed | None (no DFT hull could be built)",
+    )
+    dft_hull_version: str | None = Field(
+        None, description="Hash of the DFT hull's entries (see references.csv, hull=dft)"
+    )
+    dft_reference_ids: list[str] = Field(
+        default_factory=list, description="DFT references of its chemical system in that hull"
     )
     job_uuid: str | None = None
     wall_s: float | None = None

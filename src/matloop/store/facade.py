@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 D = TypeVar("D", bound="BaseModel")
+CLAIM_LEASE_S = 3600.0  # a relaxing claim older than this, not renewed, may be taken over
 
 # collection -> (document type, natural key)
 COLLECTIONS: dict[str, tuple[type, list[str]]] = {
@@ -49,6 +51,41 @@ COLLECTIONS: dict[str, tuple[type, list[str]]] = {
     "references": (ReferenceDoc, ["potential", "reference_id"]),
     "models": (ModelDoc, ["campaign", "name", "version"]),
     "dft": (DftDoc, ["campaign", "candidate_id"]),
+}
+
+# collection -> indexes (compound, leading with the campaign) created when it is first opened
+INDEXES: dict[str, list[tuple[str, ...]]] = {
+    "candidates": [("campaign", "candidate_id"), ("campaign", "status"), ("campaign", "round")],
+    "rounds": [("campaign", "round")],
+    "campaigns": [("campaign",)],
+    "relaxations": [("campaign", "candidate_id")],
+    "evaluations": [("campaign", "candidate_id")],
+    "dft": [("campaign", "candidate_id")],
+    "references": [("potential", "reference_id")],
+    "models": [("campaign", "name", "version")],
+    "model_blobs": [("sha256",)],
+}
+JOB_INDEXES = [("uuid", "index"), ("metadata.candidate_id",)]
+
+
+def _pushed_as_text(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with status changes that a server stored as JSON text read back.
+
+    nx-27017 (MongoDB's wire protocol over SQLite, used in tests and by some laptops)
+    keeps a document ``$push``-ed onto an array as its JSON text; MongoDB keeps it as is.
+    """
+    history = doc.get("history")
+    if history and any(isinstance(h, str) for h in history):
+        import json
+
+        doc["history"] = [json.loads(h) if isinstance(h, str) else h for h in history]
+    return doc
+
+
+#: Collections of plain dicts (no document type): collection -> key fields.
+PLAIN_COLLECTIONS: dict[str, list[str]] = {
+    "model_blobs": ["sha256"],
+    "leases": ["campaign"],  # one campaign lease per campaign (matloop.store.lease)
 }
 
 
@@ -79,18 +116,20 @@ class MatloopStore:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _store(self, name: str) -> Store:
+        """The collection ``name``, connected, its indexes created on first use."""
         if name not in self._stores:
-            key = COLLECTIONS[name][1] if name in COLLECTIONS else ["sha256"]
+            key = COLLECTIONS[name][1] if name in COLLECTIONS else PLAIN_COLLECTIONS[name]
             store = self.backend.open(name, key=key[-1])
             with self._file_lock("connect"):
                 store.connect()
-            for field in key:
-                try:
-                    store.ensure_index(field)
-                except NotImplementedError:  # montydb has no secondary indexes
-                    break
+            store.ensure_indexes(INDEXES.get(name, [tuple(key)]))
             self._stores[name] = store
         return self._stores[name]
+
+    def collection(self, name: str) -> Store:
+        """The maggma store of one collection, connected and indexed (for tools that copy
+        raw documents, such as :mod:`matloop.store.migrate`)."""
+        return self._store(name)
 
     def _upsert(self, name: str, docs: Iterable[BaseModel]) -> None:
         payload = [doc.model_dump(mode="json") for doc in docs]
@@ -104,11 +143,12 @@ class MatloopStore:
         sort: dict[str, int] | None = None,
     ) -> list[Any]:
         doc_type = COLLECTIONS[name][0]
-        return [doc_type(**d) for d in self._store(name).query(criteria or {}, sort=sort)]
+        found = self._store(name).query(criteria or {}, sort=sort)
+        return [doc_type(**_pushed_as_text(d)) for d in found]
 
     def _find_one(self, name: str, criteria: dict[str, Any]) -> Any | None:
         found = self._store(name).query_one(criteria)
-        return COLLECTIONS[name][0](**found) if found else None
+        return COLLECTIONS[name][0](**_pushed_as_text(found)) if found else None
 
     def count(self, name: str, criteria: dict[str, Any] | None = None) -> int:
         return self._store(name).count(criteria or {})
@@ -129,12 +169,15 @@ class MatloopStore:
         if self._job_store is None:
             from jobflow import JobStore
 
-            self._job_store = JobStore(
+            job_store = JobStore(
                 self.backend.open("jobs", key="uuid"),
                 additional_stores={"data": self.backend.open("jobs_data", key="uuid")},
             )
             with self._file_lock("connect"):
-                self._job_store.connect()
+                job_store.connect()
+            job_store.docs_store.ensure_indexes(JOB_INDEXES)
+            job_store.additional_stores["data"].ensure_indexes([("job_uuid",)])
+            self._job_store = job_store
         return self._job_store
 
     # -- campaigns and rounds -------------------------------------------------------------
@@ -159,23 +202,37 @@ class MatloopStore:
     # -- candidates ------------------------------------------------------------------------
     def add_candidates(self, docs: list[CandidateDoc]) -> tuple[list[str], list[str]]:
         """Insert new candidates; a crystal already in the campaign keeps its record and
-        only its ``times_proposed`` grows. Returns (new ids, ids already present)."""
+        only its ``times_proposed`` grows. Returns (new ids, ids already present).
+
+        One indexed lookup of the ids, one bulk upsert of the new ones, one bulk increment
+        of the repeats (per repeat count), whatever the backend.
+        """
         if not docs:
             return [], []
         campaign = docs[0].campaign
-        ids = [d.candidate_id for d in docs]
-        existing = {
-            d.candidate_id: d
-            for d in self._find("candidates", {"campaign": campaign, "candidate_id": {"$in": ids}})
-        }
+        store = self._store("candidates")
+        ids = list(dict.fromkeys(d.candidate_id for d in docs))
+        found = store.query(
+            {"campaign": campaign, "candidate_id": {"$in": ids}}, properties=["candidate_id"]
+        )
+        existing = {d["candidate_id"] for d in found}
         fresh: dict[str, CandidateDoc] = {}
+        repeats: dict[str, int] = {}
         for doc in docs:
             if doc.candidate_id in existing:
-                existing[doc.candidate_id].times_proposed += 1
+                repeats[doc.candidate_id] = repeats.get(doc.candidate_id, 0) + 1
             elif doc.candidate_id not in fresh:
                 fresh[doc.candidate_id] = doc
-        self._upsert("candidates", list(fresh.values()) + list(existing.values()))
-        return list(fresh), list(existing)
+        self._upsert("candidates", fresh.values())
+        by_count: dict[int, list[str]] = {}
+        for cid, n in repeats.items():
+            by_count.setdefault(n, []).append(cid)
+        for n, group in by_count.items():
+            store.update_many(
+                {"campaign": campaign, "candidate_id": {"$in": group}},
+                {"$inc": {"times_proposed": n}},
+            )
+        return list(fresh), list(repeats)
 
     def candidates(
         self,
@@ -207,26 +264,42 @@ class MatloopStore:
         """Move candidates along their lifecycle, recording each change in their history.
 
         ``updates`` maps id -> (new status, reason); ``fields`` optionally sets other fields.
+        One ``update_many`` per (status, reason); candidates with their own ``fields`` in one
+        bulk write.
         """
-        docs = self.candidates(campaign, ids=list(updates))
-        for doc in docs:
-            status, reason = updates[doc.candidate_id]
-            doc.status = status
-            doc.reason = reason
-            doc.history.append(StatusChange(status=status, reason=reason, round=round_))
-            for name, value in (fields or {}).get(doc.candidate_id, {}).items():
-                setattr(doc, name, value)
-        self._upsert("candidates", docs)
+        from monty.json import jsanitize  # numpy numbers in fields become plain ones
+
+        store = self._store("candidates")
+        fields = jsanitize(fields or {}, enum_values=True)
+        groups: dict[tuple[str, str | None], list[str]] = {}
+        own: list[tuple[dict, dict]] = []
+        for cid, (status, reason) in updates.items():
+            change = StatusChange(status=status, reason=reason, round=round_)
+            if fields.get(cid):
+                update = {
+                    "$set": {**fields[cid], "status": str(change.status), "reason": reason},
+                    "$push": {"history": change.model_dump(mode="json")},
+                }
+                own.append(({"campaign": campaign, "candidate_id": cid}, update))
+            else:
+                groups.setdefault((str(change.status), reason), []).append(cid)
+        for (status, reason), ids in groups.items():
+            change = StatusChange(status=status, reason=reason, round=round_)
+            store.update_many(
+                {"campaign": campaign, "candidate_id": {"$in": ids}},
+                {"$set": {"status": status, "reason": reason},
+                 "$push": {"history": change.model_dump(mode="json")}},
+            )
+        store.update_each(own)
 
     def count_candidates(self, campaign: str, status: CandidateStatus | str) -> int:
         """How many of the campaign's candidates have ``status``."""
         return self.count("candidates", {"campaign": campaign, "status": str(status)})
 
     def status_counts(self, campaign: str) -> dict[str, int]:
-        return {
-            status.value: self.count("candidates", {"campaign": campaign, "status": status.value})
-            for status in CandidateStatus
-        }
+        """Candidates per status, counted in the database."""
+        counts = self._store("candidates").count_by("status", {"campaign": campaign})
+        return {status.value: counts.get(status.value, 0) for status in CandidateStatus}
 
     # -- claiming work (several workers on one store) ------------------------------------
     @staticmethod
@@ -273,7 +346,7 @@ class MatloopStore:
         return datetime.now(UTC) - datetime.fromisoformat(at) > lease
 
     def claim_candidate(
-        self, campaign: str, round_: int | None = None, lease_s: float = 3600.0
+        self, campaign: str, round_: int | None = None, lease_s: float = CLAIM_LEASE_S
     ) -> CandidateDoc | None:
         """Atomically take one ``selected`` candidate for relaxation (status → ``relaxing``).
 
@@ -281,7 +354,7 @@ class MatloopStore:
         lease expired is taken over, so an interrupted round can be finished elsewhere.
         Returns None when no work is left.
         """
-        collection = self._store("candidates")._collection
+        store = self._store("candidates")
         me = self.worker_id()
         now = utcnow()
         change = {"status": "relaxing", "round": round_, "at": now, "reason": None}
@@ -290,14 +363,18 @@ class MatloopStore:
             "$push": {"history": change},
         }
         with self._claim_lock():
-            found = collection.find_one_and_update(
+            found = store.find_one_and_update(
                 {"campaign": campaign, "status": "selected"}, update
             )
             if found is None:
                 lease = timedelta(seconds=lease_s)
-                for doc in collection.find({"campaign": campaign, "status": "relaxing"}):
+                relaxing = store.query(
+                    {"campaign": campaign, "status": "relaxing"},
+                    properties=["_id", "claimed_by", "claimed_at"],
+                )
+                for doc in list(relaxing):
                     if doc.get("claimed_by") != me and self._claim_is_stale(doc, lease):
-                        found = collection.find_one_and_update(
+                        found = store.find_one_and_update(
                             {"_id": doc["_id"], "claimed_by": doc.get("claimed_by")}, update
                         )
                         if found is not None:
@@ -306,6 +383,44 @@ class MatloopStore:
             return None
         (doc,) = self.candidates(campaign, ids=[found["candidate_id"]])
         return doc
+
+    def renew_claims(self, campaign: str, candidate_ids: Iterable[str]) -> int:
+        """Restart the lease of this worker's claims on ``candidate_ids`` (``claimed_at`` =
+        now), so that work longer than the lease is not taken over. A claim another worker
+        holds is left alone. Returns how many claims were renewed."""
+        criteria = {"campaign": campaign, "candidate_id": {"$in": list(candidate_ids)},
+                    "status": "relaxing", "claimed_by": self.worker_id()}  # fmt: skip
+        with self._claim_lock():
+            return self._store("candidates").update_many(
+                criteria, {"$set": {"claimed_at": utcnow()}})
+
+    def keep_claims(
+        self, campaign: str, candidate_ids: Iterable[str], lease_s: float = CLAIM_LEASE_S
+    ) -> ClaimRenewal:
+        """Renew the claims every ``lease_s / 3`` in a background thread until the returned
+        :class:`ClaimRenewal` is stopped (it is also a context manager)."""
+        return ClaimRenewal(self, campaign, list(candidate_ids), lease_s / 3).start()
+
+    # -- generic atomic primitives (the campaign lease builds on these) -------------------
+    def insert_new(self, name: str, doc: dict[str, Any], unless: dict[str, Any]) -> bool:
+        """Insert ``doc`` unless a document matches ``unless``; False then. Atomic: of two
+        processes inserting at once, exactly one gets True (one SQLite write transaction; on
+        MongoDB an upsert on the document's ``_id``)."""
+        with self._claim_lock():
+            return self._store(name).insert_unless(unless, doc)
+
+    def update_where(
+        self, name: str, criteria: dict[str, Any], update: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Atomically apply ``update`` to one document matching ``criteria`` (equality
+        tests make it a compare-and-swap); returns the document as it was, or None when
+        none matched."""
+        with self._claim_lock():
+            return self._store(name).find_one_and_update(criteria, update)
+
+    def find_raw(self, name: str, criteria: dict[str, Any]) -> dict[str, Any] | None:
+        """One plain document of ``name`` matching ``criteria``, or None."""
+        return self._store(name).query_one(criteria)
 
     # -- relaxations, evaluations, references -----------------------------------------------
     def save_relaxations(self, docs: list[RelaxationDoc]) -> None:
@@ -368,3 +483,35 @@ class MatloopStore:
                 f"checkpoint {doc.name} v{doc.version} does not match its recorded sha256"
             )
         return data
+
+
+class ClaimRenewal:
+    """A daemon thread that renews a worker's claims every ``every_s`` seconds until
+    :meth:`stop` (see :meth:`MatloopStore.keep_claims`)."""
+
+    def __init__(self, store: MatloopStore, campaign: str, ids: list[str], every_s: float):
+        self.store, self.campaign, self.ids, self.every_s = store, campaign, ids, every_s
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="matloop-claims")
+
+    def start(self) -> ClaimRenewal:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.renewals += bool(self.store.renew_claims(self.campaign, self.ids))
+            except Exception:  # a store hiccup: try again at the next tick
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> ClaimRenewal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
