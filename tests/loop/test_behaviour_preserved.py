@@ -31,7 +31,7 @@ def _config(tmp_path):
     data = yaml.safe_load(QUICKSTART.read_text())
     # smaller than the quickstart so the test takes minutes, same generators and relaxer
     data["budget"] = {"rounds": 2, "candidates_per_round": 16, "relaxations_per_round": 4}
-    data["store"] = f"monty://{tmp_path}/store"
+    data["store"] = f"sqlite://{tmp_path}/store.db"  # the embedded default, on a tmp path
     data["output"] = str(tmp_path / "out")
     return parse_config(data)
 
