@@ -249,10 +249,37 @@ class SeedFile(_Strict):
     max_atoms: int = Field(40, ge=1, description="Larger seed crystals are skipped")
 
 
+class OptimadeSource(_Strict):
+    """An OPTIMADE database to take the space's known crystals from (see
+    :mod:`matloop.optimade_source`)."""
+
+    base_url: str = Field(description="e.g. https://optimade.materialsproject.org")
+    filter: str | None = Field(
+        None, description="OPTIMADE filter AND-ed with the space's, e.g. 'nsites<=12'"
+    )
+    max_results: int = Field(1000, ge=1, description="Structures taken at most")
+    max_atoms: int = Field(40, ge=1, description="Larger crystals are skipped")
+    cache: str | None = Field(
+        None, description="Cache folder (default $MATLOOP_CACHE/optimade or "
+        "~/.cache/matloop/optimade): a cached answer is reused offline"
+    )
+    refresh: bool = Field(False, description="Ask the database again despite a cached answer")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value
+
+
 class SeedConfig(_Strict):
     files: list[SeedFile] = Field(default_factory=list)
     materials_project: bool = Field(
         False, description="Fetch known compounds of the space when MP_API_KEY is set"
+    )
+    optimade: list[OptimadeSource] = Field(
+        default_factory=list, description="OPTIMADE databases: [{base_url, filter}]"
     )
 
 

@@ -29,6 +29,7 @@ class SeedCrystal:
     structure: Structure
     source: str
     properties: dict[str, float] = field(default_factory=dict)
+    retrieved_at: str | None = None  # when fetched from a database (OPTIMADE)
 
 
 @dataclass
@@ -166,7 +167,10 @@ def fetch_materials_project(elements: list[str], api_key: str | None = None) -> 
         for size in range(1, len(elements) + 1)
         for combo in combinations(elements, size)
     ]
+    from matloop.store.documents import utcnow
+
     crystals: list[SeedCrystal] = []
+    retrieved_at = utcnow()
     # MP_API_ENDPOINT (a mirror, a test server) is read here, not only when mp_api is imported
     endpoint = os.environ.get("MP_API_ENDPOINT") or None
     try:
@@ -182,7 +186,8 @@ def fetch_materials_project(elements: list[str], api_key: str | None = None) -> 
         if getattr(doc, "energy_above_hull", None) is not None:
             props["mp_energy_above_hull"] = float(doc.energy_above_hull)
         crystals.append(
-            SeedCrystal(str(doc.material_id), doc.structure, "materials-project", props)
+            SeedCrystal(str(doc.material_id), doc.structure, "materials-project", props,
+                        retrieved_at=retrieved_at)
         )
     return ReadReport(crystals, [])
 

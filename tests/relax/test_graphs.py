@@ -233,3 +233,24 @@ def test_model_answers_equal_chgnets_own_path(crystals) -> None:
     their_stress = 0.5 * (their_stress + their_stress.transpose(0, 2, 1))
     assert np.allclose(stress.numpy(), their_stress, atol=1e-5, rtol=0)
     assert np.abs(their_forces).max() > 0.5  # the rattled crystals do feel forces
+
+
+def test_a_crystal_whose_list_cannot_be_built_fails_alone(crystals) -> None:
+    """Mid-relaxation a cell collapses: that crystal gets the reason, the others their
+    usual answers."""
+    import torch
+
+    model = batched._load_chgnet("cpu")
+    batch = batched._Batch(torch.device("cpu"))
+    for k, structure in enumerate(crystals[:3]):
+        batch.add(k, structure, 0.0)
+    cells, _ = batch.cells_and_positions(batch.deformation())
+    before, _, _, _ = batched._predict(model, batch, cells)
+    flat = cells.clone()
+    flat[1, 2] *= 1e-5
+    energy, forces, _, errors = batched._predict(model, batch, flat)
+    assert errors[0] is None and errors[2] is None
+    assert errors[1].startswith("neighbour list: cell collapsed")
+    assert energy[0] == pytest.approx(float(before[0]), abs=1e-6)
+    assert energy[2] == pytest.approx(float(before[2]), abs=1e-6)
+    assert torch.isfinite(forces).all()

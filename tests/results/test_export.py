@@ -127,10 +127,10 @@ def test_without_a_reference_crystal_nothing_is_novel(tmp_path):
     """The same campaign with no reference crystal of Na-Cl: rock-salt NaCl and the others
     are 'unjudged', no discovery is claimed, and the stable ones are counted as 'stable,
     novelty unknown' in summary.json, rounds.csv, the report and status --json."""
+    from handmade_campaign import SEED_ID
     from typer.testing import CliRunner
 
     from matloop.cli import app
-    from handmade_campaign import SEED_ID
 
     uri = f"monty://{tmp_path}/store"
     run = build_campaign(uri, evaluate_round_2=True, seed=False)

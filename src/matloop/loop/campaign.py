@@ -128,6 +128,23 @@ class CampaignRun:
     def learn(self, round_: int) -> StepResult:
         return self.step("learn", round_)
 
+    # the parts of the verify step a benchmark drives one by one (matloop.loop.verify)
+    @property
+    def dft_label(self) -> str:
+        from matloop.loop.verify import dft_label
+
+        return dft_label(self.context)
+
+    def verify_candidates(self, round_: int, chosen) -> tuple[int, int]:
+        from matloop.loop.verify import verify_candidates
+
+        return verify_candidates(self.context, round_, chosen)
+
+    def dft_hull(self, round_: int) -> dict[str, Any]:
+        from matloop.loop.verify import dft_hull
+
+        return dft_hull(self.context, round_)
+
     def run_round(self, round_: int | None = None) -> RoundDoc:
         """All steps in order, without Prefect (tests, notebooks)."""
         doc = self.start_round() if round_ is None else self.context.round(round_)

@@ -88,7 +88,8 @@ def feedback_for_round(ctx: RunContext, round_: int, evaluations, by_id):
             reward=reward(
                 e.e_above_hull,
                 stability_threshold=objective.stability_threshold,
-                novel=e.is_novel,
+                # unjudged is not known: the generator is not penalised for exploring
+                novel=e.is_novel or e.novelty == "unjudged",
                 unique=e.is_unique,
                 property_value=value,
                 window=(window.min, window.max) if window else None,

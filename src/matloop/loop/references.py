@@ -75,7 +75,8 @@ def prepare_references(ctx: RunContext) -> StepResult:
                     chemsys=out.structure.composition.chemical_system,
                     energy_per_atom=float(out.energy_per_atom),
                     structure=structure_dict(out.structure), source=seed.source,
-                    source_id=seed.source_id, properties=seed.properties,
+                    source_id=seed.source_id, retrieved_at=seed.retrieved_at,
+                    properties=seed.properties,
                 )
             ])
     for problem in problems:
@@ -117,6 +118,15 @@ def load_seed_crystals(ctx: RunContext):
         crystals += [
             c for c in report.crystals if in_chemical_space(c.structure, space.elements, 40)
         ]
+    for source in ctx.config.seed_data.optimade:
+        from matloop.optimade_source import fetch_optimade
+
+        report = fetch_optimade(source.base_url, source.filter, list(space.elements),
+                                cache_dir=source.cache, refresh=source.refresh,
+                                max_results=source.max_results)  # fmt: skip
+        problems += report.problems
+        crystals += [c for c in report.crystals
+                     if in_chemical_space(c.structure, space.elements, source.max_atoms)]
     return crystals, problems
 
 

@@ -121,8 +121,8 @@ def dft_hull(ctx: RunContext, round_: int) -> dict[str, Any]:
         return {}
     campaign = store.get_campaign(ctx.name)
     ml_hull = campaign.reference_e_above_hull if campaign is not None else {}
-    references = {r.reference_id: r for r in ctx.references()
-                  if len(r.structure["sites"]) <= dft.max_atoms}  # fmt: skip
+    references = {r.reference_id: r for r in ctx.references()  # elements: always
+                  if r.source == "elemental" or len(r.structure["sites"]) <= dft.max_atoms}
     known = [ReferenceChoice(r.reference_id, r.chemsys,
                              ml_hull.get(r.reference_id, float("inf")),
                              len(r.structure["sites"]), r.source == "elemental")

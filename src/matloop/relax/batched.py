@@ -36,10 +36,13 @@ Differences that leave results alone: there is no jobflow job and no task docume
 (``job_uuid`` is None); a crystal whose volume leaves the ``max_volume_ratio`` window stops at
 once instead of running to the end; ``wall_s`` is the crystal's share of the batch's time.
 
-Speed: forces and stress come from one backward pass without a double-backward graph (CHGNet's
-own ``forward`` builds one for training, which doubles the cost of each step on a CPU). On a
-CPU the batched forward pass costs about as much per crystal as single ones; the gain there
-is that backward pass and fewer Python calls. On a GPU the batch fills the device.
+Speed: CHGNet's graphs are built for the whole batch with tensors on the model's device
+(:mod:`matloop.relax.graphs`), the neighbour lists reused across steps with a Verlet skin, and
+no pymatgen object is made between a crystal's entry and its exit; forces and stress come from
+one backward pass without a double-backward graph (CHGNet's own ``forward`` builds one for
+training). Batches fill by graph size within a memory budget (:mod:`matloop.relax.autobatch`).
+On a CPU the model's own forward and backward passes are then nearly all the time; on a GPU
+the batch fills the device.
 
 Examples
 --------
@@ -772,10 +775,11 @@ def _predict(
             errors[row] = reason
         broken = torch.zeros(n, dtype=torch.bool, device=device)
         broken[exc.rows] = True
-        # the broken crystals sit still, as lone atoms in a unit cube, for this last call
+        # for this last call the broken crystals become lone atoms (all at the origin of a
+        # 100 Å cube: no pairs), so they cost nothing and disturb no one
         frac = torch.where(broken[batch.crystal_of][:, None], 0.0, frac)
-        cells = torch.where(broken[:, None, None], torch.eye(3, dtype=cells.dtype,
-                                                              device=device), cells)  # fmt: skip
+        cube = 100.0 * torch.eye(3, dtype=cells.dtype, device=device)
+        cells = torch.where(broken[:, None, None], cube, cells)
         batch.lists = type(batch.lists)(batch.lists.cutoff, batch.lists.skin)  # rebuild all
         i, j, image, vec = batch.lists.update(frac, cells, batch.crystal_of)
     inputs = ModelBatch(

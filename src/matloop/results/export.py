@@ -48,8 +48,9 @@ log = logging.getLogger("matloop")
 CANDIDATE_COLUMNS = [
     "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype",
     "status", "reason", "energy_per_atom", "corrected_energy_per_atom",
-    "formation_energy_per_atom", "e_above_hull", "is_stable", "novelty", "novelty_reference", "is_novel", "is_unique",
-    "duplicate_of", "spacegroup", "evidence", "potential", "converged", "max_force", "n_steps",
+    "formation_energy_per_atom", "e_above_hull", "is_stable", "novelty", "novelty_reference",
+    "is_novel", "is_unique", "duplicate_of", "spacegroup", "evidence", "potential", "converged",
+    "max_force", "n_steps",
     "hull_scheme", "hull_version", "reference_set_version", "dft_evidence", "dft_code",
     "dft_ok", "dft_converged", "dft_energy_per_atom", "dft_matches_ml_structure",
     "dft_e_above_hull", "dft_verdict",
@@ -57,13 +58,15 @@ CANDIDATE_COLUMNS = [
 ]
 ROUND_COLUMNS = [
     "round", "status", "proposed", "rejected", "selected", "relaxed", "failed", "evaluated",
-    "stable", "novel", "unjudged", "stable_novelty_unknown", "unique", "hits", "hit_rate", "best_e_above_hull", "surrogate_mae",
+    "stable", "novel", "unjudged", "stable_novelty_unknown", "unique", "hits", "hit_rate",
+    "best_e_above_hull", "surrogate_mae",
     "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
     "reference_set_version", "started_at",
     "completed_at",
 ]
 REFERENCE_COLUMNS = [
-    "hull", "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom", "energy",
+    "hull", "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom",
+    "energy",
     "correction", "corrected_energy", "corrected_energy_per_atom", "correction_scheme",
     "e_above_hull", "formation_energy_per_atom", "source", "evidence", "potential",
     "settings",

@@ -458,7 +458,8 @@ def html_report(
         [str(r["round"]) + ("" if r.get("status") == "completed" else "*"),
          str(r.get("proposed", 0)), str(r.get("rejected", 0)), str(r.get("relaxed", 0)),
          str(r.get("failed", 0)), str(r.get("stable", 0)), str(r.get("novel", 0)),
-         str(r.get("stable_novelty_unknown", 0)), str(r.get("hits", 0)), f"{(r.get('hit_rate') or 0):.0%}",
+         str(r.get("stable_novelty_unknown", 0)), str(r.get("hits", 0)),
+         f"{(r.get('hit_rate') or 0):.0%}",
          _num(r.get("best_e_above_hull")), _num(r.get("surrogate_mae")),
          _calibration(r)]
         for r in rounds
@@ -468,8 +469,9 @@ def html_report(
          "stable, novelty unknown", "hits", "hit rate", "best E hull", "surrogate MAE",
          "within 1σ / 2σ"], round_rows, set(range(13))))
     parts.append("<p class='muted'>stable: within the threshold of the hull when evaluated; "
-                 "hits: stable, novel and unique; stable, novelty unknown: stable and unique but no "
-                 "reference crystal of its chemical system to judge it by; * round not finished. Within 1σ / 2σ: share "
+                 "hits: stable, novel and unique; stable, novelty unknown: stable and unique "
+                 "but no reference crystal of its chemical system to judge it by; * round not "
+                 "finished. Within 1σ / 2σ: share "
                  "of the round's relaxed candidates whose e_above_hull fell within one / two "
                  "predicted standard deviations of the surrogate's prediction (calibrated: "
                  "about 68 % / 95 %).</p></div>")
