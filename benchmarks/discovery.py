@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import RESULTS, content_hash, shared_data, write_result
 
 OUT = RESULTS / "discovery.json"
@@ -308,9 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     """Every section asked for, as one payload (tasks spread over ``args.jobs`` processes)."""
-    from concurrent.futures import ProcessPoolExecutor
-
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     payload: dict = {}
     replay = "replay" in args.parts

@@ -24,7 +24,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from common import content_hash, shared_data
 
 STRATEGIES = ("random_symmetric", "prototype_substitution", "vae_finetune", "vae_reinforce")

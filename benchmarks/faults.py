@@ -235,6 +235,25 @@ torch.save({{"format": 1, "boom": Boom()}}, "{path}")
 """
 
 
+#: The bad inputs of issue #13's table, in the order they are tried.
+BAD_INPUTS = (
+    "seed file missing",
+    "seed file empty",
+    "seed CSV without cif column",
+    "seed file with unsupported suffix",
+    "seed file with no crystal of the space (warning)",
+    "hostile checkpoint (sample)",
+    "hostile checkpoint (campaign)",
+    "altered checkpoint without .sha256",
+    "train -o onto a file that is not a checkpoint",
+    "train -o onto an existing checkpoint",
+    "output folder not writable",
+    "export into a file",
+    "mongodb:// where nothing listens",
+    "300-character campaign name",
+)
+
+
 def bad_inputs(folder: Path) -> list[dict]:
     """Each bad input of issue #13 through ``python -m matloop.cli``."""
     import shutil
@@ -297,6 +316,7 @@ def bad_inputs(folder: Path) -> list[dict]:
             "mongo", store="mongodb://matloop:Pl4nted@127.0.0.1:9/db")],
         "300-character campaign name": ["run", config("longname", name="n" * 300)],
     }
+    assert tuple(cases) == BAD_INPUTS
     rows = []
     for label, argv in cases.items():
         rows.append({"input": label, **first_error(argv)})
@@ -318,18 +338,20 @@ def first_error(argv: list[str]) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "matloop.cli", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**ENV, "COLUMNS": "200"})
+    timed = [(line.rstrip(), round(time.monotonic() - start, 2)) for line in proc.stdout]
+    return error_row(proc.wait(), timed)
+
+
+def error_row(code: int, timed: list[tuple[str, float]]) -> dict:
+    """What a bad input's output says: ``timed`` is (line, seconds since start) pairs."""
     error = warning = None
-    lines = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        lines.append(line)
-        now = round(time.monotonic() - start, 2)
+    lines = [line for line, _ in timed]
+    for line, now in timed:
         if error is None and (line.startswith("error") or "problem(s) in the campaign" in line
                               or "is already running" in line):
             error = (line, now)
         if warning is None and line.startswith("warning"):
             warning = (line, now)
-    code = proc.wait()
     return {"exit_code": code, "first_error": error and error[0],
             "seconds_to_first_error": error and error[1],
             "first_warning": warning and warning[0],
@@ -351,8 +373,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the campaign")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
     parser.add_argument("--skip-bad-inputs", action="store_true")
+    parser.add_argument("--schema", action="store_true",
+                        help="print the JSON this script writes, from synthetic trials")
     args = parser.parse_args()
     ROUNDS["n"] = args.rounds
+    if args.schema:
+        print(json.dumps(schema_report(args)))
+        return
 
     kinds = ["concurrent-2", "kill-lease-holder", "concurrent-4", "kill"]
     with tempfile.TemporaryDirectory(prefix="matloop-faults-") as tmp:
@@ -378,12 +405,42 @@ def main() -> None:
             write_result(args.output, {"partial": True, "per_trial": trials})
         inputs = [] if args.skip_bad_inputs else bad_inputs(workdir / "bad-inputs")
 
+    report = build_report(args, n_writes, wall, baseline, trials, inputs)
+    path = write_result(args.output, report)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("per_trial", "bad_inputs")},
+                     indent=2))
+    print(f"wrote {path}")
+
+
+def schema_report(args) -> dict:
+    """The report built by the same code from one synthetic trial of each kind."""
+    from crash_driver import METRICS
+
+    rounds = [{"round": 1, "status": "completed", "steps_done": ["generate"],
+               "metrics": dict.fromkeys(METRICS, 0)}]
+    baseline = {"rounds": rounds, "candidates": {}, "reasons": {}, "relaxations": {},
+                "evaluations": {}, "jobs": {}, "proposals": 6}
+    trials = [
+        judge(0, "concurrent-2", [{"kind": "concurrent-2", "ran": 1, "refused": 1,
+                                   "refused_within_s": 1.0}], baseline, baseline, None, 0,
+              runs_that_worked=1, runs_refused=1),
+        judge(1, "kill", [{"kind": "kill-before-write", "write": 1, "torn": False,
+                           "killed": True, "hiccups": 0, "last_write": None}],
+              baseline, baseline, baseline, 0),
+    ]
+    inputs = [{"input": label, **error_row(2, [("error: x", 1.0)])} for label in BAD_INPUTS]
+    return build_report(args, 1, 1.0, baseline, trials, inputs)
+
+
+def build_report(args, n_writes: int, wall: float, baseline: dict, trials: list[dict],
+                 inputs: list[dict]) -> dict:
+    kinds = ["concurrent-2", "kill-lease-holder", "concurrent-4", "kill"]
     injected = sum(t["kills"] + t["hiccups"] for t in trials)
     concurrent = [t for t in trials if t["kind"].startswith("concurrent")]
-    report = {
+    return {
         "benchmark": "faults",
         "campaign": f"Na-Cl, {args.rounds} round(s) x (6 proposals incl. broken ones, "
-                    "2 CHGNet relaxations)",
+                    "2 CHGNet relaxations), sqlite:// store",
         "baseline": {"store_writes": n_writes, "wall_s": round(wall, 1),
                      "rounds": baseline["rounds"], "proposals": baseline["proposals"]},
         "trials": len(trials),
@@ -410,10 +467,6 @@ def main() -> None:
                                    for row in inputs},
         "per_trial": trials,
     }
-    path = write_result(args.output, report)
-    print(json.dumps({k: v for k, v in report.items() if k not in ("per_trial", "bad_inputs")},
-                     indent=2))
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f} %"
 
 
-def discovery_replay(d: dict) -> str:
+def discovery_replay(d: dict) -> str | None:
+    if "replay" not in d:  # the part was not run
+        return None
     r = d["replay"]
     agents = r["agents"]
     enrich = ", ".join(f"{a} {_pm(s['enrichment_at_budget'])}" for a, s in agents.items())
@@ -52,7 +54,9 @@ def discovery_replay(d: dict) -> str:
             f"calibration over the unlabelled pool, within 1σ / 2σ: {calib}")  # fmt: skip
 
 
-def discovery_chgnet(d: dict) -> str:
+def discovery_chgnet(d: dict) -> str | None:
+    if "chgnet" not in d:  # the part was not run
+        return None
     c = d["chgnet"]
     sc = c["scale"]
     strategies = c["strategies"]
@@ -100,9 +104,32 @@ def relax_throughput(d: dict) -> str:
 
 
 def faults(d: dict) -> str:
-    return (f"crash and store-fault recovery over {d['trials']} trials: "
+    text = (f"crash and store-fault recovery over {d['trials']} trials: "
             f"{d['faults_injected']} faults, {_pct(d['recovered_fraction'])} recovered, "
             f"{d['records_lost']} records lost, {d['duplicate_relaxations']} duplicate relaxations")  # fmt: skip
+    if "concurrent_runs_started" in d:  # one run per campaign (issue #13)
+        worst = max((s for s in d["seconds_to_first_error"].values() if s), default=None)
+        text += (f"; {d['concurrent_runs_started']} runs started concurrently on one campaign, "
+                 f"{d['concurrent_runs_that_worked']} worked, the rest refused; "
+                 f"{d['duplicate_reference_relaxations']} duplicate reference relaxations, "
+                 f"{d['duplicate_generations']} duplicate generations; "
+                 f"{len(d['bad_inputs'])} bad inputs, each one line, first error after "
+                 f"≤ {worst} s (load {d['meta']['machine']['load_avg_1_5_15'][0]} on "
+                 f"{d['meta']['machine']['cpus']} cores)")
+    return text
+
+
+def mutation(d: dict) -> str:
+    parts = []
+    for name, m in d["modules"].items():
+        c = m["counts"]
+        text = (f"{name} ({m['file']}): {m['mutants']} mutants, "
+                f"{c['killed'] + c['timeout']} killed, {c['survived']} survived")
+        if c["not checked"]:
+            text += f", {c['not checked']} not checked (time limit)"
+        parts.append(text)
+    return "mutation testing (mutmut) of the learning code, claims, hull and novelty: " + (
+        "; ".join(parts))
 
 
 def generation(d: dict) -> str:
@@ -127,11 +154,14 @@ def dft_confirmation(d: dict) -> str:
 
 
 #: results file -> (fallback command when the file records none, row renderers)
-ROWS: dict[str, tuple[str, list[Callable[[dict], str]]]] = {
+ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
+    # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
+    "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
-    "faults.json": ("python benchmarks/faults.py --trials 6", [faults]),
+    "faults.json": ("python benchmarks/faults.py --trials 10 --rounds 1", [faults]),
+    "mutation.json": ("python benchmarks/mutation.py", [mutation]),
     "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
 }
 
@@ -146,7 +176,8 @@ def render_table(results: Path = RESULTS) -> str:
         command = data.get("meta", {}).get("command")
         shown = f"`{command}`" if command else f"`{fallback}` (command not recorded in the file)"
         for render in renderers:
-            lines.append(f"| {shown} | {render(data)} | `benchmarks/results/{name}` |")
+            if (text := render(data)) is not None:
+                lines.append(f"| {shown} | {text} | `benchmarks/results/{name}` |")
     lines += ["", END]
     return "\n".join(lines)
 

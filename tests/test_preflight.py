@@ -119,8 +119,8 @@ def test_seed_data_without_a_crystal_of_the_space_is_a_warning(tmp_path, shared_
         problems = preflight(config)
         assert [str(p) for p in problems] == [
             "seed_data: seed data has no known crystal in the Cl-Na space: nothing to judge "
-            "novelty against, so a known compound proposed again would count as new; add "
-            "known crystals of Cl-Na under seed_data"]
+            "novelty against, so its candidates' novelty will be 'unjudged', never 'novel'; "
+            "add known crystals of Cl-Na under seed_data"]
         assert problems[0].level == "warning"
     # the CLI shows it (here the unwritable output then stops the run)
     config = _config(tmp_path, **_seeds(header_only), output="/proc/x")
@@ -373,3 +373,17 @@ def test_serve_refuses_a_campaign_that_is_running(tmp_path):
     code, lines, _ = _invoke("run", config)
     assert code == 3 and "run again with --take-over to take it now" in lines[-1]
     lease.release()
+
+
+def test_every_store_kind_is_checked(tmp_path):
+    from matloop.preflight import check_store_reachable
+
+    assert check_store_reachable(f"sqlite://{tmp_path}/new/store.db") == []
+    assert check_store_reachable(f"monty://{tmp_path}/monty") == []
+    assert check_store_reachable("memory://") == []
+    (problem,) = check_store_reachable(f"sqlite://{tmp_path}")
+    assert "is not a database file" in str(problem)
+    (problem,) = check_store_reachable("sqlite:///proc/matloop/store.db")
+    assert str(problem).startswith("store sqlite:///proc/matloop/store.db: ")
+    (problem,) = check_store_reachable("${MATLOOP_UNSET_STORE_VARIABLE}")
+    assert "MATLOOP_UNSET_STORE_VARIABLE is not set" in str(problem)

@@ -88,6 +88,9 @@ class _guard:
         from matloop.store import redact_uri
 
         text = redact_uri(str(err).splitlines()[0] if str(err) else "")
+        text = text.split(" (configured timeouts")[0].split(", Topology Description")[0]
+        if len(text) > 240:  # one line, not pymongo's topology dump
+            text = text[:240] + "…"
         line = f"error while {self.doing}: {type(err).__name__}: {text}".rstrip(": ")
         if self.safe:
             line += f"; {self.safe}"
@@ -403,10 +406,13 @@ def status(
     name: Annotated[str, typer.Argument(help="Campaign name")],
     store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Per round: proposed, relaxed, failed, stable, novel, hit rate."""
+    _quiet_warnings()
     db = _store(store)
-    campaign = db.get_campaign(name)
+    with _guard(debug, f"reading the store {_shown_uri(store)}"):
+        campaign = db.get_campaign(name)
     if campaign is None:
         known = ", ".join(c.campaign for c in db.campaigns()) or "none"
         _fail(f"no campaign named {name!r} in this store (campaigns: {known})")

@@ -205,6 +205,15 @@ def chemical_systems(elements: list[str], min_size: int = 2) -> list[str]:
     ]
 
 
+def count_by_system(structures) -> dict[str, int]:
+    """Crystals per chemical system (``{"Cl-Na": 3}``), as :func:`seed_coverage` takes them."""
+    counts: dict[str, int] = {}
+    for structure in structures:
+        system = structure.composition.chemical_system
+        counts[system] = counts.get(system, 0) + 1
+    return counts
+
+
 #: Spaces of more elements are judged as a whole: they have too many subsystems to list.
 MAX_ENUMERATED_ELEMENTS = 6
 
@@ -234,12 +243,12 @@ def seed_coverage(counts: dict[str, int], elements: list[str]) -> dict[str, Any]
         space = "-".join(sorted(elements))
         warning = (
             f"seed data has no known crystal in the {space} space: nothing to judge novelty "
-            f"against, so a known compound proposed again would count as new; add known "
+            f"against, so its candidates' novelty will be 'unjudged', never 'novel'; add known "
             f"crystals of {space} under seed_data"
         )
     elif empty:
         warning = (
             f"seed data has no known crystal in {', '.join(empty)} (of {len(systems)} "
-            "chemical systems): novelty there is judged against nothing"
+            "chemical systems): novelty there is 'unjudged', never 'novel'"
         )
     return {"systems": systems, "empty": empty, "warning": warning}

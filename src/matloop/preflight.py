@@ -363,6 +363,17 @@ def check_store_reachable(uri: str, timeout_s: float = STORE_TIMEOUT_S) -> list[
     if backend.scheme == "monty":
         assert backend.path is not None
         return [Problem(where, p.message) for p in check_writable_folder(backend.path, "store")]
+    if backend.scheme == "sqlite":
+        assert backend.path is not None
+        if backend.path.exists() and not backend.path.is_file():
+            return [Problem(where, f"{backend.path} is not a database file; give a file name, "
+                            "e.g. sqlite://./matloop-store.db")]
+        if backend.path.exists() and not os.access(backend.path, os.R_OK | os.W_OK):
+            return [Problem(where, f"{backend.path}: cannot read and write it")]
+        return [Problem(where, p.message)
+                for p in check_writable_folder(backend.path.parent, "store")]
+    if backend.scheme not in ("mongodb", "mongodb+srv"):
+        return []  # an engine this check does not know: opening it will tell
     return _ping_mongo(resolved, where, timeout_s)
 
 
@@ -404,17 +415,37 @@ def check_train_output(path: str | Path, force: bool = False) -> list[Problem]:
     if path.is_dir():
         return [Problem(where, f"{path} is a folder; give a file name, e.g. {path}/model.pt")]
     if path.exists():
-        from matloop.generators.torch_common import CheckpointError, load_checkpoint_payload
-
-        try:
-            load_checkpoint_payload(path)
-        except CheckpointError:
+        if not _is_checkpoint(path):
             return [Problem(where, f"{path} exists and is not a matloop checkpoint; it is not "
                             "overwritten: choose another file name")]
         if not force:
             return [Problem(where, f"{path} is an existing checkpoint; pass --force to replace "
                             "it, or choose another file name")]
     return check_writable_folder(path.parent, where)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a matloop checkpoint, loading torch only when it must: torch
+    writes zip files, and one that matches the ``.sha256`` beside it was written by
+    matloop."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    from matloop.generators.checkpoints import CheckpointError, check_checkpoint_hash
+
+    try:
+        check_checkpoint_hash(path)
+        return True
+    except CheckpointError:
+        pass
+    from matloop.generators.torch_common import load_checkpoint_payload
+
+    try:
+        load_checkpoint_payload(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def errors(problems: list[Problem]) -> list[Problem]:

@@ -18,7 +18,9 @@ RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
 # Files whose scripts have not yet been moved to common.write_result (owned by other work in
 # progress). strict: once a file carries meta, the xfail turns into a failure here, so this
 # list only shrinks.
-PENDING_META = {"generation.json", "faults.json"}
+PENDING_META = {"generation.json"}
+# Scripts that write meta but have no --schema mode yet (same rule: the list only shrinks).
+PENDING_SCHEMA: set[str] = set()
 
 
 def shape(value):
@@ -43,8 +45,8 @@ def differences(a, b, path="") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} in the file, {b!r} from the script"]
 
 
-def mark(path: Path):
-    if path.name in PENDING_META:
+def mark(path: Path, pending: set[str] = PENDING_META):
+    if path.name in pending:
         return pytest.param(path, id=path.name,
                             marks=pytest.mark.xfail(strict=True, reason="meta not yet written"))
     return pytest.param(path, id=path.name)
@@ -58,7 +60,7 @@ def test_results_file_records_its_command_and_commit(path: Path):
     assert meta.get("commit"), "no git commit recorded"
 
 
-@pytest.mark.parametrize("path", [mark(p) for p in RESULTS])
+@pytest.mark.parametrize("path", [mark(p, PENDING_META | PENDING_SCHEMA) for p in RESULTS])
 def test_results_file_keys_are_those_its_script_writes(path: Path):
     data = json.loads(path.read_text())
     command = shlex.split(data["meta"]["command"])

@@ -31,7 +31,8 @@ def perovskite(a: str, b: str, rng: np.random.Generator) -> Structure:
 def training_set() -> list[Structure]:
     """Six ABO3 compositions, six crystals each: BaZrO3 is one sixth of the data."""
     rng = np.random.default_rng(0)
-    return [perovskite(a, b, rng) for a in ("Sr", "Ca", "Ba") for b in ("Ti", "Zr") for _ in range(6)]
+    pairs = [(a, b) for a in ("Sr", "Ca", "Ba") for b in ("Ti", "Zr")]
+    return [perovskite(a, b, rng) for a, b in pairs for _ in range(6)]
 
 
 def rewarded_crystals(n: int = 8) -> list[Structure]:
@@ -46,7 +47,8 @@ def reconstruction_nll(gen, structures: list[Structure]) -> float:
     assert len(kept) == len(structures)
     m = gen.module
     with torch.no_grad():
-        mu, _ = m.encode(m.features(tensors["lat"], tensors["cls"], tensors["frac"]), tensors["cond"])
+        x = m.features(tensors["lat"], tensors["cls"], tensors["frac"])
+        mu, _ = m.encode(x, tensors["cond"])
         l_lat, l_cls, l_coord = m.reconstruction_terms(mu, tensors)
     return float((l_lat + l_cls + m.coord_weight * l_coord).mean())
 
@@ -139,3 +141,56 @@ def test_reinforce_raises_the_policy_likelihood_of_rewarded_actions(crystal_vae_
     before = share_of(before_gen.sample(200, rng=np.random.default_rng(9)), REWARDED)
     after = share_of(gen.sample(200, rng=np.random.default_rng(9)), REWARDED)
     assert after > before, (before, after)
+
+
+def test_update_weights_rewarded_crystals_and_mixes_in_the_replay(crystal_vae_checkpoint):
+    """The contract of ``update``: rows with reward > 0, weighted by their reward, plus
+    ``replay_ratio`` training crystals per rewarded row at weight 1 (so it does not forget)."""
+    gen = load_checkpoint(crystal_vae_checkpoint)
+    seen = {}
+
+    def record(structures, weights, props):
+        seen.update(structures=list(structures), weights=list(weights), props=props)
+
+    gen._finetune = record
+    rewarded = rewarded_crystals(3)
+    feedback = [Feedback(s, reward=r) for s, r in zip(rewarded, (0.5, 2.0, 1.0), strict=True)]
+    gen.update([*feedback, Feedback(rewarded[0], reward=0.0), Feedback(rewarded[1], reward=-1.0)])
+    ratio = gen.config.get("replay_ratio", 4)
+    assert ratio == 4
+    assert seen["weights"] == [0.5, 2.0, 1.0] + [1.0] * (ratio * 3)
+    assert seen["structures"][:3] == rewarded
+    replay_ids = {id(s) for s in gen._replay}
+    assert all(id(s) in replay_ids for s in seen["structures"][3:])
+    assert len({id(s) for s in seen["structures"][3:]}) == ratio * 3  # no crystal twice
+    assert seen["props"].shape == (3 + ratio * 3, 0)
+    assert gen.version == load_checkpoint(crystal_vae_checkpoint).version + 1
+
+
+def test_weighted_mean_is_the_reward_weighted_average():
+    from matloop.generators.torch_common import weighted_mean
+
+    rows = torch.tensor([1.0, 2.0, 4.0])
+    assert float(weighted_mean(rows, None)) == pytest.approx(7 / 3)
+    assert float(weighted_mean(rows, torch.tensor([1.0, 0.0, 3.0]))) == pytest.approx(13 / 4)
+    assert float(weighted_mean(rows, torch.zeros(3))) == 0.0  # no weight: no loss, no NaN
+
+
+def test_reinforce_defaults_are_the_documented_ones(crystal_vae_checkpoint):
+    """A campaign's ``update: reinforce`` without settings learns with the documented
+    defaults (10 steps, lr 0.05, KL weight 0.05, baseline momentum 0.8, clip 0.2)."""
+    implicit, explicit = (load_checkpoint(crystal_vae_checkpoint) for _ in range(2))
+    samples = implicit.sample(20, rng=np.random.default_rng(4))
+    feedback = [Feedback(s, reward=float(s.composition.reduced_formula == REWARDED))
+                for s in samples]  # fmt: skip
+    explicit.sample(20, rng=np.random.default_rng(4))  # the same actions remembered
+    implicit.reinforce(feedback)
+    implicit.reinforce(feedback)  # twice: the baseline's momentum matters from the second
+    documented = {"steps": 10, "lr": 0.05, "kl_weight": 0.05, "baseline_momentum": 0.8,
+                  "clip": 0.2}  # fmt: skip
+    explicit.reinforce(feedback, **documented)
+    explicit.reinforce(feedback, **documented)
+    a, b = implicit.modules["policy"].state_dict(), explicit.modules["policy"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(RuntimeError, match="fit or load the generator before a reinforce"):
+        generator_class("crystal_vae")().reinforce(feedback)

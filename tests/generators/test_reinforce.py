@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,52 @@ def test_unupdated_sampler_is_unchanged(trained):
     b = trained.sample(5, rng=np.random.default_rng(3))
     assert [s.composition for s in a] == [s.composition for s in b]
     assert "policy" not in trained.modules
+
+
+def test_policy_densities_match_torch_distributions():
+    policy = LatentPolicy(3, n_anchors=4)
+    with torch.no_grad():
+        policy.mu.copy_(torch.tensor([0.5, -1.0, 0.2]))
+        policy.log_std.copy_(torch.tensor([0.3, -0.5, 2.0]))  # 2.0: clamped to 1.0
+        policy.anchor_logits.copy_(torch.tensor([1.0, 0.0, -1.0, 3.0]))
+    std = torch.tensor([0.3, -0.5, 1.0]).exp()
+    normal = torch.distributions.Normal(policy.mu.detach(), std)
+    u = torch.tensor([[0.1, 0.2, 0.3], [-1.0, 0.0, 2.0]])
+    assert torch.allclose(policy.log_prob(u), normal.log_prob(u).sum(-1))
+    eps = torch.tensor([[1.0, -2.0, 0.5]])
+    assert torch.allclose(policy.transform(eps), policy.mu + std * eps)
+    pool = torch.tensor([True, True, False, True])
+    expected = torch.log_softmax(torch.tensor([1.0, 0.0, 3.0]), 0)
+    logp = policy.anchor_log_probs(pool)
+    assert torch.allclose(logp[pool], expected) and torch.isinf(logp[2])
+    prior = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    kl_gauss = torch.distributions.kl_divergence(normal, prior).sum()
+    kl_cat = (expected.exp() * (expected + math.log(3))).sum()
+    assert float(policy.kl_to_prior()) == pytest.approx(float(kl_gauss), rel=1e-5)
+    assert float(policy.kl_to_prior(pool)) == pytest.approx(float(kl_gauss + kl_cat), rel=1e-5)
+
+
+def test_the_baseline_is_a_moving_average_of_rewards():
+    policy = LatentPolicy(2)
+    u = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    first = reinforce_step(policy, u, torch.tensor([1.0, 0.0, 1.0, 0.0]), steps=1,
+                           baseline_momentum=0.8)  # fmt: skip
+    assert first["baseline"] == pytest.approx(0.5) and int(policy.n_updates) == 1
+    assert float(policy.baseline) == pytest.approx(0.5)  # 0.8 * 0.5 + 0.2 * 0.5
+    second = reinforce_step(policy, u, torch.tensor([1.0, 1.0, 1.0, 1.0]), steps=1,
+                            baseline_momentum=0.8)  # fmt: skip
+    assert second["baseline"] == pytest.approx(0.5)  # the old one, not reset to 1.0
+    assert float(policy.baseline) == pytest.approx(0.8 * 0.5 + 0.2 * 1.0)
+    assert second["mean_reward"] == pytest.approx(1.0) and second["n"] == 4
+    assert reinforce_step(policy, u[:0], torch.zeros(0)) == {"n": 0}
+
+
+def test_clipping_bounds_repeated_steps_on_one_batch():
+    u = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    rewards = (u[:, 0] > 0).float()
+    moved = {}
+    for clip in (0.05, 10.0):
+        policy = LatentPolicy(2)
+        reinforce_step(policy, u, rewards, steps=40, lr=0.1, kl_weight=0.0, clip=clip)
+        moved[clip] = float(policy.mu[0])
+    assert 0 < moved[0.05] < moved[10.0]

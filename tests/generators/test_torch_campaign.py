@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import parse_config

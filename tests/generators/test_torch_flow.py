@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from pydantic import ValidationError
+from pymatgen.core import Lattice, Structure
 
-torch = pytest.importorskip("torch")
-
-from pydantic import ValidationError  # noqa: E402
-from pymatgen.core import Lattice, Structure  # noqa: E402
-
-from matloop.generators.base import ChemicalSpace, Feedback  # noqa: E402
-from matloop.generators.flow_model import CrystalFlowModule, wrap  # noqa: E402
-from matloop.generators.torch_flow import CrystalFlowGenerator  # noqa: E402
-from matloop.generators.training import load_checkpoint  # noqa: E402
+from matloop.generators.base import ChemicalSpace, Feedback
+from matloop.generators.flow_model import CrystalFlowModule, wrap
+from matloop.generators.torch_flow import CrystalFlowGenerator
+from matloop.generators.training import load_checkpoint
 from matloop.soundness import unsound_reason  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

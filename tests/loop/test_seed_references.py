@@ -43,6 +43,14 @@ def test_seed_crystals_are_relaxed_once_and_judge_novelty(tmp_path):
     assert set(refs) == {"element:Na", "element:Cl", "seed:file:known.csv:rs-NaCl"}
     assert refs["seed:file:known.csv:rs-NaCl"].energy_per_atom < -3.0
     assert run.prepare_references().skipped, "references must be relaxed only once"
+    # the pre-flight counts what the campaign reads; the stored counts reach summary.json
+    from matloop.preflight import count_seed_crystals
+    from matloop.results.report import campaign_summary
+
+    assert count_seed_crystals(config).per_system == {"Cl-Na": 1}
+    assert run.store.get_campaign("seeded").seed_systems == {"Cl-Na": 1}
+    coverage = campaign_summary(run.store, "seeded")["seed_coverage"]
+    assert coverage == {"systems": {"Cl-Na": 1}, "empty": [], "warning": None}
 
     # prototype substitution proposes rock-salt NaCl too: the screen rejects it as known
     run.start_round()

@@ -144,6 +144,7 @@ _CP2K_OUT = """\
 """
 
 
+@needs_cp2k_data
 def test_one_makers_settings_never_leak_into_the_next() -> None:
     # atomate2's CP2K generator updates its shared default settings in place; each maker
     # must work on its own copy, or the basis asked for here would stick to later makers
@@ -227,7 +228,7 @@ def test_vasp_static_inputs() -> None:
     assert incar["NSW"] == 0 and incar.get("IBRION", -1) == -1
 
 
-def test_a_failed_dft_job_marks_only_its_candidate(job_store: JobStore) -> None:
+def test_vasp_without_potcars_fails_with_its_reason(job_store: JobStore) -> None:
     # No POTCARs (and no VASP) here: the job fails while writing its inputs.
     maker = make_dft_maker("vasp", "static")
     outs = verify_with_dft([("a", silicon()), ("b", silicon(2.8))], maker, job_store)
@@ -253,7 +254,13 @@ def test_real_cp2k_single_point_of_silicon(job_store: JobStore, tmp_path, monkey
     # OpenMP thread: with two on a busy 2-core machine the same run took 2 to 7 minutes.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     maker = make_dft_maker("cp2k", "static", fast=True)
-    (out,) = verify_with_dft([("si-2", silicon())], maker, job_store, root_dir=tmp_path)
+    # a failed job marks only its candidate: uranium has no basis set in CP2K's fast
+    # settings, and silicon after it still runs
+    uranium = Structure(Lattice.cubic(3.0), ["U"], [[0, 0, 0]])
+    bad, out = verify_with_dft([("u-1", uranium), ("si-2", silicon())], maker, job_store,
+                               root_dir=tmp_path)  # fmt: skip
+    assert [bad.candidate_id, out.candidate_id] == ["u-1", "si-2"]
+    assert not bad.ok and bad.energy_per_atom is None and "basis" in bad.reason, bad.reason
     assert out.ok, out.reason
     assert out.converged and out.evidence == "dft-single-point" and out.code == "cp2k"
     # CP2K total energy with GTH pseudopotentials: about -107 eV/atom for silicon

@@ -96,8 +96,9 @@ def test_a_child_of_the_holder_shares_its_lease(monkeypatch):
         CampaignLease(store, "demo").acquire()
 
 
-def test_keep_alive_renews_from_a_thread_on_the_embedded_store(tmp_path):
-    uri = f"monty://{tmp_path}/store"
+@pytest.mark.parametrize("scheme", ["sqlite", "monty"])
+def test_keep_alive_renews_from_a_thread_on_the_embedded_store(tmp_path, scheme):
+    uri = f"{scheme}://{tmp_path}/store" + (".db" if scheme == "sqlite" else "")
     lease = CampaignLease(MatloopStore(uri), "demo", ttl_s=0.8).acquire()
     with lease.keep_alive():
         time.sleep(2.0)  # more than two lease lengths
@@ -149,8 +150,10 @@ def _lock_over_real_processes(uri: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lock_over_real_processes_on_the_embedded_store(tmp_path):
-    _lock_over_real_processes(f"monty://{tmp_path}/store", tmp_path)
+@pytest.mark.parametrize("scheme", ["sqlite", "monty"])
+def test_lock_over_real_processes_on_the_embedded_store(tmp_path, scheme):
+    path = tmp_path / ("store.db" if scheme == "sqlite" else "store")
+    _lock_over_real_processes(f"{scheme}://{path}", tmp_path)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from matloop.store.documents import structure_dict
 if TYPE_CHECKING:
     from matloop.loop.context import RunContext
 
-__all__ = ["load_seed_crystals", "prepare_references", "seed_systems"]
+__all__ = ["load_seed_crystals", "prepare_references"]
 
 
 def prepare_references(ctx: RunContext) -> StepResult:
@@ -55,6 +55,8 @@ def prepare_references(ctx: RunContext) -> StepResult:
             )
             for el, out in outcomes.items()
         ])
+    from matloop.data import count_by_system
+
     seeds, problems = load_seed_crystals(ctx)
     seed_ids = [f"seed:{seed.source}:{seed.source_id}" for seed in seeds]
     todo = [(rid, s) for rid, s in zip(seed_ids, seeds, strict=True) if rid not in stored]
@@ -84,7 +86,7 @@ def prepare_references(ctx: RunContext) -> StepResult:
     stored = {ref.reference_id for ref in ctx.store.references(potential)}
     campaign = ctx.store.get_campaign(ctx.name)
     campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
-    campaign.seed_systems = seed_systems(
+    campaign.seed_systems = count_by_system(
         seed.structure for rid, seed in zip(seed_ids, seeds, strict=True) if rid in stored)
     campaign.references_ready = True
     campaign.hull_scheme = ctx.hull_scheme
@@ -128,12 +130,3 @@ def load_seed_crystals(ctx: RunContext):
         crystals += [c for c in report.crystals
                      if in_chemical_space(c.structure, space.elements, source.max_atoms)]
     return crystals, problems
-
-
-def seed_systems(structures) -> dict[str, int]:
-    """Seed crystals per chemical system (``{"Cl-Na": 3}``), for the coverage warning."""
-    counts: dict[str, int] = {}
-    for structure in structures:
-        system = structure.composition.chemical_system
-        counts[system] = counts.get(system, 0) + 1
-    return counts
