@@ -189,7 +189,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from matloop.config import parse_config
-    from matloop.flows.steps import CampaignRun, Progress
+    from matloop.loop import CampaignRun, Progress
 
     Path(args.store).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

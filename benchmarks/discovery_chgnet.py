@@ -165,7 +165,7 @@ def chgnet_benchmark(args) -> dict:
 def run_campaigns(runs: dict, scale: dict, checkpoint: Path, seeds_csv: Path) -> None:
     """Every strategy, every seed, on one ``memory://`` store (references relaxed once)."""
     from matloop.config import parse_config
-    from matloop.flows.steps import CampaignRun, Progress
+    from matloop.loop import CampaignRun, Progress
     from matloop.store import MatloopStore
 
     store = MatloopStore("memory://")

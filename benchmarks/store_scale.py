@@ -229,7 +229,7 @@ def one(kind: str, size: int, budget: float, mongo_uri: str | None, skip_export:
         result["round_s_all"] = [round(r["round_s"], 3) for r in runs]
 
         from matloop.cli import app
-        from matloop.export import candidate_rows, round_rows
+        from matloop.results.export import candidate_rows, round_rows
 
         if kind != "memory":  # a memory store is gone for any other reader
             store.close()
@@ -247,7 +247,7 @@ def one(kind: str, size: int, budget: float, mongo_uri: str | None, skip_export:
         result["candidates"] = sum(counts.values())
         assert len(rows) == result["candidates"]
         if not skip_export:
-            from matloop.export import export_campaign
+            from matloop.results.export import export_campaign
 
             t = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):

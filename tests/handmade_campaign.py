@@ -7,7 +7,8 @@ from __future__ import annotations
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun, _structure_dict
+from matloop.loop import CampaignRun
+from matloop.store.documents import structure_dict
 from matloop.identity import candidate_id
 from matloop.store import (
     CandidateDoc,
@@ -77,12 +78,12 @@ def build_campaign(
     run.store.save_references([
         ReferenceDoc(reference_id=f"element:{el}", potential=run.potential, formula=el,
                      chemsys=el, energy_per_atom=energy,
-                     structure=_structure_dict(structures[el]), source="elemental")
+                     structure=structure_dict(structures[el]), source="elemental")
         for el, energy in (("Na", -1.31), ("Cl", -1.85))
     ])
     run.store.save_references([ReferenceDoc(
         reference_id=SEED_ID, potential=run.potential, formula="NaCl", chemsys="Cl-Na",
-        energy_per_atom=-3.2, structure=_structure_dict(structures["zincblende"]),
+        energy_per_atom=-3.2, structure=structure_dict(structures["zincblende"]),
         source="file:known.csv", source_id="zb-1",
     )])
     campaign.seed_reference_ids = [SEED_ID] if seed else []
@@ -96,12 +97,12 @@ def build_campaign(
             campaign=NAME, candidate_id=cid, round=round_,
             formula=structure.composition.reduced_formula,
             chemsys=structure.composition.chemical_system, nsites=len(structure),
-            structure=_structure_dict(structure), generator="prototype_substitution",
+            structure=structure_dict(structure), generator="prototype_substitution",
             status=CandidateStatus.relaxed, selected_round=round_,
         )])
         run.store.save_relaxations([RelaxationDoc(
             campaign=NAME, candidate_id=cid, ok=True, converged=True, energy_per_atom=energy,
-            structure=_structure_dict(structure), n_steps=10 + len(cid) % 7,
+            structure=structure_dict(structure), n_steps=10 + len(cid) % 7,
             max_force=0.01 * (1 + len(structure)), potential=evidence and "CP2K PBE"
             or run.potential, round=round_, evidence=evidence,
         )])

@@ -22,7 +22,8 @@ pytest.importorskip("optimade.client")
 pytest.importorskip("uvicorn")
 
 from matloop.config import parse_config  # noqa: E402
-from matloop.flows.steps import CampaignRun, _structure_dict  # noqa: E402
+from matloop.loop import CampaignRun  # noqa: E402
+from matloop.store.documents import structure_dict  # noqa: E402
 from matloop.optimade_source import fetch_optimade  # noqa: E402
 from matloop.store import (  # noqa: E402
     CandidateDoc,
@@ -151,12 +152,12 @@ def _evaluate(run: CampaignRun, structures: dict[str, Structure]) -> dict:
         run.store.add_candidates([CandidateDoc(
             campaign=run.name, candidate_id=cid, round=1, formula=comp.reduced_formula,
             chemsys=comp.chemical_system, nsites=len(structure),
-            structure=_structure_dict(structure), generator="prototype_substitution",
+            structure=structure_dict(structure), generator="prototype_substitution",
             status=CandidateStatus.relaxed, selected_round=1,
         )])
         run.store.save_relaxations([RelaxationDoc(
             campaign=run.name, candidate_id=cid, ok=True, converged=True,
-            energy_per_atom=-0.1, structure=_structure_dict(structure),
+            energy_per_atom=-0.1, structure=structure_dict(structure),
             potential=run.potential, round=1,
         )])
     run.evaluate(1)

@@ -136,7 +136,7 @@ def test_seed_data_without_a_crystal_of_the_space_is_a_warning(tmp_path, shared_
 
 
 def test_seed_coverage_reaches_summary_json():
-    from matloop.report import seed_coverage_of
+    from matloop.results.report import seed_coverage_of
     from matloop.store import CampaignDoc
 
     doc = CampaignDoc(campaign="x", references_ready=True, seed_systems={"Na": 1},
@@ -260,7 +260,7 @@ def test_export_and_report_errors_are_one_line_and_say_the_store_keeps_it(tmp_pa
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "out" / "cifs"))
 
-    monkeypatch.setattr("matloop.export.export_campaign", full_disk)
+    monkeypatch.setattr("matloop.results.export.export_campaign", full_disk)
     code, lines, _ = _invoke("export", "nacl", "--output", tmp_path / "out", "--store", uri)
     assert code == 1 and len(lines) == 1
     assert lines[0].startswith(f"error: cannot write the results to {tmp_path}/out/cifs: No "
@@ -272,7 +272,7 @@ def test_export_and_report_errors_are_one_line_and_say_the_store_keeps_it(tmp_pa
     def bug(*args, **kwargs):
         raise RuntimeError("something unexpected")
 
-    monkeypatch.setattr("matloop.export.export_campaign", bug)
+    monkeypatch.setattr("matloop.results.export.export_campaign", bug)
     code, lines, _ = _invoke("export", "nacl", "--output", tmp_path / "out", "--store", uri)
     assert code == 1 and lines == [
         "error while exporting: RuntimeError: something unexpected; the results are safe in "
@@ -309,7 +309,7 @@ def test_a_long_name_is_refused_with_the_limit(tmp_path):
 
 def test_validation_reads_no_file_and_a_stored_config_validates_again(tmp_path):
     from matloop.config import parse_config
-    from matloop.flows.steps import CampaignMismatchError, _physics
+    from matloop.loop.campaign import CampaignMismatchError, physics_settings
 
     data = {"name": "x", "chemical_space": {"elements": ["Na", "Cl"]},
             "generators": [{"name": "crystal_vae", "checkpoint": str(tmp_path / "gone.pt")}],
@@ -318,9 +318,10 @@ def test_validation_reads_no_file_and_a_stored_config_validates_again(tmp_path):
     config = parse_config(data)  # files that are gone are the pre-flight's business
     stored = config.model_dump(mode="json")
     assert parse_config(stored).model_dump(mode="json") == stored
-    assert _physics("relaxer", stored["relaxer"]) == _physics("relaxer", stored["relaxer"])
+    relaxer = stored["relaxer"]
+    assert physics_settings("relaxer", relaxer) == physics_settings("relaxer", relaxer)
     with pytest.raises(CampaignMismatchError, match="no longer validates"):
-        _physics("chemical_space", {"elements": ["Xx"]})
+        physics_settings("chemical_space", {"elements": ["Xx"]})
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import time
 def relax_current_round(config_path: str, wait_s: float = 3600.0) -> dict:
     """Wait until the campaign's current round is screened, then relax with it."""
     from matloop.config import load_config
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
 
     run = CampaignRun(load_config(config_path))
     deadline = time.monotonic() + wait_s

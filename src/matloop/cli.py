@@ -192,7 +192,7 @@ def run(
     take_over: TakeOverOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run (or resume) a campaign: rounds of generate → screen → relax → evaluate → learn.
+    """Run (or resume) a campaign: rounds of generate, screen, relax, evaluate, verify, learn.
 
     Every input is checked first (seed files, checkpoints, output folder, store); one run
     per campaign: a second run of a campaign that is running refuses (exit 3).
@@ -231,7 +231,7 @@ def run(
         config = config.model_copy(update={"generators": [
             g.model_copy(update={"trust": True}) for g in config.generators]})
 
-    from matloop.flows.steps import CampaignMismatchError, CampaignRun
+    from matloop.loop import CampaignMismatchError, CampaignRun
     from matloop.store import StoreURIError
 
     progress = _rich_progress(console)
@@ -259,11 +259,10 @@ def run(
                 campaign.ensure_campaign()
             except CampaignMismatchError as err:
                 _fail(str(err))
-            from matloop.flows.campaign import campaign_flow, register_run
+            from matloop.flows.campaign import campaign_flow
 
-            register_run(campaign)
             _say("starting Prefect (a temporary local server unless PREFECT_API_URL is set)")
-            result = campaign_flow(config.model_dump(mode="json"), rounds=rounds)
+            result = campaign_flow(config.model_dump(mode="json"), rounds=rounds, run=campaign)
     except KeyboardInterrupt:
         _silence_prefect()
         try:
@@ -278,7 +277,7 @@ def run(
         out = _export_or_explain(campaign.store, config.name, config.output_dir, debug,
                                  config.store)
     _print_status(console, campaign.store, config.name)
-    from matloop.report import campaign_summary
+    from matloop.results.report import campaign_summary
 
     coverage = campaign_summary(campaign.store, config.name).get("seed_coverage") or {}
     if coverage.get("warning"):
@@ -307,7 +306,7 @@ def _rich_progress(console):
     """Step messages and a relaxation progress bar on ``console``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from matloop.flows.steps import Progress as StepProgress
+    from matloop.loop import Progress as StepProgress
 
     bar = Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
@@ -336,7 +335,7 @@ def _rich_progress(console):
 
 def _export_or_explain(db, name: str, folder: Path, debug: bool, uri: str) -> Path | None:
     """Export the campaign; on failure one line saying why and that the store keeps it all."""
-    from matloop.export import export_campaign
+    from matloop.results.export import export_campaign
 
     try:
         return export_campaign(db, name, folder)
@@ -441,7 +440,7 @@ def status(
 
 
 def _summary(db, name: str) -> dict:
-    from matloop.report import campaign_summary
+    from matloop.results.report import campaign_summary
 
     return campaign_summary(db, name)
 
@@ -820,7 +819,7 @@ def report(
     debug: DebugOpt = False,
 ) -> None:
     """Write the campaign report (report.html, one self-contained page) with the export."""
-    from matloop.export import export_campaign
+    from matloop.results.export import export_campaign
 
     db = _store(store)
     doc = db.get_campaign(name)
@@ -843,7 +842,7 @@ def report(
                   f"{err.strerror or err}; the results are safe in the store", 1)
     typer.echo(f"wrote {out / 'report.html'}")
     if screenshot is not None:
-        from matloop.report import screenshot as take
+        from matloop.results.report import screenshot as take
 
         png = take(out / "report.html", screenshot, height=2600)
         if png is None:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
 
 pytestmark = pytest.mark.slow
 
@@ -30,21 +30,15 @@ def campaign_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, campaign_config):
-    from matloop.flows.campaign import _RUNS, campaign_flow
+    from matloop.flows.campaign import campaign_flow
 
-    _RUNS.clear()
     result = campaign_flow(campaign_config.model_dump(mode="json"))
     return result
 
 
 def _fresh_run(config) -> CampaignRun:
     """What a new process sees: a new store connection, no cached generators."""
-    from matloop.flows.campaign import _RUNS, register_run
-
-    _RUNS.clear()
-    run = CampaignRun(config)
-    register_run(run)
-    return run
+    return CampaignRun(config)
 
 
 def test_two_rounds_run_through_all_steps(first_run, campaign_config):
@@ -54,7 +48,7 @@ def test_two_rounds_run_through_all_steps(first_run, campaign_config):
     assert [r.round for r in rounds] == [1, 2]
     for doc in rounds:
         assert doc.status == "completed"
-        assert doc.steps_done == ["generate", "screen", "relax", "evaluate", "learn"]
+        assert doc.steps_done == ["generate", "screen", "relax", "evaluate", "verify", "learn"]
         assert doc.metrics["relaxed"] + doc.metrics["failed"] == doc.metrics["selected"] > 0
         assert doc.metrics["evaluated"] == doc.metrics["relaxed"]
     evaluations = run.store.evaluations(campaign_config.name)

@@ -13,9 +13,10 @@ from pathlib import Path
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import load_config
-from matloop.flows.steps import CampaignRun, _structure_dict
+from matloop.loop import CampaignRun
+from matloop.store.documents import structure_dict
 from matloop.identity import candidate_id
-from matloop.report import campaign_summary
+from matloop.results.report import campaign_summary
 from matloop.store import (
     CandidateDoc,
     CandidateStatus,
@@ -59,7 +60,7 @@ def test_the_quickstart_reports_no_textbook_crystal_as_a_discovery():
     run.store.save_references([
         ReferenceDoc(reference_id=f"element:{el}", potential=run.potential, formula=el,
                      chemsys=el, energy_per_atom=e, source="elemental",
-                     structure=_structure_dict(Structure(Lattice.cubic(3.0), [el], [[0] * 3])))
+                     structure=structure_dict(Structure(Lattice.cubic(3.0), [el], [[0] * 3])))
         for el, e in (("Ca", -1.9), ("Ti", -7.8), ("O", -4.9))
     ])
     run.store.save_round(RoundDoc(campaign=run.name, round=1,
@@ -72,12 +73,12 @@ def test_the_quickstart_reports_no_textbook_crystal_as_a_discovery():
         run.store.add_candidates([CandidateDoc(
             campaign=run.name, candidate_id=cid, round=1, formula=comp.reduced_formula,
             chemsys=comp.chemical_system, nsites=len(structure),
-            structure=_structure_dict(structure), generator="prototype_substitution",
+            structure=structure_dict(structure), generator="prototype_substitution",
             status=CandidateStatus.relaxed, selected_round=1,
         )])
         run.store.save_relaxations([RelaxationDoc(
             campaign=run.name, candidate_id=cid, ok=True, converged=True,
-            energy_per_atom=energy, structure=_structure_dict(structure),
+            energy_per_atom=energy, structure=structure_dict(structure),
             potential=run.potential, round=1,
         )])
     counts = run.evaluate(1).counts

@@ -13,7 +13,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
 
 
 def rock_salt(a: str = "Na", b: str = "Cl") -> Structure:

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANTED = "pw-Zq8vX3kLr9"  # stands in for a password: it must never reach the Prefect server
-STEPS = ["generate", "screen", "relax", "evaluate", "learn"]
+STEPS = ["generate", "screen", "relax", "evaluate", "verify", "learn"]
 
 
 @pytest.fixture(scope="module")

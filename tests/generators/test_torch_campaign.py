@@ -7,7 +7,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
 from matloop.generators.base import ChemicalSpace, Feedback
 from matloop.generators.training import generator_class, load_checkpoint
 from matloop.store import CandidateStatus

@@ -311,7 +311,7 @@ def test_config_refuses_what_batched_cannot_do(relaxer: dict, message: str) -> N
 
 def test_switching_to_batched_keeps_the_campaign() -> None:
     """Batched and per-structure relaxations agree, so a stored campaign may switch."""
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
     from matloop.store import MatloopStore
 
     store = MatloopStore("memory://")
@@ -319,13 +319,13 @@ def test_switching_to_batched_keeps_the_campaign() -> None:
     switched = CampaignRun(parse_config(_config({"batched": True, "batch_size": 4})), store=store)
     switched.ensure_campaign()  # no CampaignMismatchError
     assert switched.potential == "CHGNet 0.3.0"
-    assert switched.batched_relaxer.batch_size == 4
+    assert switched.relaxer.batch_size == 4
 
 
 def test_a_campaign_stored_before_new_relaxer_fields_resumes() -> None:
     """Fields added to the relaxer settings later (replay, batched, ...) take their defaults
     when a stored campaign is compared; a real change of potential is still refused."""
-    from matloop.flows.steps import CampaignMismatchError, CampaignRun
+    from matloop.loop import CampaignMismatchError, CampaignRun
     from matloop.store import MatloopStore
 
     store = MatloopStore("memory://")
@@ -344,7 +344,7 @@ def test_a_round_relaxes_its_candidates_in_a_batch() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from handmade_campaign import NAME, build_campaign
 
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
 
     base = build_campaign(evaluate_round_2=True)
     relaxer = base.config.relaxer.model_copy(update={"batched": True, "batch_size": 4})
@@ -362,5 +362,5 @@ def test_a_round_relaxes_its_candidates_in_a_batch() -> None:
         assert relax.job_uuid is None  # no atomate2 job: the batched path ran
         assert relax.potential == "CHGNet 0.3.0"
         assert relax.ok or relax.reason
-    assert run._maker is None  # the per-structure maker was never built
+    assert run.context._maker is None  # the per-structure maker was never built
     assert doc.metrics["evaluated"] == doc.metrics["relaxed"]

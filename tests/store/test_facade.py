@@ -108,6 +108,26 @@ def test_credentials_never_appear_in_repr():
     assert "s3cret-pw" not in repr(MatloopStore(uri))
 
 
+def test_named_queries_and_documents_built_from_outcomes(store):
+    from pymatgen.core import Lattice, Structure
+
+    from matloop.relax.outcome import RelaxOutcome
+    from matloop.store import RelaxationDoc
+
+    store.add_candidates([_candidate("a"), _candidate("b")])
+    store.set_status("demo", {"a": (CandidateStatus.selected, None)})
+    assert store.count_candidates("demo", CandidateStatus.selected) == 1
+    assert store.count_candidates("demo", "proposed") == 1
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    out = RelaxOutcome(candidate_id="a", ok=True, converged=True, structure=nacl,
+                       energy_per_atom=-3.2, n_steps=7, max_force=0.02, potential="CHGNet x",
+                       wall_s=1.5, job_uuid="u1", properties={"gap": 1.0})
+    doc = RelaxationDoc.from_outcome(out, "demo", 2, "CHGNet 0.3.0")
+    assert (doc.candidate_id, doc.round, doc.potential, doc.energy_per_atom) == (
+        "a", 2, "CHGNet 0.3.0", -3.2)
+    assert doc.structure["lattice"]["a"] == pytest.approx(5.64) and doc.properties == {"gap": 1.0}
+
+
 def test_repeats_grow_by_how_often_they_were_proposed(store):
     store.add_candidates([_candidate("a"), _candidate("b")])
     new, old = store.add_candidates(

@@ -94,7 +94,7 @@ def _evaluations(run) -> dict:
 def test_server_lost_mid_step_stops_cleanly_and_resumes(server, monkeypatch):
     from pymongo.errors import PyMongoError
 
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
     from matloop.store import MatloopStore
 
     expected = build_campaign("memory://", evaluate_round_2=True)  # no faults

@@ -145,7 +145,7 @@ def reference_set_version(
     (rounded to µeV/atom), plus the correction scheme. Order does not matter.
 
     The export's ``references.csv`` holds exactly these values, so the version can be
-    recomputed from it (see :func:`matloop.export.reference_version_of`).
+    recomputed from it (see :func:`matloop.results.rows.reference_version_of`).
     """
     lines = sorted(f"{eid}\t{formula}\t{float(e):.6f}" for eid, formula, e in entries)
     payload = "\n".join([f"scheme\t{scheme or ''}", *lines])

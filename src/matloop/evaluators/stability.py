@@ -55,6 +55,7 @@ __all__ = [
     "make_entry",
     "mp2020_compatibility",
     "mp_parameters",
+    "parse_hull_scheme",
     "plot_hull",
 ]
 
@@ -240,6 +241,20 @@ def hull_scheme(potential: str, correction: str | None = CORRECTION_NAME) -> str
     if correction and correction.lower() != "none":
         return f"{potential}+{correction}"
     return potential
+
+
+def parse_hull_scheme(scheme: str) -> tuple[str, str | None]:
+    """(potential, correction or None) of a :func:`hull_scheme` name.
+
+    Examples
+    --------
+    >>> parse_hull_scheme("CHGNet 0.3.0+MP2020")
+    ('CHGNet 0.3.0', 'MP2020')
+    >>> parse_hull_scheme("replay:perov_5/val")
+    ('replay:perov_5/val', None)
+    """
+    potential, plus, correction = scheme.rpartition("+")
+    return (potential, correction) if plus else (scheme, None)
 
 
 @dataclass(eq=False)

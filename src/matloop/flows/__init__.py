@@ -1,3 +1,3 @@
-"""flows."""
+"""flows: the Prefect wiring of the loop (flows, tasks, artifacts, deployments)."""
 
-from matloop.flows import secrets as _secrets  # noqa: F401  registers ${prefect-secret:…}
+import matloop.flows.secrets  # noqa: F401  registers ${prefect-secret:…}

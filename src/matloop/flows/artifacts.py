@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
 
 METRIC_KEYS = (
     "proposed", "rejected", "selected", "relaxed", "failed", "evaluated", "stable", "novel",

@@ -79,9 +79,9 @@ def scheduled_campaign(
     ``store`` and ``output`` override the file's (give a store as a reference with
     placeholders, e.g. ``${MATLOOP_STORE_URI}``, not as a URI with a password).
     """
-    from matloop.export import export_campaign
-    from matloop.flows.campaign import campaign_flow, register_run
-    from matloop.flows.steps import CampaignRun
+    from matloop.flows.campaign import campaign_flow
+    from matloop.loop import CampaignRun
+    from matloop.results.export import export_campaign
     from matloop.store import redact_uri
 
     logger = get_run_logger()
@@ -93,12 +93,11 @@ def scheduled_campaign(
     lease = CampaignLease(run.store, config.name).acquire()
     with lease.keep_alive():
         run.ensure_campaign()
-        register_run(run)
         logger.info(
             "campaign %s: %d round(s) on store %s", config.name, rounds,
             redact_uri(config.store),
         )
-        result = campaign_flow(config.model_dump(mode="json"), rounds=rounds)
+        result = campaign_flow(config.model_dump(mode="json"), rounds=rounds, run=run)
     out = export_campaign(run.store, config.name, config.output_dir)
     logger.info("rounds %s done; results in %s", result["rounds_run"] or "none", out)
     return {**result, "output": str(out)}

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
@@ -45,6 +47,19 @@ class Feedback:
     properties: dict[str, float] = field(default_factory=dict)
 
 
+class GeneratorSettings(BaseModel):
+    """The settings a generator takes (a campaign's ``generators[].settings``), typed.
+
+    Each generator declares its own subclass as ``Settings``; unknown names are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SettingsError(TypeError, ValueError):
+    """Settings a generator does not take, or values it cannot use (one line per problem)."""
+
+
 class Generator(ABC):
     """A proposal maker.
 
@@ -53,6 +68,12 @@ class Generator(ABC):
     """
 
     name: ClassVar[str] = "generator"
+    #: How the loop may teach it between rounds: ``"finetune"`` (``update`` on rewarded
+    #: feedback) and ``"reinforce"`` (``reinforce`` on its sampling policy). Empty: it does
+    #: not learn, and the loop's learn step leaves it alone.
+    learns: ClassVar[frozenset[str]] = frozenset()
+    #: The typed settings of its constructor (None: not declared, passed on unchecked).
+    Settings: ClassVar[type[BaseModel] | None] = None
     #: Bumped by ``fit``/``update`` so every candidate records which model state proposed it.
     version: int = 0
 

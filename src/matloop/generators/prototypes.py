@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymatgen.core import Composition, Element, Lattice, Species, Structure
+from pydantic import Field
 
 from matloop.chemistry import smact_valid
-from matloop.generators.base import ChemicalSpace, Generator
+from matloop.generators.base import ChemicalSpace, Generator, GeneratorSettings
 from matloop.generators.compositions import (
     ANION,
     CATION,
@@ -597,6 +598,11 @@ class PrototypeSubstitution(Generator):
     """
 
     name = "prototype_substitution"
+
+    class Settings(GeneratorSettings):
+        prototypes: list[str] | None = Field(
+            None, description="Prototype names to substitute into (default: all)"
+        )
 
     def __init__(
         self,

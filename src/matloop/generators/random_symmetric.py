@@ -15,8 +15,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field
 
-from matloop.generators.base import ChemicalSpace, Generator
+from matloop.generators.base import ChemicalSpace, Generator, GeneratorSettings
 from matloop.generators.compositions import charge_balanced_compositions
 from matloop.generators.prototypes import DistinctStructures
 
@@ -105,6 +106,14 @@ class RandomSymmetric(Generator):
     """
 
     name = "random_symmetric"
+
+    class Settings(GeneratorSettings):
+        max_elements: int = Field(3, ge=2, description="Most distinct elements per composition")
+        spacegroups: list[int] | None = Field(None, description="Space groups (default 2-230)")
+        volume_factor: float = Field(1.1, gt=0, description="pyxtal's starting volume factor")
+        min_distance_factor: float = Field(0.7, gt=0, description="x sum of covalent radii")
+        max_attempts: int = Field(10, ge=1, description="pyxtal calls per structure")
+        alloys: bool = Field(True, description="Include all-metal compositions")
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ __all__ = [
     "GENERATOR_PATHS",
     "available_generators",
     "build_generator",
+    "checked_settings",
     "generator_class",
     "load_generator",
 ]
@@ -91,7 +92,35 @@ def build_generator(
             f"generator {name!r} is a learned model: give it a trained checkpoint "
             "(`matloop train ...`, then `checkpoint: PATH` in the campaign's generators)"
         )
-    return generator_class(name)(chemical_space, seed=seed, **settings)
+    cls = generator_class(name)
+    return cls(chemical_space, seed=seed, **checked_settings(cls, settings))
+
+
+def checked_settings(cls: type[Generator], settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` validated by the generator's ``Settings`` model: the ones given, with
+    their types checked (the constructor's defaults fill the rest).
+
+    Raises
+    ------
+    SettingsError
+        Naming every unknown or invalid setting.
+    """
+    from pydantic import ValidationError
+
+    from matloop.generators.base import SettingsError
+
+    if cls.Settings is None:
+        return dict(settings)
+    try:
+        model = cls.Settings.model_validate(settings)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: "
+            + ("unknown setting" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in err.errors()
+        )
+        raise SettingsError(f"generator {cls.name!r}: {problems}") from None
+    return model.model_dump(exclude_unset=True)
 
 
 #: Settings a campaign may change on a trained model: how it samples, not what it learned.

@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field
 
-from matloop.generators.base import ChemicalSpace, Generator
+from matloop.generators.base import ChemicalSpace, Generator, GeneratorSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -46,6 +47,11 @@ class TableRows(Generator):
     """
 
     name = "table_rows"
+
+    class Settings(GeneratorSettings):
+        path: str = Field(description="The table (CSV, optionally gzipped)")
+        cif_column: str = "cif"
+        id_column: str = "material_id"
 
     def __init__(
         self,

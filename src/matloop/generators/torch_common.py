@@ -506,6 +506,8 @@ class TorchGenerator(Generator):
     the same training crystals into fine-tuning as ``update`` after ``fit``.
     """
 
+    learns: ClassVar[frozenset[str]] = frozenset({"finetune"})
+
     name: ClassVar[str] = "torch"
 
     def __init__(self, **config: Any):

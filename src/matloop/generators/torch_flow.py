@@ -93,7 +93,7 @@ class CrystalFlowGenerator(TorchGenerator):
     ``crystal_flow``); settings: :class:`FlowSettings`."""
 
     name: ClassVar[str] = "crystal_flow"
-    settings_model: ClassVar[type[BaseModel]] = FlowSettings
+    Settings: ClassVar[type[BaseModel]] = FlowSettings  # see Generator.Settings
 
     def __init__(self, **settings: Any):
         # Fields that fit() fills in (statistics) travel in the config beside the settings.

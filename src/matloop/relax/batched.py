@@ -62,14 +62,15 @@ from typing import TYPE_CHECKING, Any
 
 from pymatgen.core import Lattice, Structure
 
-from matloop.relax.runner import (
-    RelaxOutcome,
-    _exception_reason,
-    _judge,
-    _quiet,
-    _reject_reason,
-    _thread_limits,
+from matloop.relax.checks import (
+    TaskResult,
+    exception_reason,
+    judge,
+    quiet,
+    reject_reason,
+    thread_limits,
 )
+from matloop.relax.outcome import RelaxOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -124,6 +125,8 @@ class BatchedRelaxer:
     max_batch_atoms : int or None
         Most atoms in a batch (bounds memory on a GPU); a crystal larger than this still
         relaxes, alone. None: only ``batch_size`` limits the batch.
+    max_atoms : int or None
+        Larger crystals fail their pre-check (the default of :meth:`relax`'s ``max_atoms``).
     device : str or None
         Torch device, e.g. ``"cuda"`` or ``"cpu"``; None picks CUDA when present. Ignored
         when ``model`` is given: the relaxation runs where the model is.
@@ -150,6 +153,7 @@ class BatchedRelaxer:
     relax_cell: bool = True
     batch_size: int = 32
     max_batch_atoms: int | None = None
+    max_atoms: int | None = None
     device: str | None = None
     model: Any = field(default=None, repr=False)
     skin: float = 1.0
@@ -163,17 +167,20 @@ class BatchedRelaxer:
             raise ValueError(f"steps must not be negative, not {self.steps}")
 
     @property
+    def claim_size(self) -> int:
+        """Candidates the loop hands over at once (see :class:`matloop.relax.relaxer.Relaxer`)."""
+        return self.batch_size
+
+    @property
     def potential(self) -> str:
         """Potential name stored with every outcome, e.g. ``"CHGNet 0.3.0"``."""
-        # named as matloop.relax.makers.potential_version names CHGNet, without importing
-        # atomate2 there: the batched path runs where only CHGNet is installed (gpu_check)
-        import inspect
+        # relax.potentials imports no atomate2: the batched path runs where only CHGNet is
+        # installed (gpu_check)
+        from matloop.relax.potentials import potential_version
 
-        from chgnet.model.model import CHGNet
-
-        version = getattr(self.model, "version", None) if self.model is not None else None
-        default = inspect.signature(CHGNet.load).parameters["model_name"].default
-        return f"CHGNet {version or default}"
+        if self.model is None:
+            return potential_version("CHGNet")
+        return potential_version("CHGNet", {"model": self.model})
 
     def relax(
         self,
@@ -208,6 +215,8 @@ class BatchedRelaxer:
         list of RelaxOutcome
             One per item, in order.
         """
+        if max_atoms is None:
+            max_atoms = self.max_atoms
         potential = self.potential
         outcomes: list[RelaxOutcome | None] = [None] * len(items)
         total = len(items)
@@ -222,11 +231,11 @@ class BatchedRelaxer:
             if progress is not None:
                 progress(done, total)
 
-        with _quiet(not log), _thread_limits(num_threads):
+        with quiet(not log), thread_limits(num_threads):
             waiting: list[tuple[int, float]] = []  # (item index, seconds spent on its checks)
             for index, (_, structure) in enumerate(items):
                 start = time.perf_counter()
-                reason = _reject_reason(structure, max_atoms, min_distance, max_volume_per_atom)
+                reason = reject_reason(structure, max_atoms, min_distance, max_volume_per_atom)
                 if reason is None:
                     waiting.append((index, time.perf_counter() - start))
                 else:
@@ -343,7 +352,7 @@ class BatchedRelaxer:
         self, batch: _Batch, now: _Evaluation, b: int, start: Structure, max_volume_ratio: float
     ) -> dict[str, Any]:
         """The outcome fields of batch row ``b``, which stops now, judged as the
-        per-structure path judges (:func:`matloop.relax.runner._judge`)."""
+        per-structure path judges (:func:`matloop.relax.checks.judge`)."""
         if now.errors[b] is not None:  # its graph or the model call raised
             return {"ok": False, "reason": now.errors[b]}
         energy = float(now.energy[b])
@@ -354,16 +363,16 @@ class BatchedRelaxer:
                 "structure": batch.structure(b, now.cells, now.positions),
                 "energy_per_atom": energy,
             }
-        fields = {  # what runner._read_task_doc reads from an atomate2 task document
-            "structure": batch.structure(b, now.cells, now.positions),
-            "energy_per_atom": energy,
-            "n_steps": int(now.n_steps[b]) + 2,  # atomate2 counts the first and last frames
-            "max_force": float(now.max_force[b]),
-            "converged": bool(now.converged[b]),
-            "_stress_gpa": float(now.stress_gpa[b]),
-            "_max_steps": self.steps,
-        }
-        return _judge(fields, start, None, max_volume_ratio)
+        result = TaskResult(  # what checks.read_task_doc reads from an atomate2 task document
+            structure=batch.structure(b, now.cells, now.positions),
+            energy_per_atom=energy,
+            n_steps=int(now.n_steps[b]) + 2,  # atomate2 counts the first and last frames
+            max_force=float(now.max_force[b]),
+            converged=bool(now.converged[b]),
+            stress_gpa=float(now.stress_gpa[b]),
+            max_steps=self.steps,
+        )
+        return judge(result, start, None, max_volume_ratio)
 
     def _device(self) -> str:
         if self.device is not None:
@@ -797,7 +806,7 @@ def _predict(
             try:
                 parts.append(([b], *_evaluate(model, inputs.select([b]))))
             except Exception as exc:
-                errors[b] = _exception_reason(exc)
+                errors[b] = exception_reason(exc)
 
     f64 = {"dtype": torch.float64, "device": device}
     energy = torch.zeros(n, **f64)

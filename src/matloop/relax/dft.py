@@ -73,7 +73,8 @@ from atomate2.cp2k.sets.core import CellOptSetGenerator as _CellOptSetGenerator
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from matloop.relax.runner import OutcomeStructure
+from matloop.relax.checks import exception_reason
+from matloop.relax.outcome import OutcomeStructure
 
 if TYPE_CHECKING:
     from jobflow import JobStore, Maker, Response
@@ -481,7 +482,7 @@ def _vasp_maker(kind, command, kpoints, input_settings, maker_kwargs) -> Maker:
     )
 
 
-def _maker_code_kind(maker: Maker) -> tuple[str, str]:
+def maker_code_kind(maker: Maker) -> tuple[str, str]:
     """(code, kind) of a DFT maker built by :func:`make_dft_maker` or atomate2."""
     module = type(maker).__module__
     from atomate2.cp2k.jobs.base import BaseCp2kMaker as _Cp2kBase
@@ -511,7 +512,7 @@ def describe_dft_settings(maker: Maker, structure: Structure) -> dict[str, Any]:
         JSON-friendly; ``{"code", "kind", "maker", "command", ...}``; an ``"error"`` entry
         when the input set could not be generated.
     """
-    code, kind = _maker_code_kind(maker)
+    code, kind = maker_code_kind(maker)
     summary: dict[str, Any] = {"code": code, "kind": kind, "maker": type(maker).__name__}
     try:
         with warnings.catch_warnings():
@@ -652,7 +653,7 @@ def verify_with_dft(
         thresholds (``relax_converged``), its steps, the starting energy, and the final
         forces and stress.
     """
-    code, kind = _maker_code_kind(maker)
+    code, kind = maker_code_kind(maker)
     outcomes = []
     with contextlib.ExitStack() as stack:
         if root_dir is None:
@@ -686,9 +687,7 @@ def verify_with_dft(
 def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> dict[str, Any]:
     from jobflow import run_locally
 
-    from matloop.relax.runner import _exception_reason
-
-    is_cp2k = _maker_code_kind(maker)[0] == "cp2k"
+    is_cp2k = maker_code_kind(maker)[0] == "cp2k"
     # a folder of its own, so that its CP2K output can be read also when the job failed
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", str(candidate_id))[:40] or "candidate"
     job_root = Path(tempfile.mkdtemp(prefix=f"{safe_id}-", dir=root_dir))
@@ -712,7 +711,7 @@ def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> d
         doc = response[max(response)].output if response else job.output.resolve(job_store)
         fields = _read_dft_doc(doc)
     except Exception as exc:
-        fields = {"ok": False, "reason": _exception_reason(exc), "job_uuid": job_uuid}
+        fields = {"ok": False, "reason": exception_reason(exc), "job_uuid": job_uuid}
         if is_cp2k:  # e.g. custodian's validator rejects an unconverged optimisation
             report = _cp2k_run_report(job_root)
             if report.get("relax_converged") is False:

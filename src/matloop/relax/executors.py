@@ -44,14 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from matloop.relax.runner import (
-    RelaxOutcome,
-    _exception_reason,
-    _judge,
-    _precheck,
-    _read_task_doc,
-    relax_structures,
-)
+from matloop.relax.checks import RelaxChecks, exception_reason, judge, read_task_doc
+from matloop.relax.outcome import RelaxOutcome
+from matloop.relax.runner import relax_structures
 
 if TYPE_CHECKING:
     from jobflow import Flow, JobStore, Maker
@@ -83,31 +78,6 @@ class Executor(Protocol):
         ...
 
 
-@dataclass
-class _Checks:
-    """The sanity checks every executor applies (see ``relax_structures``)."""
-
-    max_atoms: int | None = None
-    max_volume_ratio: float = 3.0
-    min_distance: float = 0.5
-    max_volume_per_atom: float | None = 200.0
-
-    def precheck(self, structure: Structure) -> str | None:
-        try:
-            return _precheck(structure, self.max_atoms, self.min_distance,
-                             self.max_volume_per_atom)
-        except Exception as exc:
-            return f"invalid structure: {_exception_reason(exc)}"
-
-    def relax_kwargs(self) -> dict[str, Any]:
-        return {
-            "max_atoms": self.max_atoms,
-            "max_volume_ratio": self.max_volume_ratio,
-            "min_distance": self.min_distance,
-            "max_volume_per_atom": self.max_volume_per_atom,
-        }
-
-
 def _potential(maker: Maker) -> str:
     from matloop.relax.makers import maker_potential
 
@@ -116,7 +86,7 @@ def _potential(maker: Maker) -> str:
 
 # -- local ---------------------------------------------------------------------------------
 @dataclass
-class LocalExecutor(_Checks):
+class LocalExecutor(RelaxChecks):
     """In this process, one job after another: :func:`relax_structures`."""
 
     name: ClassVar[str] = "local"
@@ -157,7 +127,7 @@ def _strip_id(doc: dict) -> dict:
 
 
 @dataclass
-class DaskExecutor(_Checks):
+class DaskExecutor(RelaxChecks):
     """Fan chunks of structures out to Dask workers.
 
     Parameters
@@ -244,7 +214,7 @@ class DaskExecutor(_Checks):
             try:
                 dumped, docs = future.result()
             except Exception as exc:  # a worker died: only its chunk fails
-                reason = f"dask worker failed: {_exception_reason(exc)}"
+                reason = f"dask worker failed: {exception_reason(exc)}"
                 outcomes += [RelaxOutcome(candidate_id=cid, ok=False, reason=reason,
                                           potential=potential, wall_s=0.0) for cid, _ in chunk]
                 continue
@@ -265,7 +235,7 @@ def _write_docs(job_store: JobStore, docs: dict[str, list[dict]]) -> None:
 
 # -- flows for remote managers ----------------------------------------------------------------
 def build_relax_flow(
-    items: Items, maker: Maker, checks: _Checks | None = None, name: str = "matloop relax"
+    items: Items, maker: Maker, checks: RelaxChecks | None = None, name: str = "matloop relax"
 ) -> tuple[Flow, dict[str, str], dict[str, str]]:
     """One jobflow ``Flow`` with a relaxation job per structure that passes the pre-checks.
 
@@ -277,7 +247,7 @@ def build_relax_flow(
     """
     from jobflow import Flow
 
-    checks = checks or _Checks()
+    checks = checks or RelaxChecks()
     jobs, uuids, refused = [], {}, {}
     for candidate_id, structure in items:
         if (reason := checks.precheck(structure)) is not None:
@@ -319,16 +289,16 @@ def _collect(
                                          wall_s=per_item, **base))
             continue
         try:
-            fields = _judge(_read_task_doc(found["output"]), structure, uuid, max_volume_ratio)
+            fields = judge(read_task_doc(found["output"]), structure, uuid, max_volume_ratio)
         except Exception as exc:
-            fields = {"ok": False, "reason": _exception_reason(exc), "job_uuid": uuid}
+            fields = {"ok": False, "reason": exception_reason(exc), "job_uuid": uuid}
         outcomes.append(RelaxOutcome(wall_s=per_item, **base, **fields))
     return outcomes
 
 
 # -- fireworks -------------------------------------------------------------------------------
 @dataclass
-class FireWorksExecutor(_Checks):
+class FireWorksExecutor(RelaxChecks):
     """Run the relaxations as a FireWorks workflow.
 
     Parameters
@@ -501,7 +471,7 @@ def _require_shared_store(job_store: JobStore, who: str) -> None:
 
 # -- jobflow-remote ----------------------------------------------------------------------------
 @dataclass
-class JobflowRemoteExecutor(_Checks):
+class JobflowRemoteExecutor(RelaxChecks):
     """Submit the relaxations to a jobflow-remote project and wait for the results.
 
     Parameters

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
-from matloop.relax.runner import RelaxOutcome, relax_structures
+from matloop.relax.outcome import RelaxOutcome
+from matloop.relax.runner import relax_structures
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matloop.relax.potentials import table_name
+
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-    from matloop.relax.runner import RelaxOutcome
+    from matloop.relax.outcome import RelaxOutcome
 
-__all__ = ["ReplayOracle", "cached_oracle"]
+__all__ = ["ReplayOracle", "cached_oracle", "table_name"]
 
 
 def cached_oracle(
@@ -58,12 +60,6 @@ def cached_oracle(
             name=table_name(path),
         )
     return _ORACLES[key]
-
-
-def table_name(path: str | Path) -> str:
-    """A table's short name: its folder and file stem, e.g. ``perov_5/val``."""
-    path = Path(path)
-    return f"{path.parent.name}/{path.name.split('.')[0]}" if path.parent.name else path.stem
 
 
 _ORACLES: dict[tuple, ReplayOracle] = {}
@@ -185,7 +181,7 @@ class ReplayOracle:
         reason ``"not in the replay table"``."""
         import time
 
-        from matloop.relax.runner import RelaxOutcome
+        from matloop.relax.outcome import RelaxOutcome
 
         start = time.perf_counter()
         row = self.lookup(structure)

@@ -18,6 +18,22 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def structure_dict(structure: Any) -> dict:
+    """A pymatgen Structure as the JSON-safe dict documents keep (site properties dropped)."""
+    from monty.json import jsanitize
+
+    clean = structure.copy()
+    clean.properties = {}
+    return jsanitize(clean.as_dict(), strict=False)
+
+
+def structure_from_dict(data: dict) -> Any:
+    """The pymatgen Structure of a stored structure dict."""
+    from pymatgen.core import Structure
+
+    return Structure.from_dict(data)
+
+
 class CandidateStatus(StrEnum):
     """Lifecycle: ``proposed → selected | rejected → relaxed | failed → evaluated``."""
 
@@ -92,6 +108,31 @@ class RelaxationDoc(_Doc):
     )
     worker: str | None = Field(None, description="Dask worker that relaxed it; None: in-process")
     created_at: str = Field(default_factory=utcnow)
+
+    @classmethod
+    def from_outcome(
+        cls, outcome: Any, campaign: str, round_: int, potential: str
+    ) -> RelaxationDoc:
+        """The document of a relaxer's outcome (a ``matloop.relax.outcome.RelaxOutcome``),
+        labelled with the campaign's ``potential``."""
+        structure = outcome.structure
+        return cls(
+            campaign=campaign,
+            candidate_id=outcome.candidate_id,
+            ok=outcome.ok,
+            converged=outcome.converged,
+            energy_per_atom=outcome.energy_per_atom,
+            structure=structure_dict(structure) if structure is not None else None,
+            n_steps=outcome.n_steps,
+            max_force=outcome.max_force,
+            potential=potential,
+            job_uuid=outcome.job_uuid,
+            wall_s=outcome.wall_s,
+            reason=outcome.reason,
+            round=round_,
+            properties=outcome.properties,
+            worker=outcome.worker,
+        )
 
 
 class EvaluationDoc(_Doc):
@@ -193,6 +234,10 @@ class CampaignDoc(_Doc):
     rounds_completed: int = 0
     references_ready: bool = False
     hull_scheme: str | None = None
+    potential: str | None = Field(
+        None, description="Label of the campaign's relaxer, e.g. 'CHGNet 0.3.0' (references "
+        "and relaxations carry it); None for campaigns stored before it was recorded"
+    )
     seed_reference_ids: list[str] = Field(
         default_factory=list, description="Seed crystals of this campaign's space in the hull"
     )
@@ -270,3 +315,24 @@ class DftDoc(_Doc):
     job_uuid: str | None = None
     wall_s: float | None = None
     created_at: str = Field(default_factory=utcnow)
+
+    @classmethod
+    def from_outcome(
+        cls, outcome: Any, campaign: str, round_: int, ml: RelaxationDoc,
+        ml_e_above_hull: float | None, volume_ratio: float | None = None,
+        matches_ml_structure: bool | None = None,
+    ) -> DftDoc:
+        """The document of a DFT outcome (``matloop.relax.dft.DftOutcome``) beside the ML
+        relaxation ``ml`` it verifies."""
+        structure = outcome.structure
+        return cls(
+            campaign=campaign, candidate_id=outcome.candidate_id, round=round_,
+            ok=outcome.ok, code=outcome.code, kind=outcome.kind, evidence=outcome.evidence,
+            energy_per_atom=outcome.energy_per_atom, energy=outcome.energy,
+            structure=structure_dict(structure) if structure is not None else None,
+            converged=outcome.converged, reason=outcome.reason, settings=outcome.settings,
+            ml_energy_per_atom=ml.energy_per_atom, ml_e_above_hull=ml_e_above_hull,
+            ml_potential=ml.potential, volume_ratio=volume_ratio,
+            matches_ml_structure=matches_ml_structure, job_uuid=outcome.job_uuid,
+            wall_s=outcome.wall_s,
+        )

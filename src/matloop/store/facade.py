@@ -292,6 +292,10 @@ class MatloopStore:
             )
         store.update_each(own)
 
+    def count_candidates(self, campaign: str, status: CandidateStatus | str) -> int:
+        """How many of the campaign's candidates have ``status``."""
+        return self.count("candidates", {"campaign": campaign, "status": str(status)})
+
     def status_counts(self, campaign: str) -> dict[str, int]:
         """Candidates per status, counted in the database."""
         counts = self._store("candidates").count_by("status", {"campaign": campaign})

@@ -13,7 +13,7 @@ import pytest
 from jobflow import Maker, job
 
 from matloop.config import GeneratorConfig
-from matloop.flows.steps import STEPS, CampaignRun
+from matloop.loop import STEPS, CampaignRun
 from matloop.store import CandidateStatus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +63,7 @@ def bad_round(monkeypatch):
     messages: list[str] = []
     run = CampaignRun(config, store=base.store)
     run.progress.message = messages.append
-    run._maker = ExplodingMaker()
+    run.maker = ExplodingMaker()
     return run, messages
 
 
@@ -122,13 +122,13 @@ def test_bad_proposal_rejected_before_it_can_hang_the_fingerprint():
 
     from pymatgen.core import Lattice, Structure
 
-    from matloop.flows.steps import _unanalysable
+    from matloop.loop.generate import unanalysable
 
     flat = Structure(Lattice([[4, 0, 0], [4, 1e-6, 0], [0, 0, 4]]), ["Na", "Cl"],
                      [[0, 0, 0], [0.5, 0.5, 0.5]])
     start = time.perf_counter()
-    assert _unanalysable(flat).startswith("degenerate cell")
+    assert unanalysable(flat).startswith("degenerate cell")
     assert time.perf_counter() - start < 1.0
     skewed = Structure(Lattice([[4, 0, 0], [400, 4, 0], [0, 0, 4]]), ["Na", "Cl"],
                        [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert _unanalysable(skewed) is None  # a skewed setting of a sound cell is fine
+    assert unanalysable(skewed) is None  # a skewed setting of a sound cell is fine

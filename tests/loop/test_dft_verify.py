@@ -1,4 +1,4 @@
-"""The DFT verification stage of a round (``CampaignRun.verify``, called by ``evaluate``).
+"""The DFT verification step of a round (:mod:`matloop.loop.verify`).
 
 A stand-in maker (ASE's EMT through the force-field maker) plays the DFT code so the loop's
 bookkeeping is tested in seconds; one slow test runs a real CP2K cell relaxation of a
@@ -11,7 +11,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import ConfigError, parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
+from matloop.loop.verify import dft_label, verify_round
 from matloop.relax.dft import cp2k_command
 from matloop.relax.makers import CachedForceFieldRelaxMaker
 from matloop.store import EvaluationDoc, MatloopStore, RelaxationDoc
@@ -69,7 +70,7 @@ def _counts(metrics: dict) -> tuple[int, int]:
 def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     store = MatloopStore("memory://")
     run = CampaignRun(config(), store)
-    run._dft_maker = CachedForceFieldRelaxMaker(  # stand-in for CP2K
+    run.dft_maker = CachedForceFieldRelaxMaker(  # stand-in for CP2K
         force_field_name=EMT, relax_kwargs={"fmax": 0.05, "final_atoms_object_file": None},
         ionic_step_data=None,
     )
@@ -78,7 +79,7 @@ def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     _add(store, "al-c", fcc("Al", 4.10), 0.05, novel=False)  # known: never verified
     _add(store, "al-d", fcc("Al", 4.00), 0.30, stable=False)  # not stable: never verified
 
-    assert _counts(run.verify(1)) == (1, 0)
+    assert _counts(verify_round(run.context, 1)) == (1, 0)
     (doc,) = store.dft_results("dft-demo")
     assert doc.candidate_id == "cu-b" and doc.ok and doc.round == 1
     assert doc.evidence == "dft-relaxed"
@@ -90,16 +91,16 @@ def test_verify_takes_the_best_unverified_stable_novel_candidates() -> None:
     evaluation = {e.candidate_id: e for e in store.evaluations("dft-demo")}["cu-b"]
     assert evaluation.energy_per_atom == -3.0 and evaluation.evidence == "mlip-relaxed"
 
-    assert _counts(run.verify(2)) == (1, 0)  # the next best
+    assert _counts(verify_round(run.context, 2)) == (1, 0)  # the next best
     assert [d.candidate_id for d in store.dft_results("dft-demo")] == ["cu-a", "cu-b"]
-    assert _counts(run.verify(3)) == (0, 0)  # nothing left
+    assert _counts(verify_round(run.context, 3)) == (0, 0)  # nothing left
 
 
 def test_verify_is_off_without_a_dft_block() -> None:
     cfg = parse_config({"name": "x", "chemical_space": {"elements": ["Cu"]},
                         "store": "memory://"})
     run = CampaignRun(cfg, MatloopStore("memory://"))
-    assert run.dft_maker is None and run.verify(1) == {}
+    assert run.dft_maker is None and verify_round(run.context, 1) == {}
 
 
 needs_cp2k = pytest.mark.skipif(
@@ -165,7 +166,7 @@ def test_verify_relaxes_a_candidate_with_real_cp2k(monkeypatch) -> None:
     store = MatloopStore("memory://")
     run = CampaignRun(cfg, store)
     _add(store, "si-2", start, 0.0)
-    assert _counts(run.verify(1)) == (1, 0)
+    assert _counts(verify_round(run.context, 1)) == (1, 0)
 
     (out,) = outcomes
     assert out.ok, out.reason
@@ -209,12 +210,12 @@ def test_verify_builds_a_dft_hull_and_gives_verdicts(tmp_path) -> None:
     """The DFT hull with a stand-in DFT code (EMT): the elemental references are relaxed
     with the same maker, a candidate on the DFT hull is confirmed, one far above it refuted,
     and the exported references.csv rebuilds the DFT hull within 1 meV/atom."""
-    from matloop.export import export_campaign, recompute_hull
+    from matloop.results.export import export_campaign, recompute_hull
     from matloop.store import ReferenceDoc
 
     store = MatloopStore("memory://")
     run = CampaignRun(config(top_k=5, max_references=2), store)
-    run._dft_maker = CachedForceFieldRelaxMaker(  # stand-in for CP2K
+    run.dft_maker = CachedForceFieldRelaxMaker(  # stand-in for CP2K
         force_field_name=EMT, relax_kwargs={"fmax": 0.02, "final_atoms_object_file": None},
         ionic_step_data=None,
     )
@@ -232,10 +233,10 @@ def test_verify_builds_a_dft_hull_and_gives_verdicts(tmp_path) -> None:
     _add(store, "cu-fcc", fcc("Cu", 3.70), 0.00)  # relaxes onto the Cu reference: on the hull
     _add(store, "cu-sc", simple_cubic, 0.01)  # simple cubic copper: far above fcc
 
-    metrics = run.verify(1)
+    metrics = verify_round(run.context, 1)
     assert metrics["dft_verified"] == 2 and metrics["dft_references"] == 1  # Cu only
     assert metrics["dft_confirmed"] == 1 and metrics["dft_refuted"] == 1
-    (ref,) = store.references(run.dft_label)
+    (ref,) = store.references(dft_label(run.context))
     assert ref.reference_id == "element:Cu" and ref.energy_per_atom == pytest.approx(
         -0.0057, abs=0.01)  # EMT's energy, not the ML reference's -3.0
     assert ref.settings and ref.evidence == "dft-relaxed"
@@ -247,7 +248,7 @@ def test_verify_builds_a_dft_hull_and_gives_verdicts(tmp_path) -> None:
     # the ML evaluations are untouched; the references are relaxed once
     assert {e.candidate_id: e.e_above_hull for e in store.evaluations("dft-demo")} == {
         "cu-fcc": 0.0, "cu-sc": 0.01}
-    assert run.verify(2)["dft_references"] == 1
+    assert verify_round(run.context, 2)["dft_references"] == 1
 
     out = export_campaign(store, "dft-demo", tmp_path)
     _pd, e_hull = recompute_hull(out / "references.csv", hull="dft")
@@ -257,6 +258,29 @@ def test_verify_builds_a_dft_hull_and_gives_verdicts(tmp_path) -> None:
     summary = (out / "summary.json").read_text()
     assert '"dft_refuted": 1' in summary and '"dft_confirmed": 1' in summary
     assert "refuted by DFT" in (out / "report.html").read_text()
+
+
+def test_a_round_verified_inside_evaluate_is_not_verified_again() -> None:
+    """Rounds stored when evaluate ran the DFT verification (before verify was a step of its
+    own) carry its metrics; resuming one runs no second verification."""
+    from matloop.store import RoundDoc
+
+    store = MatloopStore("memory://")
+    run = CampaignRun(config(), store)
+    run.dft_maker = CachedForceFieldRelaxMaker(
+        force_field_name=EMT, relax_kwargs={"fmax": 0.05, "final_atoms_object_file": None},
+        ionic_step_data=None,
+    )
+    _add(store, "cu-b", fcc("Cu", 3.65), 0.00)
+    store.save_round(RoundDoc(campaign="dft-demo", round=1,
+                              steps_done=["generate", "screen", "relax", "evaluate"],
+                              metrics={"dft_verified": 0, "dft_failed": 0}))
+    assert run.verify(1).counts == {} and store.dft_results("dft-demo") == []
+    assert run.store.get_round("dft-demo", 1).steps_done[-1] == "verify"
+    store.save_round(RoundDoc(campaign="dft-demo", round=2,
+                              steps_done=["generate", "screen", "relax", "evaluate"]))
+    assert _counts(run.verify(2).counts) == (1, 0)
+    assert run.verify(2).skipped  # recorded: a second call does nothing
 
 
 def _na_cl_structures() -> dict[str, Structure]:
@@ -295,7 +319,7 @@ def test_a_real_cp2k_dft_hull_of_na_cl(monkeypatch, tmp_path) -> None:
     about 20 minutes, Na3Cl more than 35 (17 optimiser steps); the whole test did not finish
     within an hour there. Run it on a quiet machine.
     """
-    from matloop.export import export_campaign, recompute_hull
+    from matloop.results.export import export_campaign, recompute_hull
     from matloop.store import ReferenceDoc
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -333,10 +357,10 @@ def test_a_real_cp2k_dft_hull_of_na_cl(monkeypatch, tmp_path) -> None:
     _add_to(store, "dft-na-cl", "nacl-rs", s["strained"], 0.0)
     _add_to(store, "dft-na-cl", "na3cl", s["na3cl"], 0.05)  # the ML called it stable
 
-    metrics = run.verify(1)
+    metrics = verify_round(run.context, 1)
     assert (metrics["dft_verified"], metrics["dft_failed"]) == (2, 0), metrics
     assert metrics["dft_references"] == 3 and metrics["dft_references_failed"] == 0
-    refs = {r.reference_id: r for r in store.references(run.dft_label)}
+    refs = {r.reference_id: r for r in store.references(dft_label(run.context))}
     assert set(refs) == {"element:Na", "element:Cl", "seed:file:known.csv:rs"}
     assert all(r.evidence == "dft-relaxed" and r.settings["cutoff_ry"] == 300
                for r in refs.values())

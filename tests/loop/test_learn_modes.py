@@ -10,7 +10,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
 from matloop.generators.training import generator_class, load_checkpoint
 from matloop.store import CandidateStatus, EvaluationDoc
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from handmade_campaign import NAME, build_campaign
 
-from matloop.export import export_campaign
-from matloop.latent import MapCandidate, campaign_latent_maps, latent_map, project
+from matloop.results.export import export_campaign
+from matloop.results.latent import MapCandidate, campaign_latent_maps, latent_map, project
 
 
 class StandInEncoder:
@@ -138,7 +138,7 @@ def test_report_markdown_artifact_names_the_report(export, campaign):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium")
 def test_report_renders_in_headless_chromium(export, tmp_path):
-    from matloop.report import screenshot
+    from matloop.results.report import screenshot
 
     png = screenshot(export / "report.html", tmp_path / "report.png", height=2400)
     assert png is not None and png.stat().st_size > 50_000
@@ -150,7 +150,7 @@ def test_latent_map_of_a_real_crystal_vae(tmp_path):
     from pymatgen.core import Lattice, Structure
 
     from matloop.generators.training import generator_class
-    from matloop.latent import latent_encoder
+    from matloop.results.latent import latent_encoder
 
     rng = np.random.default_rng(0)
     structures = [
@@ -177,7 +177,7 @@ def test_latent_map_of_a_real_crystal_vae(tmp_path):
 
 
 def test_a_dft_verification_raises_the_evidence_level(tmp_path):
-    from matloop.report import campaign_summary
+    from matloop.results.report import campaign_summary
     from matloop.store import DftDoc
 
     run = build_campaign()  # ML only so far
@@ -207,7 +207,7 @@ def test_a_dft_verification_raises_the_evidence_level(tmp_path):
 
 
 def test_a_failed_dft_run_is_never_counted_as_confirmed(tmp_path):
-    from matloop.report import campaign_summary
+    from matloop.results.report import campaign_summary
     from matloop.store import DftDoc
 
     run = build_campaign()

@@ -2,7 +2,7 @@
 
 Used by ``tests/flows/test_crash_safety.py`` and ``benchmarks/faults.py``::
 
-    python tests/flows/crash_driver.py CONFIG.json [--kill-at-write K] [--torn] [--bad]
+    python tests/loop/crash_driver.py CONFIG.json [--kill-at-write K] [--torn] [--bad]
         [--hiccups K,K,...]
 
 * ``--kill-at-write K``: SIGKILL this process just before its K-th store write (1-based).
@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
     if args.bad:
         register_bad_generator("__main__")
     from matloop.config import parse_config
-    from matloop.flows.steps import STEPS, CampaignRun, Progress
+    from matloop.loop import STEPS, CampaignRun, Progress
 
     hiccups = {int(k) for k in args.hiccups.split(",") if k}
     _instrument(args.kill_at_write, args.torn, hiccups, args.kill_on)
@@ -239,7 +239,7 @@ EXIT_BUSY = 3
 
 
 def _run_all(run) -> int:
-    from matloop.flows.steps import STEPS
+    from matloop.loop import STEPS
 
     retries = 0
 

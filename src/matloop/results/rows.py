@@ -1,77 +1,41 @@
-"""Write a campaign's results to a folder: tables, CIFs, plots and a report.
+"""The rows every result is built from, in one place: candidates, rounds, hull entries.
 
-``candidates.csv``   every candidate with its status, energies, evidence level and flags
-``rounds.csv``       one row per round with the loop's metrics
-``references.csv``   every entry the hull was built from, with raw and corrected energies:
-                     ``PhaseDiagram([PDEntry(Composition(formula), corrected_energy), ...])``
-                     recomputes every exported ``e_above_hull`` (see :func:`recompute_hull`)
-``summary.json``     the campaign's key numbers (also shown by ``matloop status --json``)
-``cifs/``            relaxed structures of the stable or nearly stable (≤ 0.1 eV/atom)
-``plots/``           hit rate per round, the convex hull, latent maps of learned generators
-``report.html``      one self-contained page (plots embedded) a person can read
-``report.md``        the same in markdown
-
-Examples
---------
->>> from matloop.store import MatloopStore
->>> export_campaign(MatloopStore("memory://"), "nothing", "/tmp/x")  # doctest: +ELLIPSIS
-Traceback (most recent call last):
-...
-KeyError: "no campaign named 'nothing' in the store (campaigns: none)"
+:mod:`matloop.results.export` writes them as CSV files; :mod:`matloop.results.report` and
+:mod:`matloop.results.plots` read them. Everything comes from the store; nothing here
+relaxes or loads a potential (a campaign's potential label is stored with it).
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from matloop.store import CampaignDoc, MatloopStore
 
-    from matloop.store import MatloopStore
-
-log = logging.getLogger("matloop")
+__all__ = [
+    "NEAR_STABLE",
+    "campaign_potential",
+    "candidate_rows",
+    "dft_hull_rows",
+    "hull_entries",
+    "reference_rows",
+    "reference_version_of",
+    "round_rows",
+]
 
 NEAR_STABLE = 0.1  # eV/atom: what gets a CIF in cifs/
 
-CANDIDATE_COLUMNS = [
-    "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype",
-    "status", "reason", "energy_per_atom", "corrected_energy_per_atom",
-    "formation_energy_per_atom", "e_above_hull", "is_stable", "novelty", "novelty_reference",
-    "is_novel", "is_unique", "duplicate_of", "spacegroup", "evidence", "potential", "converged",
-    "max_force", "n_steps",
-    "hull_scheme", "hull_version", "reference_set_version", "dft_evidence", "dft_code",
-    "dft_ok", "dft_converged", "dft_energy_per_atom", "dft_matches_ml_structure",
-    "dft_e_above_hull", "dft_verdict",
-    "predicted_e_above_hull", "predicted_std",
-]
-ROUND_COLUMNS = [
-    "round", "status", "proposed", "rejected", "selected", "relaxed", "failed", "evaluated",
-    "stable", "novel", "unjudged", "stable_novelty_unknown", "unique", "hits", "hit_rate",
-    "best_e_above_hull", "surrogate_mae",
-    "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
-    "reference_set_version", "started_at",
-    "completed_at",
-]
-REFERENCE_COLUMNS = [
-    "hull", "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom",
-    "energy",
-    "correction", "corrected_energy", "corrected_energy_per_atom", "correction_scheme",
-    "e_above_hull", "formation_energy_per_atom", "source", "evidence", "potential",
-    "settings",
-]
 
+def campaign_potential(doc: CampaignDoc) -> str:
+    """The potential label of a stored campaign (e.g. ``'CHGNet 0.3.0'``): recorded with it,
+    or, for campaigns stored before it was, read from its hull scheme."""
+    from matloop.evaluators.stability import parse_hull_scheme
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    if doc.potential:
+        return doc.potential
+    return parse_hull_scheme(doc.hull_scheme)[0] if doc.hull_scheme else ""
 
 
 def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
@@ -80,9 +44,7 @@ def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
 
     evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
     relaxations = {r.candidate_id: r for r in store.relaxations(campaign)}
-    from matloop.report import _dft_results
-
-    dft = {d.candidate_id: d for d in _dft_results(store, campaign)}
+    dft = {d.candidate_id: d for d in store.dft_results(campaign)}
     rows = []
     for cand in store.candidates(campaign):
         row: dict[str, Any] = cand.model_dump(exclude={"structure", "history", "conditions"})
@@ -122,19 +84,18 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
     The hull of the last evaluation: the elemental and seed references, and every candidate
     that was evaluated (a candidate relaxed but not yet evaluated, or whose energy the
     correction scheme rejected, is not part of it). Entries are built exactly as
-    :meth:`matloop.flows.steps.CampaignRun.evaluate` builds them.
+    :class:`matloop.loop.evaluate.EvaluateStep` builds them.
     """
     from pymatgen.core import Structure
 
     from matloop.evaluators.evidence import evidence_for_potential
-    from matloop.evaluators.stability import CORRECTION_NAME, make_entry
-    from matloop.relax.makers import needs_mp2020_correction, relaxer_potential
+    from matloop.evaluators.stability import CORRECTION_NAME, make_entry, parse_hull_scheme
 
     doc = store.get_campaign(campaign)
     if doc is None or not doc.hull_scheme:
         return []
-    potential = relaxer_potential(doc.config["relaxer"])
-    correct = needs_mp2020_correction(doc.config["relaxer"]["potential"])
+    potential = campaign_potential(doc)
+    correct = parse_hull_scheme(doc.hull_scheme)[1] == CORRECTION_NAME
     elements = doc.config["chemical_space"]["elements"]
     ids = [f"element:{el}" for el in elements] + doc.seed_reference_ids
     evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
@@ -240,91 +201,3 @@ def reference_version_of(rows: Sequence[dict[str, Any]], scheme: str | None) -> 
         [(r["entry_id"], r["formula"], float(r["energy_per_atom"])) for r in rows
          if r.get("hull", "ml") in ("ml", "")], scheme
     )
-
-
-def recompute_hull(
-    references_csv: str | Path, hull: str = "ml"
-) -> tuple[PhaseDiagram, dict[str, float]]:
-    """Rebuild a campaign's hull from an exported ``references.csv`` with plain pymatgen.
-
-    Returns the ``PhaseDiagram`` and ``entry_id -> e_above_hull`` for every row of one hull:
-    ``hull="ml"`` (the ML potential's) or ``"dft"`` (the DFT verifications' hull, DFT
-    references of the same settings). Nothing of matloop is needed; this is the whole
-    recipe (with the rows of one ``hull`` value)::
-
-        entries = [PDEntry(Composition(row["formula"]), float(row["corrected_energy"]),
-                           name=row["entry_id"]) for row in csv.DictReader(open(path))]
-        pd = PhaseDiagram(entries)
-        pd.get_e_above_hull(entry)
-    """
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition
-
-    with Path(references_csv).open() as handle:
-        rows = [r for r in csv.DictReader(handle) if (r.get("hull") or "ml") == hull]
-    entries = [
-        PDEntry(Composition(r["formula"]), float(r["corrected_energy"]), name=r["entry_id"])
-        for r in rows
-    ]
-    pd = PhaseDiagram(entries)
-    return pd, {e.name: float(pd.get_e_above_hull(e)) for e in entries}
-
-
-def export_campaign(
-    store: MatloopStore,
-    campaign: str,
-    output: str | Path,
-    *,
-    generators: Sequence[Any] = (),
-) -> Path:
-    """Write every file listed in the module docstring; returns the folder.
-
-    ``generators`` are the campaign's generators when they are at hand (``matloop run``): each
-    one with a latent space (an ``encode(structures)`` method) gets a latent map.
-    """
-    from matloop.report import campaign_summary, write_reports
-
-    if store.get_campaign(campaign) is None:
-        known = ", ".join(c.campaign for c in store.campaigns()) or "none"
-        raise KeyError(f"no campaign named {campaign!r} in the store (campaigns: {known})")
-    out = Path(output)
-    (out / "cifs").mkdir(parents=True, exist_ok=True)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    candidates = candidate_rows(store, campaign)
-    rounds = round_rows(store, campaign)
-    _write_csv(out / "candidates.csv", CANDIDATE_COLUMNS, candidates)
-    _write_csv(out / "rounds.csv", ROUND_COLUMNS, rounds)
-    references = reference_rows(store, campaign)
-    _write_csv(out / "references.csv", REFERENCE_COLUMNS,
-               references + dft_hull_rows(store, campaign))
-    summary = campaign_summary(store, campaign, references=references)
-    if summary["hull_stale"]:
-        log.warning(
-            "%s: the stored evaluations were judged against hull %s, the exported references "
-            "make hull %s (a round was interrupted after relaxing?)", campaign,
-            summary["stored_reference_set_versions"], summary["reference_set_version"],
-        )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    n_cifs = _write_cifs(store, campaign, out / "cifs")
-    from matloop import plots
-
-    figures = plots.campaign_plots(store, campaign, out / "plots", rounds, references,
-                                   generators=generators)
-    write_reports(store, campaign, out, candidates=candidates, rounds=rounds,
-                  references=references, summary=summary, n_cifs=n_cifs, figures=figures)
-    return out
-
-
-def _write_cifs(store: MatloopStore, campaign: str, folder: Path) -> int:
-    from pymatgen.core import Structure
-    from pymatgen.io.cif import CifWriter
-
-    relaxations = {r.candidate_id: r for r in store.relaxations(campaign) if r.ok}
-    count = 0
-    for ev in store.evaluations(campaign):
-        relax = relaxations.get(ev.candidate_id)
-        if ev.e_above_hull <= NEAR_STABLE and relax is not None and relax.structure:
-            structure = Structure.from_dict(relax.structure)
-            CifWriter(structure, symprec=0.1).write_file(folder / f"{ev.candidate_id}.cif")
-            count += 1
-    return count

@@ -7,7 +7,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun, Progress
+from matloop.loop import CampaignRun, Progress
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_seed_crystals_are_relaxed_once_and_judge_novelty(tmp_path):
     assert run.prepare_references().skipped, "references must be relaxed only once"
     # the pre-flight counts what the campaign reads; the stored counts reach summary.json
     from matloop.preflight import count_seed_crystals
-    from matloop.report import campaign_summary
+    from matloop.results.report import campaign_summary
 
     assert count_seed_crystals(config).per_system == {"Cl-Na": 1}
     assert run.store.get_campaign("seeded").seed_systems == {"Cl-Na": 1}

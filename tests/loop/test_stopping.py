@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from matloop.config import ConfigError, parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
 from matloop.store import RoundDoc
 
 

@@ -1,6 +1,6 @@
 """The figures of a campaign report: hit rate per round, the convex hull with the
 candidates on it (binary and ternary spaces drawn as phase diagrams, larger ones as energy
-above hull per formula), and latent maps of learned generators (:mod:`matloop.latent`).
+above hull per formula), and latent maps of learned generators (:mod:`matloop.results.latent`).
 
 Every function writes a PNG and returns its path, or None when there was nothing to draw or
 drawing failed (logged): a plot never loses an export.
@@ -233,7 +233,7 @@ def campaign_plots(
     except Exception as err:  # noqa: BLE001
         log.warning("could not draw the convex hull: %s", err)
     if generators:
-        from matloop.latent import campaign_latent_maps
+        from matloop.results.latent import campaign_latent_maps
 
         try:
             for name, path in campaign_latent_maps(store, campaign, generators, folder).items():

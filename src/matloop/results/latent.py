@@ -309,11 +309,9 @@ def campaign_latent_maps(
         )
         for c in store.candidates(campaign)
     ]
-    potential = None
-    if doc.config.get("relaxer"):
-        from matloop.relax.makers import relaxer_potential
+    from matloop.results.rows import campaign_potential
 
-        potential = relaxer_potential(doc.config["relaxer"])
+    potential = campaign_potential(doc)
     seeds = [Structure.from_dict(r.structure)
              for r in store.references(potential or "", ids=doc.seed_reference_ids)]
     written: dict[str, Path] = {}

@@ -9,7 +9,7 @@ import json
 import pytest
 from handmade_campaign import NAME, build_campaign
 
-from matloop.export import export_campaign, recompute_hull, reference_version_of
+from matloop.results.export import export_campaign, recompute_hull, reference_version_of
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_without_a_reference_crystal_nothing_is_novel(tmp_path):
 def test_real_chgnet_campaign_hull_recomputes_from_the_export(tmp_path):
     """Two rounds of a tiny Na–Cl campaign with real CHGNet relaxations."""
     from matloop.config import parse_config
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
 
     config = parse_config({
         "name": "hull-na-cl",

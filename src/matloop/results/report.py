@@ -46,7 +46,7 @@ def campaign_summary(
     and check it against the one the stored evaluations were judged against; without them
     (``matloop status``, fast) the stored version is reported.
     """
-    from matloop.export import NEAR_STABLE, reference_version_of
+    from matloop.results.rows import NEAR_STABLE, reference_version_of
 
     doc = store.get_campaign(campaign)
     if doc is None:
@@ -60,7 +60,7 @@ def campaign_summary(
     rounds = store.rounds(campaign)
 
     # DFT verifications (kept beside the ML evaluations) raise a candidate's evidence level
-    dft = {d.candidate_id: d for d in _dft_results(store, campaign) if d.ok}
+    dft = {d.candidate_id: d for d in store.dft_results(campaign) if d.ok}
 
     def level(ev) -> str:
         relax = relax_by_id.get(ev.candidate_id)
@@ -168,11 +168,6 @@ def seed_coverage_of(doc) -> dict[str, Any] | None:
     return coverage
 
 
-def _dft_results(store: MatloopStore, campaign: str) -> list:
-    results = getattr(store, "dft_results", None)
-    return list(results(campaign)) if results is not None else []
-
-
 def _seed_warning(s: Mapping[str, Any]) -> str | None:
     return (s.get("seed_coverage") or {}).get("warning")
 
@@ -216,7 +211,7 @@ def markdown_report(
     n_cifs: int,
     figures: Mapping[str, str],
 ) -> str:
-    from matloop.export import NEAR_STABLE
+    from matloop.results.rows import NEAR_STABLE
 
     s = summary
     best = _best(candidates)
@@ -373,7 +368,7 @@ def html_report(
     generated_at: str = "",
 ) -> str:
     """The report page as one HTML string (figures read from ``folder`` and embedded)."""
-    from matloop.export import NEAR_STABLE
+    from matloop.results.rows import NEAR_STABLE
 
     s = summary
     space = "–".join(s["elements"])

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from matloop.config import ConfigError, parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
 from matloop.store import CandidateStatus, MatloopStore
 
 WINDOW = (1.5, 2.5)

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from matloop.config import parse_config
-from matloop.flows.steps import CampaignRun
+from matloop.loop import CampaignRun
 from matloop.store import CandidateStatus
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ WORKER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     from matloop.config import parse_config
-    from matloop.flows.steps import CampaignRun
+    from matloop.loop import CampaignRun
 
     config_file, ready, go = sys.argv[1:4]
     run = CampaignRun(parse_config(json.loads(Path(config_file).read_text())))

@@ -1,0 +1,154 @@
+"""Step 1, generate: each generator proposes its share of the round's candidates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from matloop.store import CandidateDoc, CandidateStatus
+from matloop.store.documents import structure_dict
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+    from matloop.loop.context import RunContext
+
+log = logging.getLogger("matloop")
+
+__all__ = ["GenerateStep", "candidate_doc", "raw_id", "unanalysable"]
+
+
+class GenerateStep:
+    """Ask each generator for its share of proposals; store the new ones as proposed."""
+
+    name: ClassVar[str] = "generate"
+
+    def run(self, ctx: RunContext, round_: int) -> dict[str, Any]:
+        from matloop.identity import candidate_id
+
+        total = ctx.config.budget.candidates_per_round
+        # Generators start each round from what the store holds (their stored versions and
+        # the seeds), never from state left in this process, so a resumed round proposes
+        # exactly what an uninterrupted one would have.
+        ctx.reset_generators()
+        pairs = ctx.generators()
+        weights = np.array([cfg.weight for cfg, _ in pairs], dtype=float)
+        shares = np.floor(total * weights / weights.sum()).astype(int)
+        shares[: total - shares.sum()] += 1
+        repeats, by_generator = 0, {}
+        # Candidates of this round already stored were written by an attempt of this step
+        # that was interrupted: proposed again now, they count as new, not as repeats
+        # (otherwise the redo would ask the generators for replacements).
+        earlier = {c.candidate_id for c in ctx.store.candidates(ctx.name, round_=round_)}
+        for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
+            rng = ctx.rng(round_, 100 + index)
+            wanted, new_ids = int(share), []
+            for _attempt in range(3):
+                if wanted <= len(new_ids):
+                    break
+                try:
+                    structures = generator.sample(wanted - len(new_ids), rng=rng)
+                except Exception as err:  # one broken generator must not end the round
+                    log.exception("generator %s failed", cfg.name)
+                    ctx.progress.message(f"round {round_}: generator {cfg.name} failed: {err}")
+                    break
+                docs = [candidate_doc(ctx.name, s, round_, generator, candidate_id)
+                        for s in structures]  # fmt: skip
+                docs = [d for d in docs if d is not None]
+                again = list(dict.fromkeys(
+                    d.candidate_id for d in docs if d.candidate_id in earlier
+                ))
+                earlier -= set(again)
+                fresh, existing = ctx.store.add_candidates(
+                    [d for d in docs if d.candidate_id not in again]
+                )
+                new_ids += again + fresh
+                repeats += len(existing)
+                if not structures:
+                    break
+        # counted from the store, so a generate step redone after a crash counts the same
+        for cand in ctx.store.candidates(ctx.name, round_=round_):
+            by_generator[cand.generator] = by_generator.get(cand.generator, 0) + 1
+        new_total = sum(by_generator.values())
+        ctx.progress.message(
+            f"round {round_}: generated {new_total} new candidate(s) "
+            f"({', '.join(f'{k}: {v}' for k, v in by_generator.items())}); "
+            f"{repeats} repeat proposal(s) of stored crystals"
+        )
+        return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator}
+
+
+def candidate_doc(campaign: str, structure, round_: int, generator, id_fn) -> CandidateDoc | None:
+    """The stored record of one proposal: proposed, or rejected with its reason when it is
+    too broken to fingerprint; None when it is not a crystal at all."""
+    try:
+        problem = unanalysable(structure)
+        cid = id_fn(structure) if problem is None else None
+    except Exception as err:  # a generator produced something pymatgen cannot analyse
+        problem = f"{type(err).__name__}: {err}"
+    try:
+        comp = structure.composition
+        props = dict(structure.properties or {})
+    except Exception as err:
+        log.warning("skipping a proposal from %s that is not a crystal: %s",
+                    generator.name, err)  # fmt: skip
+        return None
+    history = [{"status": "proposed", "round": round_}]
+    extra: dict[str, Any] = {}
+    if problem is not None:
+        # Kept as a rejected record (its id a hash of its raw form) so the bad proposal
+        # shows up with its reason; it never reaches screening or relaxation.
+        reason = f"unanalysable proposal: {problem}"
+        log.warning("rejected a proposal from %s: %s", generator.name, reason)
+        cid = raw_id(structure)
+        history.append({"status": "rejected", "round": round_, "reason": reason})
+        extra = {"status": CandidateStatus.rejected, "reason": reason}
+    return CandidateDoc(
+        **extra,
+        campaign=campaign,
+        candidate_id=cid,
+        round=round_,
+        formula=comp.reduced_formula,
+        chemsys=comp.chemical_system,
+        nsites=len(structure),
+        structure=structure_dict(structure),
+        generator=generator.name,
+        generator_version=getattr(generator, "version", 0),
+        prototype=props.get("prototype") or props.get("template"),
+        conditions=props.get("conditions") or {},
+        history=history,
+    )
+
+
+def unanalysable(structure: Structure) -> str | None:
+    """Why a proposal is too broken to fingerprint, or None: the id's symmetry and
+    neighbour searches fail, or never finish, on non-finite or degenerate cells."""
+    n = len(structure)
+    if n == 0:
+        return "empty structure"
+    if n > 2000:
+        return f"{n} atoms"
+    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(structure.frac_coords))):
+        return "non-finite lattice or coordinates"
+    volume = float(abs(np.linalg.det(matrix)))
+    if volume / n > 1e6:
+        return f"absurd cell: {volume / n:.3g} Å³ per atom"
+    a, b, c = np.asarray(structure.lattice.lll_matrix, dtype=float)
+    areas = [np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)),
+             np.linalg.norm(np.cross(a, b))]
+    spacing = volume / max(areas) if max(areas) > 0 else 0.0
+    if not np.isfinite(spacing) or spacing < 0.1:
+        return f"degenerate cell: lattice planes {spacing:.2g} Å apart"
+    return None
+
+
+def raw_id(structure: Structure) -> str:
+    """An id for a proposal that cannot be fingerprinted: a hash of its raw form."""
+    raw = json.dumps(structure_dict(structure), sort_keys=True, default=str)
+    formula = structure.composition.reduced_formula or "empty"
+    return f"{formula}-invalid-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
