@@ -309,6 +309,7 @@ def _na_cl_structures() -> dict[str, Structure]:
 
 
 @pytest.mark.slow
+@pytest.mark.long_dft
 @needs_cp2k
 def test_a_real_cp2k_dft_hull_of_na_cl(monkeypatch, tmp_path) -> None:
     """Real CP2K: Na, Cl2 and rock-salt NaCl relaxed as DFT references, rock-salt NaCl
