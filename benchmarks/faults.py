@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import write_result  # noqa: E402
 
-DRIVER = ROOT / "tests" / "flows" / "crash_driver.py"
+DRIVER = ROOT / "tests" / "loop" / "crash_driver.py"
 sys.path.insert(0, str(DRIVER.parent))
 from crash_driver import differences, lost, reference_reruns  # noqa: E402
 
