@@ -283,6 +283,89 @@ def test_a_round_verified_inside_evaluate_is_not_verified_again() -> None:
     assert run.verify(2).skipped  # recorded: a second call does nothing
 
 
+def test_a_failed_dft_reference_is_tried_a_bounded_number_of_times() -> None:
+    """A DFT reference that fails is recorded on the campaign and tried again at most
+    REFERENCE_ATTEMPTS times in all (not once per round); a candidate whose DFT run failed
+    gets the verdict 'failed' and is never counted as confirmed."""
+    from dataclasses import dataclass
+
+    from matloop.loop.verify import REFERENCE_ATTEMPTS
+    from matloop.results.report import campaign_summary
+    from matloop.store import ReferenceDoc
+
+    tried: list[str] = []
+
+    @dataclass
+    class FailsOnCuAl(CachedForceFieldRelaxMaker):
+        """The EMT stand-in, failing (as an unconverged SCF would) for CuAl cells."""
+
+        def make(self, structure, prev_dir=None):
+            tried.append(structure.reduced_formula)
+            if structure.reduced_formula == "AlCu":
+                raise RuntimeError("SCF not converged (stand-in failure)")
+            return super().make(structure, prev_dir)
+
+    store = MatloopStore("memory://")
+    run = CampaignRun(config(top_k=5, max_references=1), store)
+    run.dft_maker = FailsOnCuAl(
+        force_field_name=EMT, relax_kwargs={"fmax": 0.05, "final_atoms_object_file": None},
+        ionic_step_data=None,
+    )
+    campaign = run.ensure_campaign()
+    campaign.references_ready, campaign.hull_scheme = True, run.hull_scheme
+    campaign.seed_reference_ids = ["seed:b2"]
+    campaign.reference_e_above_hull = {"element:Cu": 0.0, "element:Al": 0.0, "seed:b2": 0.0}
+    store.save_campaign(campaign)
+    b2 = Structure(Lattice.cubic(2.95), ["Cu", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    store.save_references([
+        ReferenceDoc(reference_id=f"element:{el}", potential=run.potential, formula=el,
+                     chemsys=el, energy_per_atom=-3.0, structure=fcc(el, a).as_dict(),
+                     source="elemental")
+        for el, a in (("Cu", 3.61), ("Al", 4.05))
+    ] + [ReferenceDoc(reference_id="seed:b2", potential=run.potential, formula="AlCu",
+                      chemsys="Al-Cu", energy_per_atom=-3.2, structure=b2.as_dict(),
+                      source="file:known.csv", source_id="b2")])
+    l12 = Structure(Lattice.cubic(3.70), ["Al", "Cu", "Cu", "Cu"],
+                    [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    _add(store, "cu3al", l12, 0.00)
+    _add(store, "cual", b2, 0.01)  # its DFT run fails
+
+    metrics = verify_round(run.context, 1)
+    assert (metrics["dft_verified"], metrics["dft_failed"]) == (1, 1)
+    assert metrics["dft_references"] == 2 and metrics["dft_references_failed"] == 1
+    assert tried.count("AlCu") == 2  # the candidate, then the reference
+    failure = store.get_campaign("dft-demo").dft_reference_failures["seed:b2"]
+    assert failure["attempts"] == 1 and "stand-in failure" in failure["reason"]
+    assert failure["potential"] == dft_label(run.context) and failure["round"] == 1
+
+    for round_ in range(2, REFERENCE_ATTEMPTS + 3):
+        metrics = verify_round(run.context, round_)
+        assert metrics["dft_verified"] == metrics["dft_failed"] == 0  # never a candidate again
+        gave_up = round_ > REFERENCE_ATTEMPTS
+        assert metrics["dft_references_failed"] == (0 if gave_up else 1)
+        assert metrics["dft_references_given_up"] == (1 if gave_up else 0)
+    # the failed candidate once, the reference REFERENCE_ATTEMPTS times, however many rounds
+    assert tried.count("AlCu") == 1 + REFERENCE_ATTEMPTS
+    assert store.get_campaign("dft-demo").dft_reference_failures["seed:b2"]["attempts"] == (
+        REFERENCE_ATTEMPTS)
+
+    # the hull of the elements still judges the verified candidate; the failed one is
+    # 'failed', never 'confirmed', in the verify metrics and in the campaign summary
+    results = {d.candidate_id: d for d in store.dft_results("dft-demo")}
+    assert results["cual"].verdict == "failed" and results["cual"].dft_e_above_hull is None
+    assert results["cu3al"].verdict in {"confirmed", "refuted"}
+    assert metrics["dft_confirmed"] + metrics["dft_refuted"] == 1
+    summary = campaign_summary(store, "dft-demo")
+    assert summary["dft_verified"] == 1
+    assert summary["dft_confirmed"] == (results["cu3al"].verdict == "confirmed")
+
+    # other DFT settings: a new label, so the reference is tried afresh
+    run2 = CampaignRun(config(top_k=5, max_references=1, kpoints=[2, 2, 2]), store)
+    run2.dft_maker = run.dft_maker
+    assert dft_label(run2.context) != dft_label(run.context)
+    assert verify_round(run2.context, 9)["dft_references_failed"] == 1
+
+
 def _na_cl_structures() -> dict[str, Structure]:
     from matloop.relax.references import elemental_candidates
 

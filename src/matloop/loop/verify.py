@@ -17,7 +17,19 @@ from matloop.store.documents import structure_dict, structure_from_dict
 if TYPE_CHECKING:
     from matloop.loop.context import RunContext
 
-__all__ = ["VerifyStep", "dft_hull", "dft_label", "verify_candidates", "verify_round"]
+__all__ = [
+    "REFERENCE_ATTEMPTS",
+    "VerifyStep",
+    "dft_hull",
+    "dft_label",
+    "verify_candidates",
+    "verify_round",
+]
+
+#: How often a DFT hull reference is tried with the same settings before the verify step
+#: gives up on it: a second try covers a crash or a killed job; a DFT relaxation that does
+#: not converge fails the same way every time, and a retry would cost a CP2K run per round.
+REFERENCE_ATTEMPTS = 2
 
 
 class VerifyStep:
@@ -133,7 +145,12 @@ def dft_hull(ctx: RunContext, round_: int) -> dict[str, Any]:
         wanted.setdefault(chemsys, choose_references(chemsys, known, dft.max_references))
     need = list(dict.fromkeys(i for ids in wanted.values() for i in ids))
     have = {r.reference_id for r in store.references(label, ids=need)}
-    todo = [(i, structure_from_dict(references[i].structure)) for i in need if i not in have]
+    failures = {rid: f for rid, f in (campaign.dft_reference_failures if campaign else {}).items()
+                if f.get("potential") == label}  # failures under other settings: try again
+    given_up = [i for i in need
+                if i not in have and failures.get(i, {}).get("attempts", 0) >= REFERENCE_ATTEMPTS]
+    todo = [(i, structure_from_dict(references[i].structure))
+            for i in need if i not in have and i not in given_up]
     failed = 0
     if todo:
         ctx.progress.message(f"round {round_}: DFT of {len(todo)} hull reference(s)")
@@ -142,7 +159,12 @@ def dft_hull(ctx: RunContext, round_: int) -> dict[str, Any]:
         (out,) = relaxer.relax([(rid, structure)])
         if not out.ok:
             failed += 1
-            ctx.progress.message(f"DFT reference {rid} failed: {out.reason}")
+            attempts = failures.get(rid, {}).get("attempts", 0) + 1
+            ctx.progress.message(f"DFT reference {rid} failed (attempt {attempts} of "
+                                 f"{REFERENCE_ATTEMPTS}): {out.reason}")
+            _record_reference_failure(ctx, rid, {
+                "potential": label, "attempts": attempts, "reason": out.reason,
+                "round": round_, "wall_s": out.wall_s})
             continue
         ref = references[rid]
         store.save_references([ReferenceDoc(
@@ -174,4 +196,16 @@ def dft_hull(ctx: RunContext, round_: int) -> dict[str, Any]:
     verdicts = [d.verdict for d in results]
     return {"dft_confirmed": verdicts.count("confirmed"),
             "dft_refuted": verdicts.count("refuted"),
-            "dft_references": len(dft_refs), "dft_references_failed": failed}
+            "dft_references": len(dft_refs), "dft_references_failed": failed,
+            "dft_references_given_up": len(given_up)}
+
+
+def _record_reference_failure(ctx: RunContext, reference_id: str, failure: dict) -> None:
+    """Keep a failed DFT reference on the campaign document (read fresh: other steps of the
+    round save it too), so later rounds know how often it was tried."""
+    campaign = ctx.store.get_campaign(ctx.name)
+    if campaign is None:
+        return
+    campaign.dft_reference_failures = {**campaign.dft_reference_failures,
+                                       reference_id: failure}
+    ctx.store.save_campaign(campaign)

@@ -249,6 +249,12 @@ class CampaignDoc(_Doc):
         default_factory=dict, description="e_above_hull of each reference at the last evaluation"
     )
     stop_reason: str | None = None
+    dft_reference_failures: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="DFT hull references whose calculation failed, per reference id: the DFT "
+        "label ('potential') it ran under, attempts, the last reason and round. The verify "
+        "step gives up on one after a bounded number of attempts with the same settings",
+    )
     created_at: str = Field(default_factory=utcnow)
     updated_at: str = Field(default_factory=utcnow)
 
