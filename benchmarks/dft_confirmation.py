@@ -18,14 +18,20 @@ The store lives in ``--store`` (default under /tmp) so an interrupted run resume
 campaign's rounds, every finished DFT relaxation and every DFT reference are kept. A JSON
 with what has run so far (``"complete": false``) is written after every DFT relaxation.
 
+The *confirmation rate* is the share of the verified ML-stable calls that the DFT hull
+confirms (the precision of "stable"). ``--schema`` prints the JSON this script writes, made
+from a tiny campaign in memory (no CHGNet, no CP2K), for tests/benchmarks/test_results_schema.py.
+
 Run (nice'd: the CPU is shared)::
 
     nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/dft_confirmation.py
+    python benchmarks/dft_confirmation.py --schema
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -123,6 +129,7 @@ def summarise(run, picked, threshold, started, campaign_s, complete) -> dict:
     ref_times = [r.settings.get("wall_s") for r in refs if r.settings.get("wall_s")]
     times = cand_times + ref_times
     settings = next((d.settings for d in results.values() if d.settings), {})
+    confusion = scores(pairs)
     return {
         "complete": complete,
         "space": "-".join(run.config.chemical_space.elements),
@@ -136,7 +143,10 @@ def summarise(run, picked, threshold, started, campaign_s, complete) -> dict:
         "n_picked": len(picked),
         "n_verified": len(pairs),
         "n_dft_failed": sum(not r["dft_ok"] for r in rows),
-        "confusion": scores(pairs),
+        "confusion": confusion,
+        # of the verified ML-stable calls, the share the DFT hull confirms
+        "confirmation_rate": confusion["precision"],
+        "n_ml_stable_verified": confusion["tp"] + confusion["fp"],
         "mae_e_above_hull_eV_per_atom": statistics.fmean(deltas) if deltas else None,
         "dft_references": [{"id": r.reference_id, "formula": r.formula,
                             "energy_per_atom": r.energy_per_atom,
@@ -178,15 +188,21 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=40)
     parser.add_argument("--relaxations", type=int, default=12)
-    parser.add_argument("--k", type=int, default=5, help="ML-stable and ML-unstable verified")
+    parser.add_argument("--k", type=int, default=3, help="ML-stable and ML-unstable verified")
     parser.add_argument("--threshold", type=float, default=0.1)
-    parser.add_argument("--kpoints", type=int, nargs=3, default=None,
-                        help="Gamma-centred grid (default: the fast settings' 3 3 3); 2 2 2 "
-                        "is about three times cheaper and coarser")
+    parser.add_argument("--kpoints", type=int, nargs=3, default=[2, 2, 2],
+                        help="Gamma-centred grid (default 2 2 2: cheap and coarse; the fast "
+                        "settings' own 3 3 3 costs about twice as much)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", default="/tmp/matloop-bench-dft/store")
     parser.add_argument("--out", default=str(RESULTS / "dft_confirmation.json"))
+    parser.add_argument("--schema", action="store_true",
+                        help="print the JSON this script writes, from a tiny made-up campaign "
+                        "in memory (no CHGNet, no CP2K); write nothing")
     args = parser.parse_args(argv)
+    if args.schema:
+        print(json.dumps(schema_payload(args), default=str))
+        return
 
     from matloop.config import parse_config
     from matloop.loop import CampaignRun, Progress
@@ -198,8 +214,10 @@ def main(argv=None) -> None:
     run = CampaignRun(parse_config(campaign_config(args)), progress=say)
     run.prepare_references()
     t0 = time.perf_counter()
+    rounds_run_here = 0  # a resumed run finds the campaign's rounds in its store
     while len([r for r in run.store.rounds(run.name) if r.status == "completed"]) < args.rounds:
         run.run_round()
+        rounds_run_here += 1
     campaign_s = time.perf_counter() - t0
     last = run.current_round().round
     picked = pick(run.store.evaluations(run.name), args.threshold, args.k)
@@ -208,7 +226,8 @@ def main(argv=None) -> None:
 
     def write(complete: bool) -> None:
         payload = summarise(run, picked, args.threshold, started, campaign_s, complete)
-        payload["loadavg_start"] = load_start
+        payload["loadavg_start"], payload["k"] = load_start, args.k
+        payload["campaign"]["rounds_run_here"] = rounds_run_here
         write_result(args.out, payload)
         c = payload["confusion"]
         print(f"[{'done' if complete else 'partial'}] verified {payload['n_verified']}: "
@@ -222,6 +241,40 @@ def main(argv=None) -> None:
         run.dft_hull(last)  # relaxes the references the first time, then places everything
         write(complete=False)
     write(complete=True)
+
+
+def schema_payload(args) -> dict:
+    """What ``main`` writes, by the same :func:`summarise`, for a made-up campaign in memory:
+    one ML-stable and one ML-unstable LiF, both verified, and one DFT reference."""
+    from pymatgen.core import Lattice, Structure
+
+    from matloop.config import parse_config
+    from matloop.loop import CampaignRun
+    from matloop.store import DftDoc, EvaluationDoc, MatloopStore, ReferenceDoc
+
+    config = campaign_config(args)
+    config["store"] = "memory://"
+    run = CampaignRun(parse_config(config), MatloopStore("memory://"))
+    rocksalt = Structure(Lattice.cubic(4.0), ["Li", "F"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for cid, e_hull, dft_e_hull in (("a", 0.0, 0.0), ("b", 0.3, 0.2)):
+        run.store.save_evaluations([EvaluationDoc(
+            campaign=run.name, candidate_id=cid, round=1, formula="LiF", energy_per_atom=-4.0,
+            e_above_hull=e_hull, is_stable=e_hull <= args.threshold, is_novel=False,
+            is_unique=True, hull_scheme="schema", hull_version=1)])
+        run.store.save_dft([DftDoc(
+            campaign=run.name, candidate_id=cid, round=1, ok=True, code="cp2k", kind="relax",
+            evidence="dft-relaxed", energy_per_atom=-100.0, converged=True, wall_s=1.0,
+            settings={"code": "cp2k"}, dft_e_above_hull=dft_e_hull,
+            verdict="confirmed" if dft_e_hull <= args.threshold else "refuted")])
+    run.store.save_references([ReferenceDoc(
+        reference_id="element:Li", potential=run.dft_label, formula="Li", chemsys="Li",
+        energy_per_atom=-200.0, structure=rocksalt.as_dict(), source="elemental",
+        settings={"wall_s": 1.0})])
+    picked = pick(run.store.evaluations(run.name), args.threshold, args.k)
+    payload = summarise(run, picked, args.threshold, time.perf_counter(), 0.0, True)
+    payload["loadavg_start"], payload["k"] = loadavg(), args.k
+    payload["campaign"]["rounds_run_here"] = 0
+    return payload
 
 
 if __name__ == "__main__":

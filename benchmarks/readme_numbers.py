@@ -193,13 +193,24 @@ def dft_confirmation(d: dict) -> str:
     state = "" if d["complete"] else " (run cut short: the partial result)"
     return (f"CHGNet stability calls against a CP2K GTH-PBE hull in {d['space']} (≤ "
             f"{d['max_atoms']} atoms, threshold {d['threshold_eV_per_atom']} eV/atom){state}: "
-            f"{d['n_verified']} verified, tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}, "
+            f"{d['n_verified']} verified, tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}; "
+            + _confirmation(d) +
             f"F1 {f1} (Matbench Discovery's CHGNet F1 is 0.612 against MP's VASP-PBE(+U), not "
             f"this hull); mean abs ΔE_hull "
             + ("n/a" if mae is None else f"{1000 * mae:.0f} meV/atom")
             + f"; {t['n']} DFT relaxations, median "
-            + ("n/a" if t["median"] is None else f"{t['median'] / 60:.0f} min")
-            + " each on a shared 2-core CPU")
+            + ("n/a" if t["median"] is None else f"{t['median'] / 60:.1f} min")
+            + " each on a shared 2-core CPU"
+            + (f" (load average {d['loadavg_start'][0]:.0f}–{d['loadavg_end'][0]:.0f})"
+               if d.get("loadavg_start") and d.get("loadavg_end") else ""))
+
+
+def _confirmation(d: dict) -> str:
+    """'confirmation rate 2/3, ' (ML-stable calls the DFT hull confirms), or '' (older files)."""
+    if d.get("confirmation_rate") is None:
+        return ""
+    return (f"confirmation rate {d['confusion']['tp']}/{d['n_ml_stable_verified']} of the "
+            "ML-stable calls, ")
 
 
 #: results file -> (fallback command when the file records none, row renderers)

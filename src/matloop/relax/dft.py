@@ -28,9 +28,11 @@ silicon then takes about a minute on one busy core. These settings exercise the 
 atomate2's defaults, or your own ``input_settings`` (e.g. ``{"cutoff": 400}``) and
 ``kpoints``, for production.
 
-Cell optimisations run on a full Γ-centred k-point grid (:class:`Cp2kCellOptSetGenerator`):
-on a shifted Monkhorst-Pack grid diamond silicon relaxed into a sheared, rhombohedral cell
-(angles 65.5° instead of 60°). Most of a cell optimisation's time goes into the basis: with
+Cell optimisations run on a full Γ-centred k-point grid and keep the starting structure's
+space group (:class:`Cp2kCellOptSetGenerator`): on a shifted Monkhorst-Pack grid diamond
+silicon relaxed into a sheared, rhombohedral cell (angles 65.5° instead of 60°), and
+without the space group kept, soft cells (bcc sodium, a metal-rich chloride) chased a
+spurious shear stress of CP2K's real-space grid until MAX_ITER. Most of a cell optimisation's time goes into the basis: with
 ``fast=True`` plus ``input_settings={"basis_and_potential": {"Si": {"basis":
 "DZVP-MOLOPT-SR-GTH"}}, "cutoff": 300, "rel_cutoff": 50}``, a stretched, distorted 2-atom
 silicon cell relaxes back to diamond (a = 5.50 Å, angles 60 ± 0.1°) in 15 optimiser steps,
@@ -236,7 +238,26 @@ class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
     reversal), with their multiplicities as weights: valid for every cell, and no more
     points than CP2K's own Monkhorst-Pack grid of the same divisions. Explicit k-point
     lists are used as given.
+
+    The optimiser also keeps the space group of the starting structure (CP2K's
+    ``KEEP_SPACE_GROUP``: coordinates, forces and stress are symmetrised with spglib), as
+    VASP does by default. Without it the real-space grid's error in CP2K's analytical
+    stress drives soft cells away: at 300 Ry a cubic bcc sodium cell shows a spurious shear
+    stress of about 0.5 GPa (diagonal 2.7 / 2.5 / 1.9 GPa, unchanged by smearing, EPS_PGF_ORB
+    or k-points; Γ only gives the same shear), sodium's shear modulus C' is about 0.6 GPa, so
+    the cell shears step after step and the optimiser stops at MAX_ITER, unconverged. With
+    the space group kept, a cubic cell relaxes its volume only.
     """
+
+    def get_input_set(self, structure=None, prev_dir=None, optional_files=None) -> Any:
+        """atomate2's input set, with the space group kept during the cell optimisation."""
+        from pymatgen.io.cp2k.inputs import Keyword
+
+        input_set = super().get_input_set(structure, prev_dir, optional_files)
+        motion = input_set.cp2k_input["MOTION"]
+        if motion.check("CELL_OPT"):
+            motion["CELL_OPT"].add(Keyword("KEEP_SPACE_GROUP", True))
+        return input_set
 
     def _get_kpoints(self, structure: Structure, kpoints_updates: dict | None) -> Any:
         from pymatgen.io.vasp import Kpoints
