@@ -117,6 +117,31 @@ def test_relax_maker_writes_an_explicit_gamma_centred_grid() -> None:
     assert summary["run_type"] == "CELL_OPT"
 
 
+@needs_cp2k_data
+def test_cell_optimisation_keeps_the_space_group_and_the_grids() -> None:
+    """Both guard soft and metallic cells at coarse settings (Cp2kCellOptSetGenerator): the
+    space group symmetrises the stress, and a fixed reference cell keeps the real-space grids
+    (and so the energy) from jumping when the cell changes."""
+    import numpy as np
+
+    si = silicon()
+    configure_cp2k()
+    maker = make_dft_maker("cp2k", "relax", fast=True, kpoints=(2, 2, 2))
+    cp2k = maker.input_set_generator.get_input_set(si, optional_files=False).cp2k_input
+    assert cp2k["MOTION"]["CELL_OPT"]["KEEP_SPACE_GROUP"].values[0] is True
+    ref = cp2k["FORCE_EVAL"]["SUBSYS"]["CELL"]["CELL_REF"]
+    matrix = np.array([ref[name].values for name in "ABC"], dtype=float)
+    assert np.allclose(matrix, 1.05 * si.lattice.matrix)
+    text = str(cp2k)
+    assert "&CELL_REF" in text and "KEEP_SPACE_GROUP" in text
+    summary = describe_dft_settings(maker, si)
+    assert summary["keep_space_group"] is True and summary["cell_ref_scale"] == 1.05
+    # a single point has no optimiser to constrain
+    static = make_dft_maker("cp2k", "static", fast=True)
+    text = str(static.input_set_generator.get_input_set(si, optional_files=False).cp2k_input)
+    assert "CELL_REF" not in text and "KEEP_SPACE_GROUP" not in text
+
+
 _CP2K_OUT = """\
  ENERGY| Total FORCE_EVAL ( QS ) energy [a.u.]:               -7.848942193859739
  ATOMIC FORCES in [a.u.]

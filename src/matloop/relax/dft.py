@@ -32,7 +32,8 @@ Cell optimisations run on a full Γ-centred k-point grid and keep the starting s
 space group (:class:`Cp2kCellOptSetGenerator`): on a shifted Monkhorst-Pack grid diamond
 silicon relaxed into a sheared, rhombohedral cell (angles 65.5° instead of 60°), and
 without the space group kept, soft cells (bcc sodium, a metal-rich chloride) chased a
-spurious shear stress of CP2K's real-space grid until MAX_ITER. Most of a cell optimisation's time goes into the basis: with
+spurious shear stress of CP2K's real-space grid until MAX_ITER. Most of a cell
+optimisation's time goes into the basis: with
 ``fast=True`` plus ``input_settings={"basis_and_potential": {"Si": {"basis":
 "DZVP-MOLOPT-SR-GTH"}}, "cutoff": 300, "rel_cutoff": 50}``, a stretched, distorted 2-atom
 silicon cell relaxes back to diamond (a = 5.50 Å, angles 60 ± 0.1°) in 15 optimiser steps,
@@ -66,7 +67,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from atomate2.cp2k.jobs.base import BaseCp2kMaker, cp2k_job
 from atomate2.cp2k.jobs.core import CellOptMaker as _Cp2kCellOptMaker
@@ -239,7 +240,7 @@ class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
     points than CP2K's own Monkhorst-Pack grid of the same divisions. Explicit k-point
     lists are used as given.
 
-    The optimiser also keeps the space group of the starting structure (CP2K's
+    The optimiser keeps the space group of the starting structure (CP2K's
     ``KEEP_SPACE_GROUP``: coordinates, forces and stress are symmetrised with spglib), as
     VASP does by default. Without it the real-space grid's error in CP2K's analytical
     stress drives soft cells away: at 300 Ry a cubic bcc sodium cell shows a spurious shear
@@ -247,16 +248,35 @@ class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
     or k-points; Γ only gives the same shear), sodium's shear modulus C' is about 0.6 GPa, so
     the cell shears step after step and the optimiser stops at MAX_ITER, unconverged. With
     the space group kept, a cubic cell relaxes its volume only.
+
+    The real-space grids stay those of a reference cell (CP2K's ``CELL_REF``: the starting
+    cell, lengths scaled by :attr:`cell_ref_scale`). CP2K otherwise picks new grids whenever
+    the cell changes, and at a coarse cutoff the energy jumps with the number of grid points:
+    measured here, L1_2 Na3Cl at 300 Ry gained 0.49 eV per cell when its grid went from 54 to
+    50 points per axis (a 6 % smaller cell, under a pressure that pointed to shrinking), so
+    the optimiser met energies that contradict the stress and never converged.
     """
 
+    #: Lengths of the reference cell for the grids, relative to the starting cell: a little
+    #: larger, so a cell that grows during the optimisation keeps at least the nominal cutoff.
+    cell_ref_scale: ClassVar[float] = 1.05
+
     def get_input_set(self, structure=None, prev_dir=None, optional_files=None) -> Any:
-        """atomate2's input set, with the space group kept during the cell optimisation."""
-        from pymatgen.io.cp2k.inputs import Keyword
+        """atomate2's input set, with the space group and the grids kept during the cell
+        optimisation."""
+        from pymatgen.io.cp2k.inputs import Keyword, Section
 
         input_set = super().get_input_set(structure, prev_dir, optional_files)
-        motion = input_set.cp2k_input["MOTION"]
-        if motion.check("CELL_OPT"):
-            motion["CELL_OPT"].add(Keyword("KEEP_SPACE_GROUP", True))
+        cp2k = input_set.cp2k_input
+        if cp2k["MOTION"].check("CELL_OPT"):
+            cp2k["MOTION"]["CELL_OPT"].add(Keyword("KEEP_SPACE_GROUP", True))
+        if structure is not None and cp2k.check("FORCE_EVAL/SUBSYS/CELL"):
+            matrix = structure.lattice.matrix * self.cell_ref_scale
+            cp2k["FORCE_EVAL"]["SUBSYS"]["CELL"].insert(Section(
+                "CELL_REF", subsections={},
+                keywords={name: Keyword(name, *(float(x) for x in row))
+                          for name, row in zip("ABC", matrix, strict=True)},
+            ))
         return input_set
 
     def _get_kpoints(self, structure: Structure, kpoints_updates: dict | None) -> Any:
@@ -556,6 +576,12 @@ def describe_dft_settings(maker: Maker, structure: Structure) -> dict[str, Any]:
                 summary["spin_polarized"] = bool(cp2k.kwargs.get("spin_polarized", True))
                 summary["kpoints"] = _describe_kpoints(cp2k.kpoints)
                 summary["run_type"] = str(cp2k["GLOBAL"]["RUN_TYPE"].values[0])
+                if summary["run_type"] == "CELL_OPT":  # grids and symmetry change the energy
+                    summary["keep_space_group"] = cp2k.check("MOTION/CELL_OPT") and bool(
+                        cp2k["MOTION"]["CELL_OPT"].get("KEEP_SPACE_GROUP"))
+                    summary["cell_ref_scale"] = (
+                        getattr(maker.input_set_generator, "cell_ref_scale", None)
+                        if cp2k.check("FORCE_EVAL/SUBSYS/CELL/CELL_REF") else None)
             elif code == "vasp":
                 summary["command"] = maker.run_vasp_kwargs.get("vasp_cmd")
                 inp = maker.input_set_generator.get_input_set(structure, potcar_spec=True)
