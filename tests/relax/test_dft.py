@@ -136,6 +136,13 @@ def test_cell_optimisation_keeps_the_space_group_and_the_grids() -> None:
     assert "&CELL_REF" in text and "KEEP_SPACE_GROUP" in text
     summary = describe_dft_settings(maker, si)
     assert summary["keep_space_group"] is True and summary["cell_ref_scale"] == 1.05
+    # a molecular crystal keeps its cell (PBE barely binds it): ions only
+    chlorine = Structure(Lattice.cubic(5.0), ["Cl", "Cl"], [[0, 0, 0], [0.4, 0, 0]])
+    cp2k = maker.input_set_generator.get_input_set(chlorine, optional_files=False).cp2k_input
+    assert cp2k["GLOBAL"]["RUN_TYPE"].values[0] == "GEO_OPT"
+    assert not cp2k["MOTION"].check("CELL_OPT") and cp2k["MOTION"].check("GEO_OPT")
+    assert cp2k["MOTION"]["GEO_OPT"]["MAX_ITER"].values[0] == 30
+    assert describe_dft_settings(maker, chlorine)["run_type"] == "GEO_OPT"
     # a single point has no optimiser to constrain
     static = make_dft_maker("cp2k", "static", fast=True)
     text = str(static.input_set_generator.get_input_set(si, optional_files=False).cp2k_input)

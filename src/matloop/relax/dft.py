@@ -92,6 +92,7 @@ __all__ = [
     "cp2k_command",
     "describe_dft_settings",
     "gamma_centred_kpoints",
+    "is_molecular_crystal",
     "make_dft_maker",
     "verify_with_dft",
 ]
@@ -255,6 +256,13 @@ class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
     measured here, L1_2 Na3Cl at 300 Ry gained 0.49 eV per cell when its grid went from 54 to
     50 points per axis (a 6 % smaller cell, under a pressure that pointed to shrinking), so
     the optimiser met energies that contradict the stress and never converged.
+
+    A crystal of a molecular element (H2, N2, O2, F2, Cl2, Br2, I2, or a noble gas) keeps its
+    cell and relaxes its atoms only (GEO_OPT): PBE without a dispersion correction barely binds
+    such crystals, so a cell optimisation expands them step after step (measured: a Cl2
+    crystal grew from 57.8 to 93 Å^3 per cell in 10 steps and was still growing). The energy
+    of the given (ML-relaxed) packing differs from that of free molecules by the weak
+    intermolecular binding.
     """
 
     #: Lengths of the reference cell for the grids, relative to the starting cell: a little
@@ -270,6 +278,11 @@ class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
         cp2k = input_set.cp2k_input
         if cp2k["MOTION"].check("CELL_OPT"):
             cp2k["MOTION"]["CELL_OPT"].add(Keyword("KEEP_SPACE_GROUP", True))
+            if structure is not None and is_molecular_crystal(structure):
+                optimiser = cp2k["MOTION"].subsections.pop("CELL_OPT")
+                optimiser.name = "GEO_OPT"
+                cp2k["MOTION"].insert(optimiser)
+                cp2k["GLOBAL"]["RUN_TYPE"] = Keyword("RUN_TYPE", "GEO_OPT")
         if structure is not None and cp2k.check("FORCE_EVAL/SUBSYS/CELL"):
             matrix = structure.lattice.matrix * self.cell_ref_scale
             cp2k["FORCE_EVAL"]["SUBSYS"]["CELL"].insert(Section(
@@ -291,6 +304,23 @@ class Cp2kCellOptSetGenerator(_CellOptSetGenerator):
             if divisions != (1, 1, 1):
                 return gamma_centred_kpoints(divisions)
         return kpoints
+
+
+def is_molecular_crystal(structure: Structure) -> bool:
+    """A crystal of one molecular element (H, N, O, F, Cl, Br, I) or noble gas.
+
+    Examples
+    --------
+    >>> from pymatgen.core import Lattice
+    >>> is_molecular_crystal(Structure(Lattice.cubic(5), ["Cl", "Cl"], [[0, 0, 0], [.4, 0, 0]]))
+    True
+    >>> is_molecular_crystal(Structure(Lattice.cubic(4), ["Na"], [[0, 0, 0]]))
+    False
+    """
+    from matloop.relax.references import DIMER_BOND_LENGTHS
+
+    molecular = {*DIMER_BOND_LENGTHS, "He", "Ne", "Ar", "Kr", "Xe", "Rn"}
+    return len(structure.symbol_set) == 1 and set(structure.symbol_set) <= molecular
 
 
 def gamma_centred_kpoints(divisions: tuple[int, int, int]) -> Any:
