@@ -38,21 +38,6 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = f"skipped, but MATLOOP_STRICT_SKIPS=1 requires it to run: {reason}"
 
 
-# Tests marked long_dft (real CP2K hulls of several cells: over an hour on a busy 2-core
-# machine, not yet timed on a quiet one) run only with MATLOOP_LONG_DFT=1. They are deselected,
-# not skipped, so the run lists them as deselected and strict mode is not misled.
-LONG_DFT = os.environ.get("MATLOOP_LONG_DFT") == "1"
-
-
-def pytest_collection_modifyitems(config, items):
-    if LONG_DFT:
-        return
-    long = [item for item in items if item.get_closest_marker("long_dft")]
-    if long:
-        config.hook.pytest_deselected(items=long)
-        items[:] = [item for item in items if not item.get_closest_marker("long_dft")]
-
-
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
