@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DFT_RECIPE",
     "DftHull",
     "ReferenceChoice",
     "choose_references",
@@ -63,12 +64,19 @@ def dft_label_of(dft: Mapping[str, Any]) -> str:
     Examples
     --------
     >>> dft_label_of({"code": "cp2k", "kind": "relax", "fast": True})
-    'CP2K relax 7dd0fe470f21'
+    'CP2K relax f8f5bc7e6cb4'
     """
     return dft_label(dft.get("code", "cp2k"), dft.get("kind", "relax"), {
         "fast": bool(dft.get("fast", False)), "kpoints": dft.get("kpoints"),
         "settings": dict(dft.get("settings") or {}),
+        # matloop's own input changes that move energies (2: CP2K cell optimisations keep the
+        # space group and the grids, molecular crystals their cell): older references differ
+        "recipe": DFT_RECIPE,
     })
+
+
+#: Version of matloop's DFT inputs beyond the campaign's settings, part of every DFT label.
+DFT_RECIPE = 2
 
 
 @dataclass(frozen=True)
