@@ -405,9 +405,9 @@ def test_a_real_cp2k_dft_hull_of_na_cl(monkeypatch, tmp_path) -> None:
 
     Five tiny CP2K relaxations (1 or 2 atoms, DZVP-MOLOPT-SR basis, 300 Ry, Gamma 2x2x2;
     cells keep their space group and grids, chlorine keeps its cell), 3 to 8 optimiser steps
-    each. Measured with L1_2 Na3Cl (4 atoms) as the unstable candidate: 267 s of CPU in all
-    (one core), 11 to 14 min of wall time on the shared 2-core machine at load average 6 to
-    12. Before the space group and the grids were kept, bcc Na and Na3Cl never converged (a
+    each. Measured: 218 s of CPU in all (one core), 8.1 min of wall time on the shared 2-core
+    machine at load average 4 to 9 (with 4-atom Na3Cl as the unstable candidate: 267 s, 11 to
+    14 min at load 6 to 12). Before the space group and the grids were kept, bcc Na and Na3Cl never converged (a
     spurious shear stress; energy jumps when CP2K re-gridded), and the Cl2 cell expanded step
     after step: the test failed after 20 minutes and more.
     """
