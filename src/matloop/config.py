@@ -145,7 +145,8 @@ class RelaxerConfig(_Strict):
     batched: bool = Field(
         False,
         description="Relax many candidates together in one torch state, on CUDA when present "
-        "(matloop.relax.batched; CHGNet and the local executor only). Same relaxed structures "
+        "(matloop.relax.batched; CHGNet only; in chunks on workers with executor dask or "
+        "fireworks, see docs/cluster.md). Same relaxed structures "
         "and energies as one atomate2 job per candidate, faster",
     )
     batch_size: int = Field(
@@ -159,10 +160,11 @@ class RelaxerConfig(_Strict):
                 f"batched: true relaxes with CHGNet only, not potential: {self.potential} "
                 "(set batched: false, or potential: CHGNet)"
             )
-        if self.batched and self.executor != "local":
+        if self.batched and self.executor == "jobflow-remote":
             raise ValueError(
-                f"batched: true relaxes in this process; executor must be local, not "
-                f"{self.executor!r} (set batched: false to fan jobs out)"
+                "batched: true runs in this process (executor: local) or in chunks on "
+                "executor: dask or fireworks; jobflow-remote runs one job per crystal "
+                "(set batched: false, or executor: dask)"
             )
         return self
 
