@@ -50,7 +50,9 @@ class BatchedChunkTask(FiretaskBase):
     def run_task(self, fw_spec: dict) -> FWAction:
         from pymatgen.core import Structure
 
-        items = [(cid, Structure.from_dict(s)) for cid, s in self["items"]]
+        # FireWorks may already have turned the structure dicts back into Structures
+        items = [(cid, s if isinstance(s, Structure) else Structure.from_dict(s))
+                 for cid, s in self["items"]]  # fmt: skip
         record = relax_chunk(items, dict(self["settings"]), None, self.get("relax_kwargs"))
         return FWAction(stored_data={"chunk": record})
 
@@ -135,8 +137,9 @@ class FireWorksBatchedRelaxer:
         ]  # fmt: skip
         executor = self._executor()
         lpad = _launchpad(self.launchpad)
+        temporary = [fw.fw_id for fw in fireworks]  # add_wf renumbers the fireworks
         fw_ids = lpad.add_wf(Workflow(fireworks, name="matloop batched relax"))
-        ids = [fw_ids[fw.fw_id] for fw in fireworks]
+        ids = [fw_ids[i] for i in temporary]
         if self.launch == "rapidfire":
             lpad = executor.rapidfire(lpad, len(ids))
         waiting = dict(zip(ids, chunks, strict=True))
