@@ -173,9 +173,9 @@ class RelaxerConfig(_Strict):
             )
         if self.batched and self.executor == "jobflow-remote":
             raise ValueError(
-                "batched: true runs in this process (executor: local) or in chunks on "
-                "executor: dask or fireworks; jobflow-remote runs one job per crystal "
-                "(set batched: false, or executor: dask)"
+                "batched: true runs in this process; in chunks on executor: dask or "
+                "fireworks; jobflow-remote runs one job per crystal (set batched: false, or "
+                "executor: dask)"
             )
         if self.batched and self.executor in BATCHED_EXECUTOR_SETTINGS:
             known = BATCHED_EXECUTOR_SETTINGS[self.executor]

@@ -133,3 +133,33 @@ def test_a_fireworks_chunk_runs_the_batched_relaxer_through_rlaunch(tmp_path: Pa
     first, second = sorted(chunks, key=lambda c: -c["model_load_s"])
     assert second["model_load_s"] < 0.1 * first["model_load_s"]
     assert (tmp_path / "work" / "worker-0").is_dir()
+
+
+def test_slurm_templates_give_one_worker_per_gpu_and_single_threaded_cpu_workers() -> None:
+    """``infra/dask/batched.yaml`` renders the job scripts docs/cluster.md describes."""
+    import copy
+
+    import dask.config
+    import dask_jobqueue  # noqa: F401  (its defaults enter dask's configuration)
+
+    infra = Path(__file__).resolve().parents[2] / "infra" / "dask"
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        dask.config.update(dask.config.config, dask.config.collect(paths=[str(infra)], env={}),
+                           priority="new")  # fmt: skip
+        from dask_jobqueue import SLURMCluster
+
+        scripts = {}
+        for name in ("slurm-gpu", "slurm-cpu"):
+            with SLURMCluster(config_name=name) as cluster:
+                scripts[name] = cluster.job_script()
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+    gpu, cpu = scripts["slurm-gpu"], scripts["slurm-cpu"]
+    assert "#SBATCH --gres=gpu:1" in gpu and "--nworkers" not in gpu  # one worker per GPU
+    assert "--nthreads 1" in gpu and "--cpus-per-task=8" in gpu  # one chunk at a time
+    assert "--gres" not in cpu and "--nthreads 1" in cpu and "--nworkers 4" in cpu
+    assert 'CUDA_VISIBLE_DEVICES=""' in cpu
+    for script in scripts.values():
+        assert "infra/slurm/env.sh" in script
