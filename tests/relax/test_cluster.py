@@ -75,8 +75,8 @@ def test_chunks_cover_every_item_once() -> None:
     assert [len(c) for c in chunks] == [4, 4, 3]
     assert [i for c in chunks for i in c] == items
     relaxer = DaskBatchedRelaxer(batch_size=32)
-    assert relaxer._chunk_size(64, 2) == 32  # a full batch per chunk
-    assert relaxer._chunk_size(10, 4) == 3  # every worker gets work
+    assert relaxer.chunk_size_for(64, 2) == 32  # a full batch per chunk
+    assert relaxer.chunk_size_for(10, 4) == 3  # every worker gets work
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
         DaskBatchedRelaxer(chunk_size=0)
 

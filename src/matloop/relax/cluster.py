@@ -303,12 +303,14 @@ class DaskBatchedRelaxer:
         device = self.device
         return client.run(_load_model_seconds, device)
 
-    def _settings(self) -> dict[str, Any]:
+    def chunk_settings(self) -> dict[str, Any]:
+        """The :class:`~matloop.relax.batched.BatchedRelaxer` fields each chunk runs with."""
         return {"fmax": self.fmax, "steps": self.steps, "relax_cell": self.relax_cell,
                 "batch_size": self.batch_size, "max_atoms": self.max_atoms,
                 "device": self.device}  # fmt: skip
 
-    def _chunk_size(self, n_items: int, n_workers: int) -> int:
+    def chunk_size_for(self, n_items: int, n_workers: int) -> int:
+        """Crystals per chunk for ``n_items`` over ``n_workers``."""
         if self.chunk_size:
             return self.chunk_size
         return max(1, min(self.batch_size, -(-n_items // max(1, n_workers))))
@@ -331,13 +333,13 @@ class DaskBatchedRelaxer:
         topic = f"matloop-relax-{uuid.uuid4().hex}"
         arrived: queue.SimpleQueue = queue.SimpleQueue()
         client.subscribe_topic(topic, lambda event: arrived.put(event[1]["outcome"]))
-        settings = self._settings()
+        settings = self.chunk_settings()
         relax_kwargs = {"num_threads": self.num_threads}
         attempts = dict.fromkeys(structures, 0)
 
         def submit(ids: list[str]) -> dict:
             futures = {}
-            for chunk in chunked(ids, self._chunk_size(len(ids), n_workers)):
+            for chunk in chunked(ids, self.chunk_size_for(len(ids), n_workers)):
                 for cid in chunk:
                     attempts[cid] += 1
                 future = client.submit(relax_chunk, [(cid, structures[cid]) for cid in chunk],
