@@ -421,6 +421,19 @@ class DaskBatchedRelaxer:
             for future in running:
                 future.cancel()
             client.unsubscribe_topic(topic)
+            # the scheduler keeps events until told: a long-lived one would hold every
+            # outcome of every round
+            with contextlib.suppress(Exception):
+                client.run_on_scheduler(_forget_topics, [topic, f"{topic}/done"])
+
+
+def _forget_topics(topics: list[str], dask_scheduler=None) -> None:
+    """Dask ``run_on_scheduler`` target: drop the events of ``topics`` (distributed has no
+    public call for it: its scheduler's event broker, guarded by the caller)."""
+    broker = dask_scheduler._broker
+    for topic in topics:
+        broker.truncate(topic)
+        broker._topics.pop(topic, None)
 
 
 def _load_model_seconds(device: str | None) -> float:
