@@ -159,8 +159,13 @@ def measure(args: argparse.Namespace, items: list) -> dict:
     trips = two["dispatch_round_trip_s"] or [0.0]
     report = {
         "n": len(items),
-        "settings": {"fmax": args.fmax, "steps": args.steps, "batch_size": args.batch_size,
-                     "device": args.device or "cpu", "threads_per_worker": 1},
+        "settings": {
+            "fmax": args.fmax,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "device": args.device or "cpu",
+            "threads_per_worker": 1,
+        },
         "paths": paths,
         "ratios": {
             "dask_2_over_dask_1": two["crystals_per_s"] / one["crystals_per_s"],
@@ -175,8 +180,9 @@ def measure(args: argparse.Namespace, items: list) -> dict:
             / max(1, len(one["chunk_in_worker_overhead_s"])),
         },
         "agreement": {"dask_1": agreement(local, found[1]), "dask_2": agreement(local, found[2])},
-        "scaling_on_paper": scaling_on_paper(args.gpu_rate, args.gpu_chunk, overhead,
-                                             args.nodes, args.gpus_per_node),  # fmt: skip
+        "scaling_on_paper": scaling_on_paper(
+            args.gpu_rate, args.gpu_chunk, overhead, args.nodes, args.gpus_per_node
+        ),  # fmt: skip
     }
     print(f"2 workers / 1 worker: {report['ratios']['dask_2_over_dask_1']:.2f}x (target 1.7x); "
           f"overhead per chunk {overhead:.2f} s; load {_load()}")  # fmt: skip
@@ -185,28 +191,44 @@ def measure(args: argparse.Namespace, items: list) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--csv", type=Path, default=None,
-                   help="crystals table (default: known_crystals_mp.csv.gz in the shared data)")
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="crystals table (default: known_crystals_mp.csv.gz in the shared data)",
+    )
     p.add_argument("--shared-data", default=None, help="shared data folder")
     p.add_argument("--n", type=int, default=64, help="crystals to relax (default 64)")
     p.add_argument("--max-atoms", type=int, default=20)
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="crystals per chunk and per batch (default 16)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="crystals per chunk and per batch (default 16)"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument("--dispatch-trips", type=int, default=5,
-                   help="empty chunks sent to time the dispatch round trip")
-    p.add_argument("--gpu-rate", type=float, default=5.1,
-                   help="crystals/s of one GPU for scaling_on_paper (H200, batched: 5.1)")
+    p.add_argument(
+        "--dispatch-trips",
+        type=int,
+        default=5,
+        help="empty chunks sent to time the dispatch round trip",
+    )
+    p.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=5.1,
+        help="crystals/s of one GPU for scaling_on_paper (H200, batched: 5.1)",
+    )
     p.add_argument("--gpu-chunk", type=int, default=64, help="chunk size on a GPU (on paper)")
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--gpus-per-node", type=int, default=4)
     p.add_argument("--output", type=Path, default=OUT)
-    p.add_argument("--schema", action="store_true",
-                   help="run the same code on two tiny made-up crystals, 3 steps, and print "
-                        "the JSON it would write (for tests/benchmarks/test_results_schema.py)")
+    p.add_argument(
+        "--schema",
+        action="store_true",
+        help="run the same code on two tiny made-up crystals, 3 steps, and print "
+        "the JSON it would write (for tests/benchmarks/test_results_schema.py)",
+    )
     args = p.parse_args()
 
     import torch
