@@ -123,7 +123,8 @@ def relax_chunk(
     dict
         ``outcomes`` (JSON dumps of the outcomes relaxed here), ``skipped`` (ids relaxed
         before), and where and how it ran: ``worker``, ``host``, ``pid``, ``device``,
-        ``model_load_s`` (0 when the model was already warm), ``relax_s``, ``wall_s``.
+        ``model_load_s`` (0 when the model was already warm), ``relax_s``, ``relax_cpu_s``,
+        ``wall_s``.
     """
     from matloop.relax.batched import BatchedRelaxer, load_chgnet
 
@@ -157,7 +158,7 @@ def relax_chunk(
                                      .model_dump(mode="json")})  # fmt: skip
             worker.log_event(f"{topic}/done", {"ids": [out.candidate_id]})
 
-    relax_start = time.perf_counter()
+    relax_start, cpu_start = time.perf_counter(), time.process_time()
     outcomes = []
     if todo:
         relaxer = BatchedRelaxer(**settings, device=device, model=model)
@@ -175,6 +176,7 @@ def relax_chunk(
         "n": len(todo),
         "model_load_s": model_load_s,
         "relax_s": end - relax_start,
+        "relax_cpu_s": time.process_time() - cpu_start,  # this process's CPU seconds
         "wall_s": end - start,
     }
 
