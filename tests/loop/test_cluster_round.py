@@ -159,7 +159,12 @@ def test_a_worker_killed_mid_chunk_costs_only_its_unfinished_crystals(dask_relax
     by_id = {r.candidate_id: r for r in relaxations}
     assert by_id[ids[0]].reason.startswith("atoms too close")
     assert all(by_id[cid].ok for cid in ids[1:]), relaxations
-    # the killed chunk ran again elsewhere and skipped the crystal it had already finished
+    # the killed chunk's unfinished crystals were relaxed by another worker process ...
+    killed_address = by_id[ids[0]].worker
+    assert {by_id[cid].worker for cid in ids[1:3]} - {killed_address}, relaxations
+    # ... and the one it had finished was not relaxed again: Dask reran the chunk, which
+    # skipped it, or (Dask gave up on the chunk) only the unfinished ones were resubmitted
     rerun = [c for c in dask_relaxer.chunks if c["skipped"]]
-    assert rerun and ids[0] in rerun[0]["skipped"] and rerun[0]["pid"] != killed[0]
-    assert dask_relaxer.duplicates == 0
+    assert (rerun and ids[0] in rerun[0]["skipped"] and rerun[0]["pid"] != killed[0]) or (
+        0 < dask_relaxer.resubmitted <= 2), (dask_relaxer.chunks, dask_relaxer.resubmitted)
+    assert dask_relaxer.duplicates == 0  # no crystal's outcome was published twice

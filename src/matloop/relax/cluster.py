@@ -19,8 +19,9 @@ How it keeps the loop's promises
   yields it at once, so the relax step stores it and advances its progress bar while other
   crystals are still relaxing, across all workers.
 - **A worker that dies.** Dask reruns its chunk on another worker; the rerun first reads
-  which of its crystals were already published and skips them, so only the unfinished ones
-  are relaxed again. A chunk that fails outright (``KilledWorker`` after Dask's allowed
+  which of its crystals the campaign process already has (it marks each one answered on the
+  scheduler before storing it) and skips them, so only the unfinished ones are relaxed
+  again. A chunk that fails outright (``KilledWorker`` after Dask's allowed
   failures, an error) has its unfinished crystals resubmitted, up to ``max_attempts`` times,
   then they fail with the reason. An outcome that arrives twice is stored once.
 
@@ -113,8 +114,8 @@ def relax_chunk(
         is used.
     topic : str, optional
         On a Dask worker, each outcome is published as an event on this topic the moment it
-        finishes, and crystals already published there (by an earlier attempt of the chunk
-        on a worker that died) are skipped.
+        finishes, and crystals the campaign process has marked answered on ``TOPIC/done``
+        (finished by an earlier attempt of the chunk, on a worker that died) are skipped.
     relax_kwargs : dict, optional
         Keyword arguments of :meth:`BatchedRelaxer.relax` (``num_threads``, checks).
 
@@ -156,7 +157,6 @@ def relax_chunk(
         if worker is not None and topic:
             worker.log_event(topic, {"outcome": out.model_copy(update={"worker": label})
                                      .model_dump(mode="json")})  # fmt: skip
-            worker.log_event(f"{topic}/done", {"ids": [out.candidate_id]})
 
     relax_start, cpu_start = time.perf_counter(), time.process_time()
     outcomes = []
@@ -236,6 +236,8 @@ class DaskBatchedRelaxer:
     chunks: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     #: outcomes that arrived for a crystal already answered (stored once, counted here)
     duplicates: int = field(default=0, init=False)
+    #: crystals sent out again after their chunk failed (a worker died too often, ...)
+    resubmitted: int = field(default=0, init=False)
     _client: Any = field(default=None, init=False, repr=False)
     _cluster: Any = field(default=None, init=False, repr=False)
 
@@ -349,17 +351,22 @@ class DaskBatchedRelaxer:
                 futures[future] = chunk
             return futures
 
-        def take(data: dict, event: bool = True) -> RelaxOutcome | None:
-            """The outcome, unless its crystal is answered already (a chunk's record repeats
-            its events; an event twice means a crystal was relaxed twice)."""
-            cid = data["candidate_id"]
-            if event:
-                self.duplicates += cid in heard
-                heard.add(cid)
-            if cid not in pending:
-                return None
-            pending.discard(cid)
-            return outcome_from_json(data)
+        def take(data: list[dict], event: bool = True) -> list[RelaxOutcome]:
+            """The outcomes of crystals not yet answered, marked answered on the scheduler
+            before they are handed over (a rerun chunk skips them). A chunk's record repeats
+            its events; an event twice means a crystal was relaxed twice."""
+            fresh = []
+            for d in data:
+                cid = d["candidate_id"]
+                if event:
+                    self.duplicates += cid in heard
+                    heard.add(cid)
+                if cid in pending:
+                    pending.discard(cid)
+                    fresh.append(outcome_from_json(d))
+            if fresh:
+                client.log_event(f"{topic}/done", {"ids": [o.candidate_id for o in fresh]})
+            return fresh
 
         def resubmit(left: list[str], reason: str) -> Iterator[RelaxOutcome]:
             """Send unfinished crystals out again, or fail those out of attempts."""
@@ -370,18 +377,20 @@ class DaskBatchedRelaxer:
                     yield RelaxOutcome(candidate_id=cid, ok=False, reason=reason,
                                        potential=self.potential, wall_s=0.0)  # fmt: skip
             if retry:
+                self.resubmitted += len(retry)
                 running.update(submit(retry))
 
         running = submit([cid for cid, _ in items])
         try:
             while pending:
-                try:  # outcomes stream in as crystals finish, on any worker
-                    out = take(arrived.get(timeout=POLL_S))
-                    if out is not None:
-                        yield out
+                arrivals = []  # outcomes stream in as crystals finish, on any worker
+                with contextlib.suppress(queue.Empty):
+                    arrivals.append(arrived.get(timeout=POLL_S))
+                    while True:
+                        arrivals.append(arrived.get_nowait())
+                if arrivals:
+                    yield from take(arrivals)
                     continue
-                except queue.Empty:
-                    pass
                 for future in [f for f in running if f.done()]:
                     chunk = running.pop(future)
                     reason = "dask chunk finished without this crystal's outcome"
@@ -393,22 +402,11 @@ class DaskBatchedRelaxer:
                     if record is not None:
                         self.chunks.append({k: v for k, v in record.items()
                                             if k != "outcomes"})  # fmt: skip
-                        for data in record["outcomes"]:  # any whose event is still on its way
-                            if (out := take(data, event=False)) is not None:
-                                yield out
-                    left = [cid for cid in chunk if cid in pending]
-                    if record is not None:
-                        # published by an earlier attempt: its event is in flight or in the log
-                        left = [cid for cid in left if cid not in record["skipped"]]
-                    yield from resubmit(left, reason)
-                if not running and pending:
-                    # every chunk is done: what is missing was published but not yet heard
-                    for _, msg in client.get_events(topic):
-                        if (out := take(msg["outcome"], event=False)) is not None:
-                            yield out
-                    yield from resubmit(
-                        sorted(pending), "dask chunks finished without this crystal's outcome"
-                    )
+                        # any whose event is still on its way
+                        yield from take(record["outcomes"], event=False)
+                    yield from resubmit([cid for cid in chunk if cid in pending], reason)
+                if not running and pending:  # cannot happen; never wait forever
+                    yield from resubmit(sorted(pending), "dask chunks finished without it")
             # every crystal is answered: the chunks still running are finishing (or skip
             # everything); keep their records for the timings
             from distributed import wait
