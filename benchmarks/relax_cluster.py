@@ -211,6 +211,21 @@ def measure(args: argparse.Namespace, items: list) -> dict:
     return report
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send stdout to stderr, this process's and its children's (the Dask workers print)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -260,7 +275,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if args.schema:
         items, args.steps, args.dispatch_trips = schema_crystals(), 3, 1
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
+        with stdout_to_stderr():  # stdout is the JSON
             report = measure(args, items)
         json.dump(report, sys.stdout, indent=1, default=float)
         print()
