@@ -407,9 +407,9 @@ def test_a_real_cp2k_dft_hull_of_na_cl(monkeypatch, tmp_path) -> None:
     cells keep their space group and grids, chlorine keeps its cell), 3 to 8 optimiser steps
     each. Measured: 218 s of CPU in all (one core), 8.1 min of wall time on the shared 2-core
     machine at load average 4 to 9 (with 4-atom Na3Cl as the unstable candidate: 267 s, 11 to
-    14 min at load 6 to 12). Before the space group and the grids were kept, bcc Na and Na3Cl never converged (a
-    spurious shear stress; energy jumps when CP2K re-gridded), and the Cl2 cell expanded step
-    after step: the test failed after 20 minutes and more.
+    14 min at load 6 to 12). Before the space group and the grids were kept, bcc Na and Na3Cl
+    never converged (a spurious shear stress; energy jumps when CP2K re-gridded), and the Cl2
+    cell expanded step after step: the test failed after 20 minutes and more.
     """
     from matloop.results.export import export_campaign, recompute_hull
     from matloop.store import ReferenceDoc
