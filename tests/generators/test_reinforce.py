@@ -158,3 +158,56 @@ def test_clipping_bounds_repeated_steps_on_one_batch():
         reinforce_step(policy, u, rewards, steps=40, lr=0.1, kl_weight=0.0, clip=clip)
         moved[clip] = float(policy.mu[0])
     assert 0 < moved[0.05] < moved[10.0]
+
+
+def test_reinforce_step_defaults_are_the_documented_ones():
+    """Called without settings, one update uses the documented ones (10 steps, lr 0.05, KL
+    weight 0.05, baseline momentum 0.8, clip 0.2): three batches with different rewards, so
+    the baseline's momentum and the clipping of repeated steps both shape the result."""
+    u = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+    batches = [(u[:, 0] > 0).float(), (u[:, 1] > 0).float(), torch.ones(32)]
+    implicit, explicit = LatentPolicy(2), LatentPolicy(2)
+    documented = {"steps": 10, "lr": 0.05, "kl_weight": 0.05, "baseline_momentum": 0.8,
+                  "clip": 0.2}  # fmt: skip
+    for rewards in batches:
+        reinforce_step(implicit, u, rewards)
+        reinforce_step(explicit, u, rewards, **documented)
+    a, b = implicit.state_dict(), explicit.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reinforce_step_learns_the_anchor_choice_only_given_anchors_and_pool():
+    u = torch.randn(40, 2, generator=torch.Generator().manual_seed(3))
+    anchors = torch.arange(40) % 4
+    rewards = (anchors == 1).float()
+    pool = torch.tensor([True, True, True, False])
+    settings = {"steps": 10, "lr": 0.1, "kl_weight": 0.05}
+    policy = LatentPolicy(2, n_anchors=4)
+    reinforce_step(policy, u, rewards, anchors=anchors % 3, pool=pool, **settings)
+    logits = policy.anchor_logits.detach()
+    assert float(logits[1]) > max(float(logits[0]), float(logits[2])) + 0.1
+    assert float(logits[3]) == 0.0  # outside the pool: never drawn, never learned
+    # without anchors or pool, or for a policy without an anchor choice, only the
+    # Gaussian learns, exactly as it does alone
+    alone = LatentPolicy(2)
+    reinforce_step(alone, u, rewards, **settings)
+    for given in ({"anchors": anchors % 3}, {"pool": pool}):
+        other = LatentPolicy(2, n_anchors=4)
+        reinforce_step(other, u, rewards, **given, **settings)
+        assert torch.equal(other.anchor_logits.detach(), torch.zeros(4)), given
+        assert torch.equal(other.mu, alone.mu) and torch.equal(other.log_std, alone.log_std)
+    plain = LatentPolicy(2)
+    reinforce_step(plain, u, rewards, anchors=anchors % 3, pool=pool, **settings)
+    assert torch.equal(plain.mu, alone.mu) and torch.equal(plain.log_std, alone.log_std)
+
+
+def test_reinforce_step_takes_double_actions_and_integer_rewards():
+    """Actions and rewards are cast to float32: a float64 batch with 0/1 integer rewards
+    teaches the policy exactly what the float32 batch does."""
+    u = torch.randn(16, 2, generator=torch.Generator().manual_seed(4))
+    rewards = u[:, 0] > 0
+    single, double = LatentPolicy(2), LatentPolicy(2)
+    reinforce_step(single, u, rewards.float())
+    reinforce_step(double, u.double(), rewards.long())
+    a, b = single.state_dict(), double.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
