@@ -49,10 +49,16 @@ TARGETS: dict[str, dict] = {
             "test_policy_densities_match_torch_distributions",
             "test_the_baseline_is_a_moving_average_of_rewards",
             "test_clipping_bounds_repeated_steps_on_one_batch",
-            "test_reinforce_step_defaults_are_the_documented_ones")]
+            "test_reinforce_step_defaults_are_the_documented_ones",
+            "test_reinforce_step_learns_the_anchor_choice_only_given_anchors_and_pool",
+            "test_reinforce_step_takes_double_actions_and_integer_rewards")]
         + [f"tests/generators/test_learning.py::{t}" for t in (
             "test_reinforce_raises_the_policy_likelihood_of_rewarded_actions",
-            "test_reinforce_defaults_are_the_documented_ones")],
+            "test_reinforce_defaults_are_the_documented_ones",
+            "test_reinforce_keeps_learning_in_one_policy",
+            "test_reinforce_favours_the_anchors_of_rewarded_crystals",
+            "test_reinforce_without_a_remembered_anchor_skips_it",
+            "test_reinforce_recovers_forgotten_actions_with_the_encoder")],
     },
     "finetune": {
         "file": "matloop/generators/torch_common.py",
@@ -152,10 +158,9 @@ def run_target(name: str, target: dict, time_limit_s: float, mutmut: str, jobs: 
         wanted = {k: [m for m in v if any(_match(m, g) for g in globs)]
                   for k, v in by_status.items()}  # fmt: skip
         survived = []
+        shown = mutant_diffs(wanted.get("survived", []), work, env)
         for mutant in wanted.get("survived", []):
-            shown = subprocess.run([mutmut, "show", mutant], cwd=work, env=env,
-                                   capture_output=True, text=True, timeout=120).stdout  # fmt: skip
-            diff = [line for line in shown.splitlines()
+            diff = [line for line in shown[mutant].splitlines()
                     if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
             survived.append({"mutant": mutant, "diff": "\n".join(diff),
                              "equivalent": EQUIVALENT.get(mutant)})  # fmt: skip
@@ -178,6 +183,24 @@ def run_target(name: str, target: dict, time_limit_s: float, mutmut: str, jobs: 
         "load_avg_1_5_15": {"before": load_before, "after": _load()},
         "survived": survived,
     }
+
+
+#: ``mutmut show`` for many mutants in one process (a process per mutant costs seconds each)
+DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+names = json.load(sys.stdin)
+print(json.dumps({n: get_diff_for_mutant(n, path=find_mutant(n).path) for n in names}))
+"""
+
+
+def mutant_diffs(names: list[str], work: Path, env: dict[str, str]) -> dict[str, str]:
+    """Each mutant's unified diff against the original, by name."""
+    if not names:
+        return {}
+    done = subprocess.run([sys.executable, "-c", DIFFS], cwd=work, env=env, check=True,
+                          input=json.dumps(names), capture_output=True, text=True, timeout=600)  # fmt: skip
+    return json.loads(done.stdout)
 
 
 def _load() -> list[float] | None:
