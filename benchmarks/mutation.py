@@ -5,8 +5,9 @@ Each target is a file, the functions of it to mutate and the fast tests that cov
 A target runs in a scratch copy of ``src/`` and ``tests/`` (the checkout is never touched)
 with ``mutmut run`` restricted to those functions' mutants; the counts per status come from
 ``mutmut results``. A *surviving* mutant is a change of the code that no test noticed.
-Survivors judged equivalent (they cannot change behaviour, e.g. ``float("-INF")``) are
-listed in ``EQUIVALENT`` with the reason, and counted apart.
+Survivors judged equivalent (they cannot change behaviour: ``float("-INF")``, or only
+which device a tensor is on, on this CPU-only machine) carry the reason, and are counted
+apart (``EQUIVALENT``, ``equivalence``).
 
 Where the time goes: mutmut runs the tests once in its own process, then forks one child
 per mutant (``--jobs`` at a time) that reruns only the tests covering the mutated function,
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +96,35 @@ EQUIVALENT: dict[str, str] = {
     f"matloop.generators.reinforce.x{SEP}LatentPolicy{SEP}anchor_log_probs__mutmut_12":
         'float("-INF") is float("-inf"): Python parses the name case-insensitively',
 }  # fmt: skip
+DEVICE_ONLY = ("only where tensors live changes (a device argument dropped or None): the "
+               "same on this CPU-only machine; telling it apart needs a GPU")  # fmt: skip
+_DEVICES = (re.compile(r"(device\s*=\s*)?\b[\w.]*device\b(\(device\))?"), re.compile(r"\bdevice\b"))
+
+
+def equivalence(mutant: str, diff: str) -> str | None:
+    """Why a survivor cannot change behaviour here, or None: listed in ``EQUIVALENT``, or
+    each changed line differs from the original only in a device argument."""
+    if mutant in EQUIVALENT:
+        return EQUIVALENT[mutant]
+    lines = diff.splitlines()
+    old = [line[1:] for line in lines if line.startswith("-")]
+    new = [line[1:] for line in lines if line.startswith("+")]
+    if not old or len(old) != len(new):
+        return None
+    return DEVICE_ONLY if all(_device_only(a, b) for a, b in zip(old, new)) else None
+
+
+def _device_only(before: str, after: str) -> bool:
+    def norm(text: str) -> str:
+        return re.sub(r"\s+", "", text).replace(",)", ")").replace("(,", "(")
+
+    for pattern in _DEVICES:
+        for found in pattern.finditer(before):
+            for stand_in in ("None", "device=None", ""):
+                changed = before[: found.start()] + stand_in + before[found.end() :]
+                if norm(changed) == norm(after):
+                    return True
+    return False
 STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "not checked",
             "segfault", "check was interrupted by user", "caught by type check")  # fmt: skip
 
@@ -163,7 +194,7 @@ def run_target(name: str, target: dict, time_limit_s: float, mutmut: str, jobs: 
             diff = [line for line in shown[mutant].splitlines()
                     if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
             survived.append({"mutant": mutant, "diff": "\n".join(diff),
-                             "equivalent": EQUIVALENT.get(mutant)})  # fmt: skip
+                             "equivalent": equivalence(mutant, "\n".join(diff))})  # fmt: skip
     counts = {status: len(wanted.get(status, [])) for status in STATUSES}
     equivalent = sum(1 for m in survived if m["equivalent"])
     total = sum(len(v) for v in wanted.values())
