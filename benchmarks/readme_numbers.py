@@ -125,6 +125,8 @@ def mutation(d: dict) -> str:
         c = m["counts"]
         text = (f"{name} ({m['file']}): {m['mutants']} mutants, "
                 f"{c['killed'] + c['timeout']} killed, {c['survived']} survived")
+        if m.get("survived_equivalent"):
+            text += f" ({m['survived_equivalent']} of them equivalent)"
         if c["not checked"]:
             text += f", {c['not checked']} not checked (time limit)"
         parts.append(text)
