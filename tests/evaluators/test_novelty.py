@@ -203,3 +203,25 @@ def test_coverage_counts_systems_whatever_the_element_order():
         "sets": ["a", "b"], "chemsys": "Ca-O-Ti", "n_chemsys": 0,
         "n_subsystems": {"Ca": 0, "O": 0, "Ti": 1, "Ca-O": 0, "Ca-Ti": 0, "O-Ti": 2}}  # fmt: skip
     assert subsystems("Na") == [] and subsystems("Cl-Na") == ["Cl", "Na"]
+
+
+def test_a_repeated_id_is_skipped_and_the_batch_goes_on(caplog):
+    known = NoveltyIndex()
+    batch = [("a", _rocksalt()), ("a", _cscl()), ("b", _cscl()), ("c", _cscl(3.4))]
+    with caplog.at_level("DEBUG", logger="matloop.evaluators.novelty"):
+        result = novelty_and_uniqueness(batch, known)
+    assert result == {"a": NoveltyResult(True, True, None), "b": NoveltyResult(True, True, None),
+                      "c": NoveltyResult(True, False, "b")}  # fmt: skip
+    assert "candidate id a repeated in the batch; keeping the first" in caplog.messages
+
+
+def test_a_failed_comparison_is_logged_with_the_known_id_and_reason(monkeypatch, caplog):
+    index = NoveltyIndex(entries=[("odd", _rocksalt())])
+
+    def fails(self, s1, s2, *args, **kwargs):
+        raise ValueError("cannot reduce this cell")
+
+    monkeypatch.setattr(StructureMatcher, "fit", fails)
+    with caplog.at_level("DEBUG", logger="matloop.evaluators.novelty"):
+        assert index.match(_rocksalt(5.7)) is None
+    assert caplog.messages == ["StructureMatcher failed on odd: cannot reduce this cell"]
