@@ -190,3 +190,14 @@ def test_a_reference_is_not_a_candidate_key():
     assert list(result) == ["c1"] and result["c1"] == pytest.approx(0.0, abs=1e-8)
     with pytest.raises(KeyError, match="ref-li"):
         result["ref-li"]
+
+
+def test_given_hubbards_set_is_hubbard_unless_given_too():
+    with_u = make_entry(Composition("Fe2O3"), -6.8, "u", parameters={"hubbards": {"Fe": 5.3}})
+    assert with_u.parameters["is_hubbard"] is True and with_u.correction < 0
+    plain = make_entry(Composition("FeS"), -5.0, "s", parameters={"hubbards": {}})
+    assert plain.parameters["is_hubbard"] is False
+    kept = make_entry(Composition("FeS"), -5.0, "k", parameters={"hubbards": {}, "is_hubbard": False})
+    assert kept.parameters["is_hubbard"] is False
+    raw = make_entry(Composition("FeS"), -5.0, "r", correct=False)
+    assert raw.parameters == {"matloop_correction": "none"} and raw.correction == 0.0

@@ -390,3 +390,23 @@ def test_train_loop_cosine_schedule_anneals_to_a_hundredth():
     assert constant.param_groups[0]["lr"] == 0.1
     with pytest.raises(ValueError, match=r"^unknown schedule 'linear'; use 'cosine' or None$"):
         train_loop(Offset(), offset_rows(), epochs=1, schedule="linear")
+
+
+def test_weighted_mean_with_weights_summing_below_one():
+    from matloop.generators.torch_common import weighted_mean
+
+    rows = torch.tensor([1.0, 2.0, 4.0])
+    assert float(weighted_mean(rows, torch.tensor([0.1, 0.1, 0.2]))) == pytest.approx(2.75)
+
+
+def test_train_loop_steps_once_per_batch_and_learns_from_a_single_row():
+    from matloop.generators.torch_common import train_loop
+
+    model = Offset()
+    train_loop(model, {"y": torch.ones(200)}, epochs=1, batch_size=128,
+               optimizer=torch.optim.SGD(model.parameters(), lr=0.1))  # fmt: skip
+    assert float(model.b) == pytest.approx(0.36)  # two SGD steps on (1 - b)^2: 0.2, then 0.36
+    single = Offset()
+    train_loop(single, {"y": torch.ones(1)}, epochs=1,
+               optimizer=torch.optim.SGD(single.parameters(), lr=0.1))  # fmt: skip
+    assert float(single.b) == pytest.approx(0.2)

@@ -124,7 +124,9 @@ def test_who_may_take_a_claim_over(owner, at, taken):
     if taken:
         assert got.candidate_id == "c1" and got.status == CandidateStatus.relaxing
         assert doc.claimed_by == "host-b:202" and doc.claimed_at >= utcnow()[:-6]
-        assert doc.history[-1].status == CandidateStatus.relaxing and doc.history[-1].round == 2
+        last = doc.history[-1]
+        assert last.status == CandidateStatus.relaxing and last.round == 2 and last.reason is None
+        assert last.at >= utcnow()[:-6]
     else:
         assert doc.claimed_by == owner
 
@@ -154,3 +156,20 @@ def test_renewing_restarts_only_this_workers_leases():
     assert docs["mine"].claimed_at > OLD and docs["mine"].claimed_at >= utcnow()[:-6]
     assert docs["theirs"].claimed_at == OLD and docs["not-asked"].claimed_at == OLD
     assert worker("memory://", "x:1").renew_claims("demo", []) == 0
+
+
+def test_only_relaxing_claims_of_the_campaign_are_taken_over_one_at_a_time():
+    store = worker("memory://", "host-b:202")
+    claimed(store, "host-a:101", OLD, cid="stale-1")
+    claimed(store, "host-a:101", OLD, cid="stale-2")
+    claimed(store, None, None, cid="done")
+    store.set_status("demo", {"done": (CandidateStatus.evaluated, None)}, round_=1)
+    taken = store.claim_candidate("demo", 1, lease_s=600)
+    docs = {d.candidate_id: d for d in store.candidates("demo")}
+    assert [d.claimed_by for d in docs.values()].count("host-b:202") == 1  # one per call
+    assert docs["done"].status == CandidateStatus.evaluated  # never claimed: not relaxing
+    assert taken.candidate_id in ("stale-1", "stale-2")
+    assert store.claim_candidate("demo", 1, lease_s=600) is not None
+    assert store.claim_candidate("demo", 1, lease_s=600) is None
+    assert store.candidates("demo", ids=["done"])[0].status == CandidateStatus.evaluated
+    assert worker("memory://", "host-c:3").claim_candidate("elsewhere", 1) is None
