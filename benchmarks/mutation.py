@@ -53,7 +53,9 @@ TARGETS: dict[str, dict] = {
             "test_clipping_bounds_repeated_steps_on_one_batch",
             "test_reinforce_step_defaults_are_the_documented_ones",
             "test_reinforce_step_learns_the_anchor_choice_only_given_anchors_and_pool",
-            "test_reinforce_step_takes_double_actions_and_integer_rewards")]
+            "test_reinforce_step_takes_double_actions_and_integer_rewards",
+            "test_one_step_is_one_plain_reinforce_step_and_the_logs_say_what_happened",
+            "test_reinforce_step_is_the_documented_update")]
         + [f"tests/generators/test_learning.py::{t}" for t in (
             "test_reinforce_raises_the_policy_likelihood_of_rewarded_actions",
             "test_reinforce_defaults_are_the_documented_ones",
