@@ -3,6 +3,7 @@ whole-or-nothing writes, and claims that are atomic across processes."""
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import sqlite3
@@ -132,3 +133,20 @@ def test_find_one_and_update_is_atomic_across_processes(things):
         w.join(timeout=60)
     assert sorted(claims) == sorted(f"n{i}" for i in range(200)), "a claim was lost or doubled"
     assert things.count({"status": "taken"}) == 200
+
+
+@pytest.mark.parametrize("criteria", FILTERS)
+@pytest.mark.parametrize("properties", [["name", "meta"], ["meta.k", "status"], ["tags"]])
+def test_projections_match_what_mongomock_returns(things, criteria, properties):
+    """SQL cuts the projected fields out of the document (structures are never decoded);
+    what comes back is what a Mongo projection returns, whatever the filter."""
+    things.update([dict(d) for d in DOCS])
+    reference = mongomock.MongoClient().db.things
+    reference.insert_many([dict(d) for d in DOCS])
+    projection = {p: 1 for p in properties}
+    expected = [{k: v for k, v in d.items() if k != "_id"}
+                for d in reference.find(criteria, projection)]
+    found = [{k: v for k, v in d.items() if k != "_id"}
+             for d in things.query(criteria, properties=properties, sort={"name": 1})]
+    canonical = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
+    assert canonical(found) == canonical(expected)

@@ -150,6 +150,32 @@ class MatloopStore:
         found = self._store(name).query_one(criteria)
         return COLLECTIONS[name][0](**_pushed_as_text(found)) if found else None
 
+    def project(
+        self,
+        name: str,
+        criteria: dict[str, Any],
+        fields: Iterable[str],
+        sort: dict[str, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Only the top-level ``fields`` of the documents of ``name`` matching ``criteria``,
+        as plain dicts; a field a document lacks holds its document type's default.
+
+        For summaries and exports: one read with a tight projection, so structures and
+        histories are neither sent nor decoded (a plain top-level projection, which every
+        backend answers alike).
+        """
+        model_fields = COLLECTIONS[name][0].model_fields
+        fields = list(fields)
+        optional = [f for f in fields if f in model_fields and not model_fields[f].is_required()]
+        rows = []
+        for doc in self._store(name).query(criteria, properties=fields, sort=sort):
+            row = {f: doc[f] for f in fields if f in doc}
+            for f in optional:
+                if f not in row:  # a fresh default each time: some are dicts
+                    row[f] = model_fields[f].get_default(call_default_factory=True)
+            rows.append(row)
+        return rows
+
     def count(self, name: str, criteria: dict[str, Any] | None = None) -> int:
         return self._store(name).count(criteria or {})
 

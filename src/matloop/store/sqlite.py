@@ -227,14 +227,19 @@ def _get(doc: dict, path: str) -> Any:
 def _project(doc: dict, properties: list[str] | None) -> dict:
     if not properties:
         return doc
+    # as MongoDB: a field the document lacks is left out, not returned as null
     out: dict = {"_id": doc["_id"]}
     for path in properties:
-        value = _get(doc, path)
-        if value is None and _parent(doc, path, create=False)[0] is None:
+        if "." not in path:  # the common case, fast
+            if path in doc:
+                out[path] = doc[path]
+            continue
+        source, last = _parent(doc, path, create=False)
+        if source is None or last not in source:
             continue
         parent, last = _parent(out, path, create=True)
         if parent is not None:
-            parent[last] = value
+            parent[last] = source[last]
     return out
 
 
@@ -371,13 +376,24 @@ class SQLiteStore(Store):
                 exact = False
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params, exact
 
-    def _rows(self, criteria: dict | None, limit: int = 0) -> Iterator[dict]:
-        """Documents matching ``criteria``, in insertion order."""
+    def _rows(
+        self, criteria: dict | None, limit: int = 0, fields: list[str] | None = None
+    ) -> Iterator[dict]:
+        """Documents matching ``criteria``, in insertion order; with ``fields``, at least
+        those top-level fields (SQLite cuts the rest out, so big values such as structures
+        are never decoded)."""
         from mongomock.filtering import filter_applies
 
         criteria = criteria or {}
         where, params, exact = self._where(criteria)
-        sql = f'SELECT id, doc FROM "{self.collection_name}"{where} ORDER BY id'
+        column = "doc"
+        if fields and all(_FIELD.match(f) for f in [*fields, *criteria]):
+            # the Python check below (if any) needs the fields the filter names
+            keep = sorted({f.split(".")[0] for f in [*fields, *criteria]} - {"_id"})
+            column = ("(SELECT json_group_object(key, value) FROM json_each(doc) "
+                      f"WHERE key IN ({','.join('?' * len(keep))}))")
+            params = [*keep, *params]
+        sql = f'SELECT id, {column} FROM "{self.collection_name}"{where} ORDER BY id'
         if exact and limit:
             sql += f" LIMIT {int(limit)}"
         assert self._database is not None, f"{self.name} is not connected"
@@ -430,13 +446,14 @@ class SQLiteStore(Store):
     ) -> Iterator[dict]:
         if isinstance(properties, dict):
             properties = [k for k, v in properties.items() if v]
+        fields = [*properties, *(sort or {})] if properties else None
         if not sort:
-            docs = self._rows(criteria, limit=(skip + limit) if limit else 0)
+            docs = self._rows(criteria, limit=(skip + limit) if limit else 0, fields=fields)
             for i, doc in enumerate(docs):
                 if i >= skip:
                     yield _project(doc, properties)
             return
-        docs = list(self._rows(criteria))
+        docs = list(self._rows(criteria, fields=fields))
         for field, direction in reversed(list(sort.items())):
             descending = int(getattr(direction, "value", direction)) < 0
             docs.sort(key=lambda d, f=field: _sort_value(_get(d, f)), reverse=descending)
