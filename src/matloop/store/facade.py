@@ -167,8 +167,11 @@ class MatloopStore:
         model_fields = COLLECTIONS[name][0].model_fields
         fields = list(fields)
         optional = [f for f in fields if f in model_fields and not model_fields[f].is_required()]
+        # leave out the type's other fields (a plain top-level exclusion: SQLite cuts them
+        # out faster than it picks a few); keys the type does not know are dropped below
+        unwanted = {f: 0 for f in model_fields if f not in fields}
         rows = []
-        for doc in self._store(name).query(criteria, properties=fields, sort=sort):
+        for doc in self._store(name).query(criteria, properties=unwanted or None, sort=sort):
             row = {f: doc[f] for f in fields if f in doc}
             for f in optional:
                 if f not in row:  # a fresh default each time: some are dicts
