@@ -194,3 +194,17 @@ def test_projections_read_only_the_fields_asked_with_defaults_for_missing_ones(s
          "times_proposed": 1, "conditions": {}},
     ]
     assert rows[0]["conditions"] is not rows[1]["conditions"]  # defaults are not shared
+
+
+def test_set_fields_leaves_status_and_history_alone(store):
+    import numpy as np
+
+    store.add_candidates([_candidate(x) for x in "ab"])
+    store.set_status("demo", {"a": (CandidateStatus.proposed, "waiting in the pool")},
+                     round_=1)
+    store.set_fields("demo", {"a": {"acquisition_score": np.float64(-0.25)}, "b": {}})
+    a, b = store.candidates("demo")
+    assert (a.status, a.reason, a.acquisition_score) == ("proposed", "waiting in the pool",
+                                                         -0.25)
+    assert [h.reason for h in a.history] == ["waiting in the pool"]
+    assert b.acquisition_score is None and b.history == []
