@@ -285,7 +285,11 @@ class NxServer:
         raise RuntimeError("nx-27017 did not start")
 
     def uri(self, size: int) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/scale{size}"
+        # nx-27017 answers one request at a time: while it works through a bulk write the
+        # client's heartbeat waits, and with matloop's 5 s connect timeout pymongo would
+        # drop the pool and cancel the write ("operation cancelled")
+        return (f"mongodb://127.0.0.1:{self.port}/scale{size}"
+                "?connectTimeoutMS=300000&serverSelectionTimeoutMS=300000")
 
     def stop(self) -> int:
         self.proc.kill()
