@@ -219,7 +219,6 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "mutation.json": ("python benchmarks/mutation.py", [mutation]),
     "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
     "store_scale.json": ("python benchmarks/store_scale.py", [store_scale]),
-    "store_scale_100k.json": ("python benchmarks/store_scale.py", [store_scale]),
     "store_scale_backends.json": ("python benchmarks/store_scale.py", [store_scale]),
 }
 
