@@ -391,7 +391,13 @@ def _print_status(console, store, name: str) -> None:
             cells[0] += "*"
         table.add_row(*cells)
     console.print(table)
-    best = sorted(store.evaluations(name), key=lambda e: e.e_above_hull)[:8]
+    shown = ["candidate_id", "formula", "round", "spacegroup", "e_above_hull", "novelty",
+             "is_novel"]  # only these: no evaluation is read whole
+    from types import SimpleNamespace
+
+    best = sorted((SimpleNamespace(**e) for e in store.project(
+        "evaluations", {"campaign": name}, shown, sort={"candidate_id": 1})),
+        key=lambda e: e.e_above_hull)[:8]
     if best:
         top = Table(title="best candidates (energy above hull, eV/atom)", box=box.SIMPLE_HEAD)
         for column in ["candidate", "formula", "round", "space group", "E_hull", "novelty"]:
