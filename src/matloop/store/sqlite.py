@@ -227,6 +227,9 @@ def _get(doc: dict, path: str) -> Any:
 def _project(doc: dict, properties: list[str] | None, without: list[str] | None = None) -> dict:
     if without:  # what SQL has not cut out already (nested fields, fields the filter named)
         for path in without:
+            if "." not in path:
+                doc.pop(path, None)
+                continue
             parent, last = _parent(doc, path, create=False)
             if parent is not None:
                 parent.pop(last, None)
