@@ -59,10 +59,9 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10, check=True)  # fmt: skip
-        # results files are outputs, not code: a run that writes partial results to its own
-        # file (faults.py) or another benchmark running beside it must not look "dirty"
+        # results files being (re)written are not changes to the code that ran
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":(exclude)benchmarks/results"],
+                                ".", ":!benchmarks/results"],
                                cwd=ROOT, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
         return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
