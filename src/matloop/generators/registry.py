@@ -37,6 +37,7 @@ GENERATOR_PATHS: dict[str, str] = {
     "prototype_substitution": "matloop.generators.prototypes:PrototypeSubstitution",
     "random_symmetric": "matloop.generators.random_symmetric:RandomSymmetric",
     "table_rows": "matloop.generators.table:TableRows",
+    "ion_substitution": "matloop.generators.ion_substitution:IonSubstitution",
 }
 #: Learned torch models: used in a campaign through a trained checkpoint (``matloop train``).
 GENERATOR_PATHS.update(TORCH_GENERATORS)
