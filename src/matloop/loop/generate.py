@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from matloop.loop.diagnostics import generator_allocation
 from matloop.store import CandidateDoc, CandidateStatus
 from matloop.store.documents import structure_dict
 
@@ -36,16 +37,22 @@ class GenerateStep:
         # exactly what an uninterrupted one would have.
         ctx.reset_generators()
         pairs = ctx.generators()
-        weights = np.array([cfg.weight for cfg, _ in pairs], dtype=float)
-        shares = np.floor(total * weights / weights.sum()).astype(int)
-        shares[: total - shares.sum()] += 1
+        # fixed weights, or the bandit's shares from earlier rounds' hits (loop.diagnostics)
+        allocation = generator_allocation(ctx, round_, [g.name for _, g in pairs])
+        shares = allocation.pop("counts")
         repeats, by_generator = 0, {}
         # Candidates of this round already stored were written by an attempt of this step
         # that was interrupted: proposed again now, they count as new, not as repeats
         # (otherwise the redo would ask the generators for replacements).
-        earlier = {c.candidate_id for c in ctx.store.candidates(ctx.name, round_=round_)}
+        stored = ctx.store.candidates(ctx.name)
+        earlier = {c.candidate_id for c in stored if c.round == round_}
         for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
             rng = ctx.rng(round_, 100 + index)
+            # what it proposed in earlier rounds (a ranking generator moves past them)
+            generator.exclude_proposed(
+                {c.prototype for c in stored if c.generator == generator.name
+                 and c.round < round_ and c.prototype}
+            )
             wanted, new_ids = int(share), []
             for _attempt in range(3):
                 if wanted <= len(new_ids):
@@ -79,7 +86,10 @@ class GenerateStep:
             f"({', '.join(f'{k}: {v}' for k, v in by_generator.items())}); "
             f"{repeats} repeat proposal(s) of stored crystals"
         )
-        return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator}
+        allocation["asked"] = dict(zip([g.name for _, g in pairs], map(int, shares),
+                                       strict=True))  # fmt: skip
+        return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator,
+                "allocation": allocation}
 
 
 def candidate_doc(campaign: str, structure, round_: int, generator, id_fn) -> CandidateDoc | None:
