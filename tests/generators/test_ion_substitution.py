@@ -6,7 +6,8 @@ import pytest
 from pymatgen.core import Lattice, Species, Structure
 
 from matloop.generators.base import ChemicalSpace
-from matloop.generators.ion_substitution import IonSubstitution, expand_path, rank_substitutions
+from matloop.data import expand_path
+from matloop.generators.ion_substitution import IonSubstitution, rank_substitutions
 from matloop.generators.registry import build_generator
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
+from matloop.data import expand_path
 from matloop.generators.base import ChemicalSpace, Generator, GeneratorSettings
 
 if TYPE_CHECKING:
@@ -44,19 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("matloop")
 
-__all__ = ["IonSubstitution", "Substitution", "expand_path", "rank_substitutions"]
-
-
-def expand_path(path: str | os.PathLike) -> Path:
-    """``~`` and ``$VAR`` / ``${VAR}`` expanded; a variable left unset is a clear error.
-
-    Campaign files name shared data through a variable (``${MATLOOP_SHARED_DATA}/...``) so
-    that no file points at a place on one machine.
-    """
-    text = os.path.expandvars(os.path.expanduser(str(path)))
-    if "$" in text:
-        raise ValueError(f"{path}: environment variable not set ({text})")
-    return Path(text)
+__all__ = ["IonSubstitution", "Substitution", "rank_substitutions"]
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,9 @@ def load_generator(
     """
     from pathlib import Path
 
+    from matloop.data import expand_path
+
+    checkpoint = str(expand_path(checkpoint))  # ${VAR}: a campaign file names no machine
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint for generator {name!r} not found: {checkpoint}")
     generator = generator_class(name).load(checkpoint, trust=trust)
