@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Lattice, Species, Structure
 
-from matloop.generators.base import ChemicalSpace
 from matloop.data import expand_path
+from matloop.generators.base import ChemicalSpace
 from matloop.generators.ion_substitution import IonSubstitution, rank_substitutions
 from matloop.generators.registry import build_generator
 

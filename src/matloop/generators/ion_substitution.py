@@ -28,7 +28,6 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -294,8 +293,10 @@ class IonSubstitution(Generator):
     def ranked(self) -> list[Substitution]:
         """Every substitution, most probable first (computed once)."""
         if self._ranked is None:
-            self._ranked = rank_substitutions(self._structures, self.chemical_space.elements,
-                                              threshold=self.threshold, labels=self._labels)  # fmt: skip
+            self._ranked = rank_substitutions(
+                self._structures, self.chemical_space.elements, threshold=self.threshold,
+                labels=self._labels,
+            )
         return self._ranked
 
     def exclude_proposed(self, labels: Collection[str]) -> None:

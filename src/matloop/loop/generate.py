@@ -31,7 +31,6 @@ class GenerateStep:
     def run(self, ctx: RunContext, round_: int) -> dict[str, Any]:
         from matloop.identity import candidate_id
 
-        total = ctx.config.budget.candidates_per_round
         # Generators start each round from what the store holds (their stored versions and
         # the seeds), never from state left in this process, so a resumed round proposes
         # exactly what an uninterrupted one would have.

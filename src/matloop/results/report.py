@@ -346,7 +346,8 @@ def diagnostic_table_rows(rounds: Sequence[Mapping[str, Any]]) -> list[list[str]
         out.append([
             str(r["round"]), str(cells.get("allocation_strategy") or ""),
             str(cells.get("allocation") or ""),
-            f"{cells.get('hit_rate_by_generator') or ''} (hits {cells.get('hits_by_generator') or ''})"
+            (f"{cells.get('hit_rate_by_generator') or ''} "
+             f"(hits {cells.get('hits_by_generator') or ''})")
             if cells.get("hits_by_generator") else "",
             "" if share in (None, "") else f"{float(share):.0%}",
             _num(cells.get("surrogate_mae")), _num(cells.get("surrogate_bias")),
