@@ -103,7 +103,7 @@ def _rss_mb() -> tuple[float, float]:
     return round(now, 1), round(peak, 1)
 
 
-def round_record(round_: int, m: dict, seconds: float) -> dict:
+def round_record(round_: int, m: dict, seconds: float, steps: dict | None = None) -> dict:
     """What the benchmark keeps of one round."""
     attempted = m.get("relaxed", 0) + m.get("failed", 0)
     rss, peak = _rss_mb()
@@ -128,6 +128,7 @@ def round_record(round_: int, m: dict, seconds: float) -> dict:
         "surrogate_mae": m.get("surrogate_mae"),
         "surrogate_within_1sigma": m.get("surrogate_within_1sigma"),
         "seconds": round(seconds, 1),
+        "step_seconds": steps or {},
         "rss_mb": rss,
         "peak_rss_mb": peak,
     }
@@ -137,13 +138,15 @@ def fake_rounds(strategy: str, scale: dict) -> list[dict]:
     """``--schema``: rounds with the shape of real ones (nothing relaxed)."""
     metrics = {"relaxed": 1, "allocation": {"asked": {strategy: 1}}, "surrogate_mae": 0.0,
                "surrogate_within_1sigma": 0.0}  # fmt: skip
-    return [round_record(r + 1, metrics, 0.0) for r in range(scale["rounds"])]
+    steps = dict.fromkeys(("generate", "screen", "relax", "evaluate", "verify", "learn"), 0.0)
+    return [round_record(r + 1, metrics, 0.0, steps) for r in range(scale["rounds"])]
 
 
 def run_campaigns(runs: dict, scale: dict) -> None:
     """Every seed, every strategy, on one ``memory://`` store (references relaxed once)."""
     from matloop.config import parse_config
     from matloop.loop import CampaignRun, Progress
+    from matloop.loop.campaign import STEPS
     from matloop.store import MatloopStore
 
     store = MatloopStore("memory://")
@@ -159,8 +162,14 @@ def run_campaigns(runs: dict, scale: dict) -> None:
             rounds = []
             for _ in range(scale["rounds"]):
                 start = time.perf_counter()
-                doc = run.run_round()
-                rounds.append(round_record(doc.round, doc.metrics, time.perf_counter() - start))
+                doc, steps = run.start_round(), {}
+                for name in STEPS:  # as run_round, timed step by step
+                    begun = time.perf_counter()
+                    run.step(name, doc.round)
+                    steps[name] = round(time.perf_counter() - begun, 1)
+                doc = run.context.round(doc.round)
+                rounds.append(round_record(doc.round, doc.metrics, time.perf_counter() - start,
+                                           steps))
                 r = rounds[-1]
                 print(f"seed {seed} {strategy:16s} round {doc.round}: {r['hits']} hits / "
                       f"{r['relaxed'] + r['failed']} relaxed, repeats "

@@ -229,6 +229,9 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
     "discovery_realistic.json": ("python benchmarks/discovery.py --realistic",
                                  [discovery_realistic]),
+    # the full loop alone at the campaign's own scale, fewer rounds (--strategies full_loop)
+    "discovery_realistic_full_loop.json": ("python benchmarks/discovery.py --realistic "
+                                           "--strategies full_loop", [discovery_realistic]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "generation_perov_5.json": ("python benchmarks/generation.py --dataset perov_5",
                                 [generation_heldout]),
