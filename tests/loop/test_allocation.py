@@ -93,3 +93,17 @@ def test_allocation_config_shorthand_and_floor_check():
     assert parse_config({**base}).allocation.strategy == "fixed"
     with pytest.raises(ConfigError, match="allocation.floor"):
         parse_config({**base, "allocation": {"strategy": "thompson", "floor": 0.6}})
+
+
+def test_repeat_proposals_count_against_a_generator():
+    ctx = context()
+    record(ctx, 1, "prototype_substitution", 20, hits=4)
+    record(ctx, 1, "random_symmetric", 20, hits=4)
+    doc = ctx.store.get_round(ctx.name, 1)
+    doc.metrics["repeats_by_generator"] = {"prototype_substitution": 180}  # running dry
+    ctx.store.save_round(doc)
+    assert generator_history(ctx, 2)["prototype_substitution"] == (4, 200)
+    dry, fresh = generator_allocation(ctx, 2, ["prototype_substitution",
+                                               "random_symmetric"])["counts"]
+    assert fresh > dry
+

@@ -29,7 +29,8 @@ def is_hit(evaluation, threshold: float) -> bool:
 
 def generator_history(ctx: RunContext, before_round: int) -> dict[str, tuple[int, int]]:
     """``{generator: (hits, proposals)}`` over the candidates proposed before ``before_round``
-    (a proposal still waiting in the pool counts as a proposal without a hit so far)."""
+    (a proposal still waiting in the pool counts as a proposal without a hit so far, and so
+    does a repeat proposal of a crystal already stored: a generator running dry loses share)."""
     threshold = ctx.config.objective.stability_threshold
     hits = {e.candidate_id for e in ctx.store.evaluations(ctx.name) if is_hit(e, threshold)}
     proposals: Counter = Counter()
@@ -38,6 +39,10 @@ def generator_history(ctx: RunContext, before_round: int) -> dict[str, tuple[int
         if cand.round < before_round:
             proposals[cand.generator] += 1
             found[cand.generator] += cand.candidate_id in hits
+    for doc in ctx.store.rounds(ctx.name):
+        if doc.round < before_round:
+            for g, n in (doc.metrics.get("repeats_by_generator") or {}).items():
+                proposals[g] += int(n)
     return {g: (int(found[g]), int(proposals[g])) for g in proposals}
 
 

@@ -39,7 +39,7 @@ class GenerateStep:
         # fixed weights, or the bandit's shares from earlier rounds' hits (loop.diagnostics)
         allocation = generator_allocation(ctx, round_, [g.name for _, g in pairs])
         shares = allocation.pop("counts")
-        repeats, by_generator = 0, {}
+        repeats, by_generator, repeats_by = 0, {}, {}
         # Candidates of this round already stored were written by an attempt of this step
         # that was interrupted: proposed again now, they count as new, not as repeats
         # (otherwise the redo would ask the generators for replacements).
@@ -74,6 +74,7 @@ class GenerateStep:
                 )
                 new_ids += again + fresh
                 repeats += len(existing)
+                repeats_by[generator.name] = repeats_by.get(generator.name, 0) + len(existing)
                 if not structures:
                     break
         # counted from the store, so a generate step redone after a crash counts the same
@@ -87,8 +88,9 @@ class GenerateStep:
         )
         allocation["asked"] = dict(zip([g.name for _, g in pairs], map(int, shares),
                                        strict=True))  # fmt: skip
+        # repeats per generator: the bandit counts them as proposals that found nothing
         return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator,
-                "allocation": allocation}
+                "repeats_by_generator": repeats_by, "allocation": allocation}
 
 
 def candidate_doc(campaign: str, structure, round_: int, generator, id_fn) -> CandidateDoc | None:
