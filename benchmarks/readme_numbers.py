@@ -221,9 +221,34 @@ def dft_confirmation(d: dict) -> str:
             + " each on a shared 2-core CPU")
 
 
+def relax_cluster(d: dict) -> str:
+    p, r, o = d["paths"], d["ratios"], d["overhead_per_chunk_s"]
+    loads = [x for row in p.values() for x in (row["load_before"][0], row["load_after"][0])]
+    cpus = d.get("meta", {}).get("machine", {}).get("cpus", "?")
+    one, two = p["dask_1"], p["dask_2"]
+    agree = d["agreement"]["dask_2"]
+    paper = d["scaling_on_paper"]
+    return (f"{d['n']} MP crystals, batched CHGNet in chunks of {one['chunk_size']} on a local "
+            f"Dask cluster, 3 paths in one run (1-min load {min(loads):.0f}-{max(loads):.0f} on "
+            f"{cpus} cores): in-process {p['in_process']['crystals_per_s']:.3f} crystals/s, "
+            f"1 worker {one['crystals_per_s']:.3f}, 2 workers {two['crystals_per_s']:.3f}; "
+            f"2 workers = {r['dask_2_over_dask_1']:.2f}x 1 worker (target 1.7x); 1 worker = "
+            f"{r['dask_1_over_in_process']:.2f}x in-process "
+            f"({r['dask_1_over_in_process_by_cpu_s']:.2f}x by CPU seconds); worker "
+            f"start-up {one['startup_s']:.0f} s, model load "
+            f"{max(two['model_load_s_per_worker']):.0f} s; overhead per chunk "
+            f"{o['direct']:.3f} s (dispatch round trip {o['dispatch_round_trip_median']:.3f} s); "
+            "vs in-process: max "
+            f"{agree['max_de_mev_per_atom']:.2f} meV/atom, {agree['same_structures']}/"
+            f"{agree['compared']} structures match; on paper {paper['gpus']} GPUs at "
+            f"{paper['gpu_rate_crystals_per_s']} crystals/s each: "
+            f"{paper['total_crystals_per_s']:.0f} crystals/s")  # fmt: skip
+
+
 #: results file -> (fallback command when the file records none, row renderers)
 ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
+    "relax_cluster.json": ("python benchmarks/relax_cluster.py --n 64", [relax_cluster]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
     "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
@@ -243,7 +268,6 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "mutation.json": ("python benchmarks/mutation.py", [mutation]),
     "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
     "store_scale.json": ("python benchmarks/store_scale.py", [store_scale]),
-    "store_scale_100k.json": ("python benchmarks/store_scale.py", [store_scale]),
     "store_scale_backends.json": ("python benchmarks/store_scale.py", [store_scale]),
 }
 

@@ -126,6 +126,17 @@ class ReplayTable(_Strict):
     id_column: str = "material_id"
 
 
+#: What ``executor_settings`` may hold with ``batched: true``, per executor: the fields of
+#: :class:`matloop.relax.cluster.DaskBatchedRelaxer` and
+#: :class:`matloop.relax.fireworks_chunks.FireWorksBatchedRelaxer` (a test keeps them equal).
+BATCHED_EXECUTOR_SETTINGS: dict[str, tuple[str, ...]] = {
+    "dask": ("address", "cluster_class", "cluster_kwargs", "n_workers", "chunk_size", "device",
+             "num_threads", "max_attempts", "worker_timeout_s"),
+    "fireworks": ("launchpad", "launch", "n_workers", "worker_dir", "worker_env", "timeout_s",
+                  "poll_s", "chunk_size", "device", "num_threads"),
+}  # fmt: skip
+
+
 class RelaxerConfig(_Strict):
     potential: Literal["CHGNet", "SevenNet", "replay"] = Field(
         "CHGNet", description="ML potential, or 'replay': answers from relaxer.replay's table"
@@ -145,7 +156,8 @@ class RelaxerConfig(_Strict):
     batched: bool = Field(
         False,
         description="Relax many candidates together in one torch state, on CUDA when present "
-        "(matloop.relax.batched; CHGNet and the local executor only). Same relaxed structures "
+        "(matloop.relax.batched; CHGNet only; in chunks on workers with executor dask or "
+        "fireworks, see docs/cluster.md). Same relaxed structures "
         "and energies as one atomate2 job per candidate, faster",
     )
     batch_size: int = Field(
@@ -159,11 +171,25 @@ class RelaxerConfig(_Strict):
                 f"batched: true relaxes with CHGNet only, not potential: {self.potential} "
                 "(set batched: false, or potential: CHGNet)"
             )
-        if self.batched and self.executor != "local":
+        if self.batched and self.executor == "jobflow-remote":
             raise ValueError(
-                f"batched: true relaxes in this process; executor must be local, not "
-                f"{self.executor!r} (set batched: false to fan jobs out)"
+                "batched: true runs in this process; in chunks on executor: dask or "
+                "fireworks; jobflow-remote runs one job per crystal (set batched: false, or "
+                "executor: dask)"
             )
+        if self.batched and self.executor in BATCHED_EXECUTOR_SETTINGS:
+            known = BATCHED_EXECUTOR_SETTINGS[self.executor]
+            for key in self.executor_settings:
+                if key not in known:
+                    raise ValueError(
+                        f"relaxer.executor_settings: unknown setting {key!r} for batched: true "
+                        f"on {self.executor}; known: {', '.join(known)}"
+                    )
+            if {"address", "cluster_class"} <= set(self.executor_settings):
+                raise ValueError(
+                    "relaxer.executor_settings: give dask either address (a running "
+                    "scheduler) or cluster_class (a cluster to start), not both"
+                )
         return self
 
     @model_validator(mode="after")

@@ -299,8 +299,9 @@ def _config(relaxer: dict, name: str = "batched") -> dict:
     [
         ({"batched": True, "potential": "SevenNet"},
          "relaxer: batched: true relaxes with CHGNet only, not potential: SevenNet"),
-        ({"batched": True, "executor": "dask"},
-         "relaxer: batched: true relaxes in this process; executor must be local"),
+        ({"batched": True, "executor": "jobflow-remote"},
+         "relaxer: batched: true runs in this process; in chunks on executor: dask or "
+         "fireworks; jobflow-remote runs one job per crystal"),
         ({"batched": True, "batch_size": 0}, "relaxer.batch_size"),
     ],
 )  # fmt: skip

@@ -76,13 +76,18 @@ class RelaxStep:
             if todo:
                 # renewed while relaxing: a relaxation longer than the lease is not taken over
                 renewal = store.keep_claims(name, [cid for cid, _ in todo])
-                outcomes = relaxer.relax(todo)
-                renewal.stop()
-                for out in outcomes:
-                    save_outcome(ctx, out, round_)
-                    done_count += 1
-                    ctx.progress.relax_advanced(done_count, max(total, done_count),
-                                                out.candidate_id)  # fmt: skip
+                try:
+                    # a relaxer that streams (chunks on cluster workers) hands each outcome
+                    # over as it finishes: stored, and counted, at once
+                    stream = getattr(relaxer, "stream", None)
+                    outcomes = stream(todo) if stream is not None else relaxer.relax(todo)
+                    for out in outcomes:
+                        save_outcome(ctx, out, round_)
+                        done_count += 1
+                        ctx.progress.relax_advanced(done_count, max(total, done_count),
+                                                    out.candidate_id)  # fmt: skip
+                finally:
+                    renewal.stop()
         # counted from the store: includes work done before a crash or by other workers
         results = [r for r in store.relaxations(name) if r.round == round_]
         relaxed = sum(r.ok for r in results)

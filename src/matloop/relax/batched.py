@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 
     from matloop.relax.graphs import CrystalGraphs
 
-__all__ = ["BatchedRelaxer", "clear_model_cache", "relax_batched"]
+__all__ = ["BatchedRelaxer", "clear_model_cache", "load_chgnet", "relax_batched"]
 
 #: CHGNet reports stress in GPa; 1 eV/Å³ is this many GPa.
 _GPA_PER_EV_A3 = 160.21766208
@@ -193,6 +193,7 @@ class BatchedRelaxer:
         max_volume_per_atom: float | None = 200.0,
         num_threads: int | None = 1,
         log: bool = False,
+        on_outcome: Callable[[RelaxOutcome], None] | None = None,
     ) -> list[RelaxOutcome]:
         """Relax structures together and summarise each result.
 
@@ -209,6 +210,9 @@ class BatchedRelaxer:
         progress : callable, optional
             Called as ``progress(done, total)`` each time a crystal finishes (crystals finish
             in any order).
+        on_outcome : callable, optional
+            Called with each crystal's outcome the moment it finishes (the Dask chunks of
+            :mod:`matloop.relax.cluster` stream them back this way).
 
         Returns
         -------
@@ -228,6 +232,8 @@ class BatchedRelaxer:
                 candidate_id=items[index][0], potential=potential, wall_s=wall_s, **fields
             )
             done += 1
+            if on_outcome is not None:
+                on_outcome(outcomes[index])
             if progress is not None:
                 progress(done, total)
 
@@ -684,6 +690,12 @@ def _load_chgnet(device: str) -> CHGNet:
             model.requires_grad_(False)
             _MODELS[device] = model
         return model
+
+
+def load_chgnet(device: str) -> CHGNet:
+    """CHGNet's default model on ``device`` (``"cpu"``, ``"cuda"``), loaded once per process
+    and kept warm: later calls and every :class:`BatchedRelaxer` on that device reuse it."""
+    return _load_chgnet(device)
 
 
 def clear_model_cache() -> None:

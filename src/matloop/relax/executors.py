@@ -360,14 +360,14 @@ class FireWorksExecutor(RelaxChecks):
             wf = flow_to_workflow(flow, store=job_store)
             fw_ids = lpad.add_wf(wf)
             if self.launch == "rapidfire":
-                lpad = self._rapidfire(lpad, len(uuids))
+                lpad = self.rapidfire(lpad, len(uuids))
             else:
                 self._wait(lpad, list(fw_ids.values()))
             failures = self._failures(lpad, uuids)
         return _collect(items, uuids, refused, job_store, potential, self.max_volume_ratio,
                         failures, time.perf_counter() - start)
 
-    def _rapidfire(self, lpad, n_jobs: int):
+    def rapidfire(self, lpad, n_jobs: int):
         """Start ``n_workers`` ``rlaunch rapidfire`` workers and wait; returns the LaunchPad
         to read states from (a fresh one for a file-backed mongomock LaunchPad)."""
         mock_file = _mongomock_file(lpad)

@@ -51,7 +51,9 @@ class Relaxer(Protocol):
     """Relaxes structures and judges each result; ``potential`` names the energy source.
 
     A relaxer may also have ``claim_size``: how many candidates the loop hands it at once
-    (default 1; None: every candidate there is).
+    (default 1; None: every candidate there is), and ``stream(items)``: the same outcomes,
+    yielded as each one finishes, so the loop stores them at once
+    (:class:`~matloop.relax.cluster.DaskBatchedRelaxer`).
     """
 
     @property
@@ -152,11 +154,25 @@ def _maker_relaxer(config: Any, space: Any, job_store: JobStore) -> MakerRelaxer
 
 
 def _batched_relaxer(config: Any, space: Any, job_store: JobStore) -> Relaxer:
-    from matloop.relax.batched import BatchedRelaxer
+    """In this process (executor local), or in chunks on Dask workers / FireWorks."""
+    settings = {"fmax": config.fmax, "steps": config.steps, "relax_cell": config.relax_cell,
+                "batch_size": config.batch_size, "max_atoms": getattr(space, "max_atoms", None)}
+    if config.executor == "local":
+        from matloop.relax.batched import BatchedRelaxer
 
-    return BatchedRelaxer(fmax=config.fmax, steps=config.steps, relax_cell=config.relax_cell,
-                          batch_size=config.batch_size,
-                          max_atoms=getattr(space, "max_atoms", None))  # fmt: skip
+        return BatchedRelaxer(**settings)
+    if config.executor == "dask":
+        from matloop.relax.cluster import DaskBatchedRelaxer as cls
+    elif config.executor == "fireworks":
+        from matloop.relax.fireworks_chunks import FireWorksBatchedRelaxer as cls
+    else:
+        raise ValueError(f"batched: true runs on the local, dask or fireworks executor, "
+                         f"not {config.executor!r}")  # fmt: skip
+    try:
+        return cls(**settings, **config.executor_settings)
+    except TypeError as err:
+        raise ValueError(f"bad executor_settings for batched: true on {config.executor}: "
+                         f"{err}") from None  # fmt: skip
 
 
 def _replay_relaxer(config: Any, space: Any, job_store: JobStore) -> ReplayRelaxer:
