@@ -1,7 +1,9 @@
 """Write a campaign's results to a folder: tables, CIFs, plots and a report.
 
 ``candidates.csv``   every candidate with its status, energies, evidence level and flags
-``rounds.csv``       one row per round with the loop's metrics
+``rounds.csv``       one row per round with the loop's metrics and diagnostics (generator
+                     allocation, hits and hit rate per generator as ``name=value; ...``,
+                     repeats, surrogate MAE / bias / calibration)
 ``references.csv``   every entry the hull was built from, with raw and corrected energies:
                      ``PhaseDiagram([PDEntry(Composition(formula), corrected_energy), ...])``
                      recomputes every exported ``e_above_hull`` (see :func:`recompute_hull`)
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from matloop.store import MatloopStore
 
 from matloop.results.rows import (  # noqa: F401  reference_version_of: for readers of the CSV
+    DIAGNOSTIC_COLUMNS,
     NEAR_STABLE,
     candidate_rows,
     dft_hull_rows,
@@ -66,6 +69,8 @@ ROUND_COLUMNS = [
     "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
     "reference_set_version", "started_at",
     "completed_at",
+    *[c for c in DIAGNOSTIC_COLUMNS if c not in ("surrogate_mae", "surrogate_within_1sigma",
+                                                  "surrogate_within_2sigma")],
 ]
 REFERENCE_COLUMNS = [
     "hull", "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom",

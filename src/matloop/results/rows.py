@@ -92,9 +92,35 @@ def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
 def round_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
     return [
         {"round": r.round, "status": r.status, "started_at": r.started_at,
-         "completed_at": r.completed_at, **r.metrics}
+         "completed_at": r.completed_at, **r.metrics, **diagnostic_cells(r.metrics)}
         for r in store.rounds(campaign)
     ]
+
+
+#: The loop diagnostics of a round as flat cells (rounds.csv, report, Prefect artifacts).
+DIAGNOSTIC_COLUMNS = [
+    "allocation_strategy", "allocation", "relaxed_by_generator", "hits_by_generator",
+    "hit_rate_by_generator", "repeat_proposals", "duplicates_rejected", "duplicate_share",
+    "surrogate_mae", "surrogate_bias", "surrogate_within_1sigma", "surrogate_within_2sigma",
+]
+
+
+def by_generator(value: Any) -> str | None:
+    """``{"a": 1, "b": 0.25}`` as ``"a=1; b=0.25"`` (one CSV cell); None stays None."""
+    if not isinstance(value, dict):
+        return value
+    return "; ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}"
+                     for k, v in value.items())  # fmt: skip
+
+
+def diagnostic_cells(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A round's loop diagnostics (see :mod:`matloop.loop.diagnostics`) as flat cells:
+    per-generator dicts become ``name=value`` lists, the allocation its proposals asked."""
+    allocation = metrics.get("allocation") or {}
+    cells = {key: by_generator(metrics.get(key)) for key in DIAGNOSTIC_COLUMNS}
+    cells["allocation_strategy"] = allocation.get("strategy")
+    cells["allocation"] = by_generator(allocation.get("asked"))
+    return cells
 
 
 def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any], Any]]:
