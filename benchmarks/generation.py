@@ -113,12 +113,17 @@ def main() -> None:
     p.add_argument(
         "--data-row", action="store_true", help="also score training crystals (the ceiling)"
     )
+    p.add_argument("--schema", action="store_true",
+                   help="held-out mode only: print the JSON it would write, from a few "
+                   "synthetic crystals (one epoch, three samples), and write nothing")  # fmt: skip
     args = p.parse_args()
     if args.dataset or args.train:
         from generation_split import run
 
         run(args)
         return
+    if args.schema:
+        raise SystemExit("--schema covers the held-out mode (--dataset / --train) only")
     args.out = args.out or OUT
     if args.csv is None:
         from common import shared_data

@@ -8,6 +8,8 @@ Datasets (from the shared data folder, see ``common.shared_data``), split with s
   80 % / 20 %.
 
 ``--train`` / ``--test`` (CSV files with a ``cif`` column) replace the preset's split.
+``--schema`` runs the same code on a few synthetic crystals of the dataset's kind (one
+training epoch, three samples, no checkpoint cache) and prints the JSON it would write.
 Each model trains on the train part and samples ``--n`` crystals as a user would get them
 (the models' soundness redraws on: every sample returned is sound); the model's raw draws
 are summarised by its soundness tally (``sound_rate_raw``: the share of raw draws that
@@ -78,6 +80,28 @@ def load_split(dataset: str, data_dir: Path, seed: int = 0) -> tuple[list, list]
     return [s[i] for i in tr], [s[i] for i in te]
 
 
+def schema_split(dataset: str, n: int = 16) -> tuple[list, list]:
+    """``(train, test)``: ``n`` small synthetic crystals of the dataset's kind (diamond-like
+    carbon for ``carbon_24``, ABO3 perovskites otherwise), for ``--schema``."""
+    from pymatgen.core import Lattice, Structure
+
+    rng = np.random.default_rng(0)
+    crystals = []
+    for i in range(n):
+        if dataset == "carbon_24":
+            frac = np.array([[0, 0, 0], [0.25, 0.25, 0.25], [0.5, 0.5, 0], [0.75, 0.75, 0.25],
+                             [0.5, 0, 0.5], [0.75, 0.25, 0.75], [0, 0.5, 0.5],
+                             [0.25, 0.75, 0.75]])  # fmt: skip
+            species, a = ["C"] * 8, rng.uniform(3.5, 3.7)
+        else:
+            frac = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                             [0, 0.5, 0.5]])  # fmt: skip
+            species, a = [("Sr", "Ba", "Ca")[i % 3], ("Ti", "Zr")[i % 2], "O", "O", "O"], 4.0
+        lattice = Lattice.cubic(a * rng.uniform(0.97, 1.03))
+        crystals.append(Structure(lattice, species, frac + rng.normal(0, 0.01, frac.shape)))
+    return crystals[: 3 * n // 4], crystals[3 * n // 4 :]
+
+
 def _distinct(structures: list, against: list | None = None) -> np.ndarray:
     """Per structure: True when it matches no earlier structure (``against is None``:
     uniqueness) or no structure of ``against`` (novelty), by pymatgen's default
@@ -139,7 +163,27 @@ def score(samples: list, n_asked: int, train: list | None, test_fps, dataset: st
 
 
 def run(args) -> None:
-    """The ``--dataset`` / ``--train`` mode of ``generation.py``."""
+    """The ``--dataset`` / ``--train`` mode of ``generation.py``; with ``args.schema``, the
+    JSON it would write, from synthetic crystals, on stdout (progress goes to stderr)."""
+    import contextlib
+    import sys
+
+    if not getattr(args, "schema", False):
+        _run(args)
+        return
+    args.checkpoint_dir, args.retrain, args.epochs, args.n = None, True, 1, min(args.n, 3)
+    # soundness off: a one-epoch model's draws would be redrawn for long; the setting's key
+    # stays in "settings", and its tally's reasons are data (see below)
+    args.setting = [*(args.setting or []), "soundness=false"]
+    with contextlib.redirect_stdout(sys.stderr):
+        payload = _run(args)
+    for row in payload["rows"].values():
+        if row.get("soundness_tally"):
+            row["soundness_tally"]["rejected"] = {"*": None}  # keys are rejection reasons
+    print(json.dumps(payload, default=float))
+
+
+def _run(args) -> dict[str, Any]:
     import os
 
     import torch
@@ -152,7 +196,9 @@ def run(args) -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     dataset = args.dataset or "custom"
-    if args.train is not None:
+    if getattr(args, "schema", False):
+        train, test = schema_split(dataset)
+    elif args.train is not None:
         train, _ = read_structures_csv(args.train)
         test, _ = read_structures_csv(args.test) if args.test else ([], None)
     else:
@@ -238,16 +284,20 @@ def run(args) -> None:
         )
         rows[kind] = row
         print(kind, _short(row), flush=True)
-    out = Path(args.out) if args.out else RESULTS / f"generation_{dataset}.json"
-    write_result(out, {
+    payload = {
         "dataset": dataset,
         "split": {"train": len(train), "test_scored": len(test), "seed": args.seed},
         "n_samples": args.n,
         "threads": args.threads,
         "note": args.note,
         "rows": rows,
-    })
+    }
+    if getattr(args, "schema", False):
+        return payload
+    out = Path(args.out) if args.out else RESULTS / f"generation_{dataset}.json"
+    write_result(out, payload)
     print(f"wrote {out}")
+    return payload
 
 
 def _cached(folder: Path | None, name: str, compute):

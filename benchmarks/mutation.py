@@ -5,6 +5,15 @@ Each target is a file, the functions of it to mutate and the fast tests that cov
 A target runs in a scratch copy of ``src/`` and ``tests/`` (the checkout is never touched)
 with ``mutmut run`` restricted to those functions' mutants; the counts per status come from
 ``mutmut results``. A *surviving* mutant is a change of the code that no test noticed.
+Survivors judged equivalent (they cannot change behaviour: ``float("-INF")``, or only
+which device a tensor is on, on this CPU-only machine) carry the reason, and are counted
+apart (``EQUIVALENT``, ``equivalence``).
+
+Where the time goes: mutmut runs the tests once in its own process, then forks one child
+per mutant (``--jobs`` at a time) that reruns only the tests covering the mutated function,
+fastest first, stopping at the first failure. So a killed mutant costs its fastest failing
+test and a survivor costs all its tests; imports and anything the tests cache per process
+(``tests/generators/test_learning.py`` caches its fitted models) are paid once.
 
 Examples::
 
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,8 +50,19 @@ TARGETS: dict[str, dict] = {
             "test_reinforce_step_moves_towards_rewarded_actions",
             "test_policy_densities_match_torch_distributions",
             "test_the_baseline_is_a_moving_average_of_rewards",
-            "test_clipping_bounds_repeated_steps_on_one_batch")]
-        + ["tests/generators/test_learning.py::test_reinforce_raises_the_policy_likelihood_of_rewarded_actions"],
+            "test_clipping_bounds_repeated_steps_on_one_batch",
+            "test_reinforce_step_defaults_are_the_documented_ones",
+            "test_reinforce_step_learns_the_anchor_choice_only_given_anchors_and_pool",
+            "test_reinforce_step_takes_double_actions_and_integer_rewards",
+            "test_one_step_is_one_plain_reinforce_step_and_the_logs_say_what_happened",
+            "test_reinforce_step_is_the_documented_update")]
+        + [f"tests/generators/test_learning.py::{t}" for t in (
+            "test_reinforce_raises_the_policy_likelihood_of_rewarded_actions",
+            "test_reinforce_defaults_are_the_documented_ones",
+            "test_reinforce_keeps_learning_in_one_policy",
+            "test_reinforce_favours_the_anchors_of_rewarded_crystals",
+            "test_reinforce_without_a_remembered_anchor_skips_it",
+            "test_reinforce_recovers_forgotten_actions_with_the_encoder")],
     },
     "finetune": {
         "file": "matloop/generators/torch_common.py",
@@ -56,8 +77,12 @@ TARGETS: dict[str, dict] = {
         "tests": ["tests/store/test_claims.py"],
     },
     "stability": {
+        # the numbers: entries, their corrections, the hull and formation energies (not the
+        # plots, the scheme labels or the wording of error messages)
         "file": "matloop/evaluators/stability.py",
-        "functions": ["*"],
+        "functions": ["x_make_entry", "x_mp_parameters", "x_compute_hull",
+                      "x_formation_energy_per_atom", "x__check_ids", "x__check_scale",
+                      f"x{SEP}HullResult{SEP}*"],
         "tests": ["tests/evaluators/test_stability.py"],
     },
     "novelty": {
@@ -68,6 +93,40 @@ TARGETS: dict[str, dict] = {
         "deselect": ["tests/evaluators/test_novelty.py::test_different_formulas_never_compared"],
     },
 }  # fmt: skip
+#: survivors that cannot change behaviour: mutant name -> why
+EQUIVALENT: dict[str, str] = {
+    f"matloop.generators.reinforce.x{SEP}LatentPolicy{SEP}anchor_log_probs__mutmut_12":
+        'float("-INF") is float("-inf"): Python parses the name case-insensitively',
+}  # fmt: skip
+DEVICE_ONLY = ("only where tensors live changes (a device argument dropped or None): the "
+               "same on this CPU-only machine; telling it apart needs a GPU")  # fmt: skip
+_DEVICES = (re.compile(r"(device\s*=\s*)?\b[\w.]*device\b(\(device\))?"), re.compile(r"\bdevice\b"))
+
+
+def equivalence(mutant: str, diff: str) -> str | None:
+    """Why a survivor cannot change behaviour here, or None: listed in ``EQUIVALENT``, or
+    each changed line differs from the original only in a device argument."""
+    if mutant in EQUIVALENT:
+        return EQUIVALENT[mutant]
+    lines = diff.splitlines()
+    old = [line[1:] for line in lines if line.startswith("-")]
+    new = [line[1:] for line in lines if line.startswith("+")]
+    if not old or len(old) != len(new):
+        return None
+    return DEVICE_ONLY if all(_device_only(a, b) for a, b in zip(old, new)) else None
+
+
+def _device_only(before: str, after: str) -> bool:
+    def norm(text: str) -> str:
+        return re.sub(r"\s+", "", text).replace(",)", ")").replace("(,", "(")
+
+    for pattern in _DEVICES:
+        for found in pattern.finditer(before):
+            for stand_in in ("None", "device=None", ""):
+                changed = before[: found.start()] + stand_in + before[found.end() :]
+                if norm(changed) == norm(after):
+                    return True
+    return False
 STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "not checked",
             "segfault", "check was interrupted by user", "caught by type check")  # fmt: skip
 
@@ -110,16 +169,17 @@ def parse_results(text: str) -> dict[str, list[str]]:
     return by_status
 
 
-def run_target(name: str, target: dict, time_limit_s: float, mutmut: str) -> dict:
+def run_target(name: str, target: dict, time_limit_s: float, mutmut: str, jobs: int) -> dict:
     globs = [f"{module_name(target['file'])}.{f}__mutmut_*" for f in target["functions"]]
     start = time.perf_counter()
+    load_before = _load()
     with tempfile.TemporaryDirectory(prefix=f"matloop-mutation-{name}-") as tmp:
         work = scratch_copy(target, Path(tmp))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DO_NOT_TRACK": "1"}
         env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy first on sys.path
         finished = True
         try:
-            done = subprocess.run([mutmut, "run", "--max-children", "1", *globs], cwd=work,
+            done = subprocess.run([mutmut, "run", "--max-children", str(jobs), *globs], cwd=work,
                                   env=env, capture_output=True, text=True, timeout=time_limit_s)  # fmt: skip
             if done.returncode:
                 print(f"{name}: mutmut run failed:\n{done.stdout[-3000:]}", file=sys.stderr)
@@ -131,13 +191,14 @@ def run_target(name: str, target: dict, time_limit_s: float, mutmut: str) -> dic
         wanted = {k: [m for m in v if any(_match(m, g) for g in globs)]
                   for k, v in by_status.items()}  # fmt: skip
         survived = []
-        for mutant in wanted.get("survived", [])[:40]:
-            shown = subprocess.run([mutmut, "show", mutant], cwd=work, env=env,
-                                   capture_output=True, text=True, timeout=120).stdout  # fmt: skip
-            diff = [line for line in shown.splitlines()
+        shown = mutant_diffs(wanted.get("survived", []), work, env)
+        for mutant in wanted.get("survived", []):
+            diff = [line for line in shown[mutant].splitlines()
                     if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
-            survived.append({"mutant": mutant, "diff": "\n".join(diff)})
+            survived.append({"mutant": mutant, "diff": "\n".join(diff),
+                             "equivalent": equivalence(mutant, "\n".join(diff))})  # fmt: skip
     counts = {status: len(wanted.get(status, [])) for status in STATUSES}
+    equivalent = sum(1 for m in survived if m["equivalent"])
     total = sum(len(v) for v in wanted.values())
     tested = counts["killed"] + counts["survived"] + counts["timeout"]
     return {
@@ -147,10 +208,36 @@ def run_target(name: str, target: dict, time_limit_s: float, mutmut: str) -> dic
         "mutants": total,
         "counts": counts,
         "score": (counts["killed"] + counts["timeout"]) / tested if tested else None,
+        "survived_equivalent": equivalent,
+        "survived_not_equivalent": counts["survived"] - equivalent,
         "finished": finished,
         "seconds": round(time.perf_counter() - start),
+        "jobs": jobs,
+        "load_avg_1_5_15": {"before": load_before, "after": _load()},
         "survived": survived,
     }
+
+
+#: ``mutmut show`` for many mutants in one process (a process per mutant costs seconds each)
+DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+names = json.load(sys.stdin)
+print(json.dumps({n: get_diff_for_mutant(n, path=find_mutant(n).path) for n in names}))
+"""
+
+
+def mutant_diffs(names: list[str], work: Path, env: dict[str, str]) -> dict[str, str]:
+    """Each mutant's unified diff against the original, by name."""
+    if not names:
+        return {}
+    done = subprocess.run([sys.executable, "-c", DIFFS], cwd=work, env=env, check=True,
+                          input=json.dumps(names), capture_output=True, text=True, timeout=600)  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def _load() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def _match(name: str, pattern: str) -> bool:
@@ -165,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
     p.add_argument("--time-limit", type=float, default=3600.0,
                    help="seconds per target; an unfinished target reports its unchecked mutants")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="mutants tested at once (forked children of one mutmut process)")
     p.add_argument("--output", type=Path, default=OUT)
     p.add_argument("--schema", action="store_true", help="print the JSON's shape, run nothing")
     args = p.parse_args(argv)
@@ -174,13 +263,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.schema:
             modules[name] = {"file": "", "functions": [], "tests": [], "mutants": 0,
                              "counts": dict.fromkeys(STATUSES, 0), "score": None,
-                             "finished": True, "seconds": 0,
-                             "survived": [{"mutant": "", "diff": ""}]}  # fmt: skip
+                             "survived_equivalent": 0, "survived_not_equivalent": 0,
+                             "finished": True, "seconds": 0, "jobs": args.jobs,
+                             "load_avg_1_5_15": {"before": [], "after": []},
+                             "survived": [{"mutant": "", "diff": "", "equivalent": ""}]}  # fmt: skip
         else:
-            modules[name] = run_target(name, TARGETS[name], args.time_limit, mutmut)
+            modules[name] = run_target(name, TARGETS[name], args.time_limit, mutmut, args.jobs)
             c = modules[name]["counts"]
             print(f"{name:10s} {modules[name]['mutants']:4d} mutants: {c['killed']} killed, "
-                  f"{c['survived']} survived, {c['timeout']} timeout, "
+                  f"{c['survived']} survived ({modules[name]['survived_equivalent']} equivalent), "
+                  f"{c['timeout']} timeout, "
                   f"{c['not checked']} not checked ({modules[name]['seconds']} s)", flush=True)  # fmt: skip
     payload = {"tool": "mutmut", "modules": modules}
     if args.schema:

@@ -73,6 +73,25 @@ def discovery_chgnet(d: dict) -> str | None:
             f"{sc['rounds']} rounds {cumulative}; hit rate per round {rates}")  # fmt: skip
 
 
+def discovery_realistic(d: dict) -> str | None:
+    if "realistic" not in d:
+        return None
+    r = d["realistic"]
+    sc = r["scale"]
+    parts = []
+    for name, v in r["strategies"].items():
+        rate = " → ".join(f"{x:.1f}" for x in v["discoveries_per_100_relaxations"]["mean"])
+        seconds = v["seconds_per_round"]["mean"]
+        parts.append(f"{name}: {v['cumulative_discoveries']['mean'][-1]:.1f} ± "
+                     f"{v['cumulative_discoveries']['std'][-1]:.1f} discoveries, per 100 "
+                     f"relaxations per round {rate}, last-round repeats "
+                     f"{_pct(v['duplicate_share']['mean'][-1])}, "
+                     f"{sum(seconds) / len(seconds):.0f} s a round")  # fmt: skip
+    return (f"{sc['campaign']} at {sc['rounds']} round(s) x {sc['relaxations_per_round']} "
+            f"relaxations ({sc['candidates_per_round']} proposals), {len(sc['seeds'])} seed(s), "
+            f"VAE {sc['vae_epochs']} epochs, {sc['wall_s']} s in all: " + "; ".join(parts))
+
+
 def relax_throughput(d: dict) -> str:
     p, r = d["paths"], d["ratios"]
     ran = [name for name, row in p.items() if "crystals_per_s" in row]
@@ -125,6 +144,8 @@ def mutation(d: dict) -> str:
         c = m["counts"]
         text = (f"{name} ({m['file']}): {m['mutants']} mutants, "
                 f"{c['killed'] + c['timeout']} killed, {c['survived']} survived")
+        if m.get("survived_equivalent"):
+            text += f" ({m['survived_equivalent']} of them equivalent)"
         if c["not checked"]:
             text += f", {c['not checked']} not checked (time limit)"
         parts.append(text)
@@ -244,6 +265,11 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
     "discovery_chgnet.json": ("python benchmarks/discovery.py --parts chgnet", [discovery_chgnet]),
+    "discovery_realistic.json": ("python benchmarks/discovery.py --realistic",
+                                 [discovery_realistic]),
+    # the full loop alone at the campaign's own scale, fewer rounds (--strategies full_loop)
+    "discovery_realistic_full_loop.json": ("python benchmarks/discovery.py --realistic "
+                                           "--strategies full_loop", [discovery_realistic]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "generation_perov_5.json": ("python benchmarks/generation.py --dataset perov_5",
                                 [generation_heldout]),
@@ -255,7 +281,6 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "mutation.json": ("python benchmarks/mutation.py", [mutation]),
     "dft_confirmation.json": ("python benchmarks/dft_confirmation.py", [dft_confirmation]),
     "store_scale.json": ("python benchmarks/store_scale.py", [store_scale]),
-    "store_scale_100k.json": ("python benchmarks/store_scale.py", [store_scale]),
     "store_scale_backends.json": ("python benchmarks/store_scale.py", [store_scale]),
 }
 

@@ -333,12 +333,14 @@ def _rich_progress(console):
     )
 
 
-def _export_or_explain(db, name: str, folder: Path, debug: bool, uri: str) -> Path | None:
+def _export_or_explain(
+    db, name: str, folder: Path, debug: bool, uri: str, cif_symprec: float | None = None
+) -> Path | None:
     """Export the campaign; on failure one line saying why and that the store keeps it all."""
     from matloop.results.export import export_campaign
 
     try:
-        return export_campaign(db, name, folder)
+        return export_campaign(db, name, folder, cif_symprec=cif_symprec)
     except OSError as err:
         if debug:
             raise
@@ -389,7 +391,13 @@ def _print_status(console, store, name: str) -> None:
             cells[0] += "*"
         table.add_row(*cells)
     console.print(table)
-    best = sorted(store.evaluations(name), key=lambda e: e.e_above_hull)[:8]
+    shown = ["candidate_id", "formula", "round", "spacegroup", "e_above_hull", "novelty",
+             "is_novel"]  # only these: no evaluation is read whole
+    from types import SimpleNamespace
+
+    best = sorted((SimpleNamespace(**e) for e in store.project(
+        "evaluations", {"campaign": name}, shown, sort={"candidate_id": 1})),
+        key=lambda e: e.e_above_hull)[:8]
     if best:
         top = Table(title="best candidates (energy above hull, eV/atom)", box=box.SIMPLE_HEAD)
         for column in ["candidate", "formula", "round", "space group", "E_hull", "novelty"]:
@@ -575,18 +583,25 @@ def export(
     name: Annotated[str, typer.Argument(help="Campaign name")],
     output: Annotated[Path, typer.Option("--output", help="Folder to write")],
     store: Annotated[str, typer.Option(help="Store URI")] = "sqlite://./matloop-store.db",
+    cif_symprec: Annotated[float | None, typer.Option(
+        help="Write symmetrized CIFs, finding the symmetry with this tolerance in Å (e.g. "
+             "0.1); without it the relaxed cells are written as they are (P1), which is much "
+             "faster for large campaigns")] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Write candidates.csv, rounds.csv, references.csv, cifs/, plots/ and report.md."""
     from matloop.preflight import check_writable_folder
 
     _check_inputs(check_writable_folder(output, "--output"))
+    if cif_symprec is not None and not cif_symprec > 0:
+        _fail(f"--cif-symprec {cif_symprec}: the tolerance must be a positive length in Å, "
+              "e.g. 0.1")
     db = _store(store)
     if db.get_campaign(name) is None:
         known = ", ".join(c.campaign for c in db.campaigns()) or "none"
         _fail(f"no campaign named {name!r} in this store (campaigns: {known})")
     with _guard(debug, "exporting", "the results are safe in the store"):
-        out = _export_or_explain(db, name, output, debug, store)
+        out = _export_or_explain(db, name, output, debug, store, cif_symprec)
     if out is None:
         raise typer.Exit(1)
     typer.echo(f"wrote {out}")

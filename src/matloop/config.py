@@ -265,6 +265,21 @@ class AcquisitionConfig(_Strict):
     ensemble_size: int = Field(8, ge=2, le=64)
 
 
+class AllocationConfig(_Strict):
+    """How each round's proposals are shared among the generators.
+
+    ``fixed``: by ``generators[].weight``. ``thompson``: a bandit over generators (see
+    :mod:`matloop.evaluators.bandit`): each generator's hits per proposal in earlier rounds
+    give a Beta posterior, and each round's shares follow the probability that a generator
+    is the best one, above a ``floor`` so that none starves.
+    """
+
+    strategy: Literal["fixed", "thompson"] = "fixed"
+    floor: float = Field(
+        0.1, ge=0.0, le=1.0, description="Smallest share of proposals each generator keeps"
+    )
+
+
 class SeedFile(_Strict):
     path: str
     format: Literal["csv", "extxyz", "ase-db"] | None = Field(
@@ -326,6 +341,11 @@ class CampaignConfig(_Strict):
     dft: DftConfig | None = Field(None, description="DFT verification stage; off when absent")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    allocation: AllocationConfig = Field(
+        default_factory=AllocationConfig,
+        description="Proposals per generator: fixed weights, or a bandit (thompson); "
+        "`allocation: fixed` is short for {strategy: fixed}",
+    )
     seed_data: SeedConfig = Field(default_factory=SeedConfig)
     store: str = Field(
         "sqlite://./matloop-store.db",
@@ -333,6 +353,21 @@ class CampaignConfig(_Strict):
     )
     output: str = Field("./matloop-output", description="Folder for exported results")
     seed: int = Field(0, description="Random seed: the same seed gives the same campaign")
+
+    @field_validator("allocation", mode="before")
+    @classmethod
+    def _allocation_shorthand(cls, value: object) -> object:
+        return {"strategy": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _allocation_floor(self) -> CampaignConfig:
+        floor, n = self.allocation.floor, len(self.generators)
+        if self.allocation.strategy != "fixed" and floor * n > 1:
+            raise ValueError(
+                f"allocation.floor {floor} x {n} generators is more than all proposals; "
+                f"use at most {1 / n:.3g}"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

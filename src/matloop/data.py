@@ -129,14 +129,28 @@ def guess_format(path: Path) -> str:
     raise ValueError(f"{path}: cannot tell the format from the name; set format: csv|extxyz|ase-db")
 
 
+def expand_path(path: str | os.PathLike) -> Path:
+    """``~`` and ``$VAR`` / ``${VAR}`` expanded; a variable left unset is a clear error.
+
+    Campaign files name shared data through a variable (e.g.
+    ``${MATLOOP_SHARED_DATA}/known_crystals_mp.csv.gz``), so no file points at a folder
+    of one machine.
+    """
+    text = os.path.expandvars(os.path.expanduser(str(path)))
+    if "$" in text:
+        raise ValueError(f"{path}: environment variable not set ({text})")
+    return Path(text)
+
+
 def read_structures(
     path: str | Path,
     fmt: str | None = None,
     cif_column: str = "cif",
     id_column: str = "material_id",
 ) -> ReadReport:
-    """Read known crystals from a file; a missing file is an error, a bad row a problem."""
-    path = Path(path)
+    """Read known crystals from a file; a missing file is an error, a bad row a problem.
+    ``$VAR`` in ``path`` is expanded (:func:`expand_path`)."""
+    path = expand_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"seed data file not found: {path}")
     fmt = fmt or guess_format(path)

@@ -127,7 +127,14 @@ def count_seed_crystals(config: CampaignConfig) -> SeedCount:
     result = SeedCount(per_system=counts)
     for index, seed in enumerate(config.seed_data.files):
         where = f"seed_data.files[{index}].path"
-        found = _seed_file_systems(Path(seed.path).expanduser(), seed, space.elements, where)
+        from matloop.data import expand_path
+
+        try:
+            path = expand_path(seed.path)
+        except ValueError as err:
+            result.problems.append(Problem(where, str(err)))
+            continue
+        found = _seed_file_systems(path, seed, space.elements, where)
         if isinstance(found, Problem):
             result.problems.append(found)
             continue

@@ -153,3 +153,75 @@ def test_novelty_is_unjudged_only_when_the_reference_lacks_the_chemical_system()
     assert judge_novelty("mp-2", "O-Ti", coverage)[0] is Novelty.known
     # an empty reference judges nothing
     assert judge_novelty(None, "Ti-O", ReferenceCoverage())[0] is Novelty.unjudged
+
+
+def test_the_matcher_has_pymatgens_default_settings_and_spawn_keeps_them():
+    assert NoveltyIndex().matcher.as_dict() == StructureMatcher().as_dict()
+    loose = NoveltyIndex(ltol=0.3, stol=0.4, angle_tol=15.0, primitive_cell=False, scale=False,
+                         attempt_supercell=True, entries=[("c", _rocksalt())])  # fmt: skip
+    child = loose.spawn()
+    assert len(child) == 0 and child.matcher.as_dict() == loose.matcher.as_dict()
+    assert child.matcher.as_dict() != StructureMatcher().as_dict()
+
+
+def test_match_counts_its_comparisons_within_one_formula():
+    index = NoveltyIndex(entries=[("rs", _rocksalt()), ("rs2", _rocksalt(5.0)),
+                                  ("kbr", _rocksalt(6.6, ("K", "Br")))])  # fmt: skip
+    assert index.n_comparisons == 0 and len(index) == 3
+    assert index.match(_cscl()) is None and index.n_comparisons == 2  # both NaCl, not KBr
+    assert index.match(_rocksalt(5.7)) == "rs" and index.n_comparisons == 3  # stops at a match
+    assert index.match(_cscl(3.0, ("Li", "F"))) is None and index.n_comparisons == 3
+
+
+def test_a_comparison_that_fails_is_skipped_not_fatal(monkeypatch):
+    index = NoveltyIndex(entries=[("odd", _rocksalt(5.0)), ("rs", _rocksalt())])
+    real_fit = StructureMatcher.fit
+
+    def fails_on_the_odd_one(self, s1, s2, *args, **kwargs):
+        if abs(s2.lattice.a - _rocksalt(5.0).lattice.a) < 1e-9:
+            raise ValueError("cannot reduce this cell")
+        return real_fit(self, s1, s2, *args, **kwargs)
+
+    monkeypatch.setattr(StructureMatcher, "fit", fails_on_the_odd_one)
+    assert index.match(_rocksalt(5.7)) == "rs" and index.n_comparisons == 2
+
+
+def test_a_batch_duplicate_of_a_known_crystal_names_the_known_one():
+    known = NoveltyIndex(entries=[("mp-nacl", _rocksalt())])
+    result = novelty_and_uniqueness([("a", _rocksalt(5.6)), ("b", _rocksalt(5.7))], known)
+    assert result["b"] == NoveltyResult(False, False, "mp-nacl")
+    assert known.n_comparisons == 2 and len(known) == 1
+    assert novelty_and_uniqueness([], known) == {}
+
+
+def test_coverage_counts_systems_whatever_the_element_order():
+    from matloop.evaluators.novelty import ReferenceCoverage, subsystems
+
+    coverage = ReferenceCoverage.from_crystals([("a", "O-Ti"), ("b", "Ti-O"), ("a", "Ti")])
+    assert coverage.sets == ["a", "b"] and coverage.count("Ti-O") == 2
+    assert coverage.describe("O-Ti-Ca") == {
+        "sets": ["a", "b"], "chemsys": "Ca-O-Ti", "n_chemsys": 0,
+        "n_subsystems": {"Ca": 0, "O": 0, "Ti": 1, "Ca-O": 0, "Ca-Ti": 0, "O-Ti": 2}}  # fmt: skip
+    assert subsystems("Na") == [] and subsystems("Cl-Na") == ["Cl", "Na"]
+
+
+def test_a_repeated_id_is_skipped_and_the_batch_goes_on(caplog):
+    known = NoveltyIndex()
+    batch = [("a", _rocksalt()), ("a", _cscl()), ("b", _cscl()), ("c", _cscl(3.4))]
+    with caplog.at_level("DEBUG", logger="matloop.evaluators.novelty"):
+        result = novelty_and_uniqueness(batch, known)
+    assert result == {"a": NoveltyResult(True, True, None), "b": NoveltyResult(True, True, None),
+                      "c": NoveltyResult(True, False, "b")}  # fmt: skip
+    assert "candidate id a repeated in the batch; keeping the first" in caplog.messages
+
+
+def test_a_failed_comparison_is_logged_with_the_known_id_and_reason(monkeypatch, caplog):
+    index = NoveltyIndex(entries=[("odd", _rocksalt())])
+
+    def fails(self, s1, s2, *args, **kwargs):
+        raise ValueError("cannot reduce this cell")
+
+    monkeypatch.setattr(StructureMatcher, "fit", fails)
+    with caplog.at_level("DEBUG", logger="matloop.evaluators.novelty"):
+        assert index.match(_rocksalt(5.7)) is None
+    assert caplog.messages == ["StructureMatcher failed on odd: cannot reduce this cell"]

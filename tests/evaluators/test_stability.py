@@ -169,3 +169,35 @@ def test_plot_hull_binary_and_fallback(tmp_path):
 
 def test_plot_hull_never_raises(tmp_path):
     assert plot_hull(object(), tmp_path / "x.png") is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("formula", "hubbards", "potcars"),
+    [
+        ("FeO", {"Fe": 5.3}, ["Fe_pv", "O"]),  # one atom of each: still an oxide with U
+        ("LiFeO2", {"Fe": 5.3}, ["Li_sv", "Fe_pv", "O"]),  # U from the most electronegative
+        ("FeS", {}, ["Fe_pv", "S"]),
+    ],
+)
+def test_mp_parameters_follow_mprelaxset(formula, hubbards, potcars):
+    params = mp_parameters(Composition(formula))
+    assert params["hubbards"] == hubbards and params["is_hubbard"] is bool(hubbards)
+    assert params["potcar_symbols"] == [f"PAW_PBE {p}" for p in potcars]
+
+
+def test_a_reference_is_not_a_candidate_key():
+    result = compute_hull(_refs(), [make_entry(Composition("Li2O"), E_LI2O, "c1", correct=False)])
+    assert list(result) == ["c1"] and result["c1"] == pytest.approx(0.0, abs=1e-8)
+    with pytest.raises(KeyError, match="ref-li"):
+        result["ref-li"]
+
+
+def test_given_hubbards_set_is_hubbard_unless_given_too():
+    with_u = make_entry(Composition("Fe2O3"), -6.8, "u", parameters={"hubbards": {"Fe": 5.3}})
+    assert with_u.parameters["is_hubbard"] is True and with_u.correction < 0
+    plain = make_entry(Composition("FeS"), -5.0, "s", parameters={"hubbards": {}})
+    assert plain.parameters["is_hubbard"] is False
+    kept = make_entry(Composition("FeS"), -5.0, "k", parameters={"hubbards": {}, "is_hubbard": False})
+    assert kept.parameters["is_hubbard"] is False
+    raw = make_entry(Composition("FeS"), -5.0, "r", correct=False)
+    assert raw.parameters == {"matloop_correction": "none"} and raw.correction == 0.0

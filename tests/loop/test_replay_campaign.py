@@ -102,6 +102,17 @@ def test_joint_acquisition_picks_the_most_probable_hits(table):
     assert max(c.acquisition_score for c in chosen) <= min(c.acquisition_score for c in waiting)
     assert all(-1.0 <= c.acquisition_score <= 0.0 for c in scored)
 
+    # the pool is not rewritten every round: a candidate left waiting since round 1 records
+    # that once, while its scores follow each round's surrogate
+    before = {c.candidate_id: c for c in waiting}
+    run.run_round()
+    still = [c for c in run.store.candidates(run.name, ids=list(before))
+             if c.status == CandidateStatus.proposed]
+    assert still
+    for cand in still:
+        assert [h.reason for h in cand.history].count("waiting in the pool") == 1
+    assert any(c.acquisition_score != before[c.candidate_id].acquisition_score for c in still)
+
 
 def _row_id(oracle, structure_dict) -> str:
     from pymatgen.core import Structure

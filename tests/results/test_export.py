@@ -176,3 +176,27 @@ def test_real_chgnet_campaign_hull_recomputes_from_the_export(tmp_path):
     assert len(candidates) >= 2
     assert all(r["evidence"] == "mlip-relaxed" for r in candidates)
     assert (out / "report.html").is_file()
+
+
+def test_cifs_hold_every_near_stable_relaxed_structure_as_relaxed(evaluated, evaluated_export,
+                                                                  tmp_path):
+    """cifs/: one CIF per evaluated candidate within 0.1 eV/atom of the hull, reading back
+    to its relaxed structure; with cif_symprec, symmetrized (the same crystal)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    from matloop.results.export import NEAR_STABLE
+
+    near = {e.candidate_id for e in evaluated.store.evaluations(NAME)
+            if e.e_above_hull <= NEAR_STABLE}
+    assert near and {p.stem for p in (evaluated_export / "cifs").glob("*.cif")} == near
+    relaxed = {r.candidate_id: Structure.from_dict(r.structure)
+               for r in evaluated.store.relaxations(NAME, ids=sorted(near))}
+    for cid in near:
+        back = Structure.from_file(evaluated_export / "cifs" / f"{cid}.cif")
+        assert len(back) == len(relaxed[cid])
+        assert back.lattice.abc == pytest.approx(relaxed[cid].lattice.abc, abs=1e-5)
+    symmetrized = export_campaign(evaluated.store, NAME, tmp_path / "sym", cif_symprec=0.1)
+    for cid in near:
+        text = (symmetrized / "cifs" / f"{cid}.cif").read_text()
+        assert StructureMatcher().fit(Structure.from_str(text, fmt="cif"), relaxed[cid])

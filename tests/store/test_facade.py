@@ -175,3 +175,36 @@ def test_claims_take_each_candidate_once_and_take_over_dead_workers(store):
     taken = store.claim_candidate("demo", 1)
     assert taken.candidate_id == "a" and taken.claimed_by == store.worker_id()
     assert [h.status for h in taken.history][-1] == "relaxing"
+
+
+def test_projections_read_only_the_fields_asked_with_defaults_for_missing_ones(store):
+    store.add_candidates([_candidate(x) for x in "ba"])
+    store.set_status("demo", {"a": (CandidateStatus.selected, None)}, round_=1,
+                     fields={"a": {"acquisition_score": 0.5}})
+    # a document stored before a field existed: the field reads as the type's default
+    store.collection("candidates").update_many({"candidate_id": "b"},
+                                               {"$unset": {"times_proposed": ""}})
+    rows = store.project("candidates", {"campaign": "demo"},
+                         ["candidate_id", "status", "acquisition_score", "times_proposed",
+                          "conditions"], sort={"candidate_id": 1})
+    assert rows == [
+        {"candidate_id": "a", "status": "selected", "acquisition_score": 0.5,
+         "times_proposed": 1, "conditions": {}},
+        {"candidate_id": "b", "status": "proposed", "acquisition_score": None,
+         "times_proposed": 1, "conditions": {}},
+    ]
+    assert rows[0]["conditions"] is not rows[1]["conditions"]  # defaults are not shared
+
+
+def test_set_fields_leaves_status_and_history_alone(store):
+    import numpy as np
+
+    store.add_candidates([_candidate(x) for x in "ab"])
+    store.set_status("demo", {"a": (CandidateStatus.proposed, "waiting in the pool")},
+                     round_=1)
+    store.set_fields("demo", {"a": {"acquisition_score": np.float64(-0.25)}, "b": {}})
+    a, b = store.candidates("demo")
+    assert (a.status, a.reason, a.acquisition_score) == ("proposed", "waiting in the pool",
+                                                         -0.25)
+    assert [h.reason for h in a.history] == ["waiting in the pool"]
+    assert b.acquisition_score is None and b.history == []

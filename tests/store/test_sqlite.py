@@ -3,6 +3,7 @@ whole-or-nothing writes, and claims that are atomic across processes."""
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import sqlite3
@@ -26,7 +27,7 @@ def things(tmp_path):
 DOCS = [
     {"campaign": "c", "name": f"n{i}", "status": ["a", "b", "c"][i % 3], "round": i % 4,
      "tags": ["x", "y"] if i % 2 else ["z"], "meta": {"k": i, "ok": i % 5 == 0},
-     "score": None if i % 7 == 0 else i / 3}
+     "score": None if i % 7 == 0 else i / 3, "flag": i % 3 == 0, "x": 0.1 + i * 0.2}
     for i in range(40)
 ]
 
@@ -132,3 +133,38 @@ def test_find_one_and_update_is_atomic_across_processes(things):
         w.join(timeout=60)
     assert sorted(claims) == sorted(f"n{i}" for i in range(200)), "a claim was lost or doubled"
     assert things.count({"status": "taken"}) == 200
+
+
+@pytest.mark.parametrize("criteria", FILTERS)
+@pytest.mark.parametrize(
+    "properties", [["name", "meta", "flag", "x"], ["meta.k", "status"], ["tags", "score"]])
+def test_projections_match_what_mongomock_returns(things, criteria, properties):
+    """SQL cuts the projected fields out of the document (structures are never decoded);
+    what comes back is what a Mongo projection returns, whatever the filter."""
+    things.update([dict(d) for d in DOCS])
+    reference = mongomock.MongoClient().db.things
+    reference.insert_many([dict(d) for d in DOCS])
+    projection = {p: 1 for p in properties}
+    expected = [{k: v for k, v in d.items() if k != "_id"}
+                for d in reference.find(criteria, projection)]
+    found = [{k: v for k, v in d.items() if k != "_id"}
+             for d in things.query(criteria, properties=properties, sort={"name": 1})]
+    # exact values: booleans stay booleans, floats keep all their digits
+    canonical = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
+    assert canonical(found) == canonical(expected)
+
+
+@pytest.mark.parametrize("criteria", FILTERS)
+@pytest.mark.parametrize("excluded", [["meta", "tags"], ["meta.k", "status"], ["score"]])
+def test_exclusions_match_what_mongomock_returns(things, criteria, excluded):
+    things.update([dict(d) for d in DOCS])
+    reference = mongomock.MongoClient().db.things
+    reference.insert_many([dict(d) for d in DOCS])
+    projection = {p: 0 for p in excluded}
+    expected = [{k: v for k, v in d.items() if k != "_id"}
+                for d in reference.find(criteria, dict(projection))]
+    for sort in (None, {"status": 1}):
+        found = [{k: v for k, v in d.items() if k != "_id"}
+                 for d in things.query(criteria, properties=projection, sort=sort)]
+        canonical = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
+        assert canonical(found) == canonical(expected)

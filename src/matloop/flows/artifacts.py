@@ -20,12 +20,18 @@ def _key(text: str) -> str:
 
 
 def round_rows(run: CampaignRun) -> list[dict]:
+    """Metrics and loop diagnostics (allocation, hit rate per generator, repeats,
+    surrogate MAE and calibration) of every round, as flat cells."""
+    from matloop.results.rows import diagnostic_cells
+
     rows = []
     for doc in run.store.rounds(run.name):
         row = {"round": doc.round, "status": doc.status}
         for key in METRIC_KEYS:
             value = doc.metrics.get(key)
             row[key] = round(value, 4) if isinstance(value, float) else value
+        for key, value in diagnostic_cells(doc.metrics).items():
+            row.setdefault(key, round(value, 4) if isinstance(value, float) else value)
         rows.append(row)
     return rows
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     import numpy as np
     from pymatgen.core import Structure
@@ -94,6 +94,11 @@ class Generator(ABC):
     ) -> list[Structure]:
         """Propose up to ``n`` crystals (fewer if the generator cannot make more distinct
         ones). ``conditions`` asks conditional models for target properties."""
+
+    def exclude_proposed(self, labels: Collection[str]) -> None:
+        """Told, before ``sample``, the ``prototype`` labels of crystals it proposed in
+        earlier rounds (stored candidates), so a generator whose order is deterministic
+        (a ranking) moves on instead of proposing them again. Default: ignored."""
 
     def update(self, feedback: Sequence[Feedback]) -> None:
         """Learn from the loop's feedback (fine-tune, policy-gradient step). Default: no-op."""

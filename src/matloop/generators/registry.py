@@ -37,6 +37,7 @@ GENERATOR_PATHS: dict[str, str] = {
     "prototype_substitution": "matloop.generators.prototypes:PrototypeSubstitution",
     "random_symmetric": "matloop.generators.random_symmetric:RandomSymmetric",
     "table_rows": "matloop.generators.table:TableRows",
+    "ion_substitution": "matloop.generators.ion_substitution:IonSubstitution",
 }
 #: Learned torch models: used in a campaign through a trained checkpoint (``matloop train``).
 GENERATOR_PATHS.update(TORCH_GENERATORS)
@@ -151,6 +152,9 @@ def load_generator(
     """
     from pathlib import Path
 
+    from matloop.data import expand_path
+
+    checkpoint = str(expand_path(checkpoint))  # ${VAR}: a campaign file names no machine
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint for generator {name!r} not found: {checkpoint}")
     generator = generator_class(name).load(checkpoint, trust=trust)

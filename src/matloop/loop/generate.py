@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from matloop.loop.diagnostics import generator_allocation
 from matloop.store import CandidateDoc, CandidateStatus
 from matloop.store.documents import structure_dict
 
@@ -30,22 +31,27 @@ class GenerateStep:
     def run(self, ctx: RunContext, round_: int) -> dict[str, Any]:
         from matloop.identity import candidate_id
 
-        total = ctx.config.budget.candidates_per_round
         # Generators start each round from what the store holds (their stored versions and
         # the seeds), never from state left in this process, so a resumed round proposes
         # exactly what an uninterrupted one would have.
         ctx.reset_generators()
         pairs = ctx.generators()
-        weights = np.array([cfg.weight for cfg, _ in pairs], dtype=float)
-        shares = np.floor(total * weights / weights.sum()).astype(int)
-        shares[: total - shares.sum()] += 1
-        repeats, by_generator = 0, {}
+        # fixed weights, or the bandit's shares from earlier rounds' hits (loop.diagnostics)
+        allocation = generator_allocation(ctx, round_, [g.name for _, g in pairs])
+        shares = allocation.pop("counts")
+        repeats, by_generator, repeats_by = 0, {}, {}
         # Candidates of this round already stored were written by an attempt of this step
         # that was interrupted: proposed again now, they count as new, not as repeats
         # (otherwise the redo would ask the generators for replacements).
-        earlier = {c.candidate_id for c in ctx.store.candidates(ctx.name, round_=round_)}
+        stored = ctx.store.candidates(ctx.name)
+        earlier = {c.candidate_id for c in stored if c.round == round_}
         for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
             rng = ctx.rng(round_, 100 + index)
+            # what it proposed in earlier rounds (a ranking generator moves past them)
+            generator.exclude_proposed(
+                {c.prototype for c in stored if c.generator == generator.name
+                 and c.round < round_ and c.prototype}
+            )
             wanted, new_ids = int(share), []
             for _attempt in range(3):
                 if wanted <= len(new_ids):
@@ -68,6 +74,7 @@ class GenerateStep:
                 )
                 new_ids += again + fresh
                 repeats += len(existing)
+                repeats_by[generator.name] = repeats_by.get(generator.name, 0) + len(existing)
                 if not structures:
                     break
         # counted from the store, so a generate step redone after a crash counts the same
@@ -79,7 +86,11 @@ class GenerateStep:
             f"({', '.join(f'{k}: {v}' for k, v in by_generator.items())}); "
             f"{repeats} repeat proposal(s) of stored crystals"
         )
-        return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator}
+        allocation["asked"] = dict(zip([g.name for _, g in pairs], map(int, shares),
+                                       strict=True))  # fmt: skip
+        # repeats per generator: the bandit counts them as proposals that found nothing
+        return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator,
+                "repeats_by_generator": repeats_by, "allocation": allocation}
 
 
 def candidate_doc(campaign: str, structure, round_: int, generator, id_fn) -> CandidateDoc | None:

@@ -1,5 +1,7 @@
-"""Step 6, learn: score the surrogate's predictions for the round, and feed rewards back to
-the generators that learn (each declares how in ``Generator.learns``)."""
+"""Step 6, learn: score the surrogate's predictions for the round (predicted vs relaxed
+energy above the hull: MAE, bias, calibration), record the loop's diagnostics
+(:func:`matloop.loop.diagnostics.round_diagnostics`), and feed rewards back to the
+generators that learn (each declares how in ``Generator.learns``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from matloop.loop.diagnostics import round_diagnostics
 from matloop.loop.models import store_model
 from matloop.store import CandidateStatus
 from matloop.store.documents import structure_from_dict
@@ -25,7 +28,8 @@ class LearnStep:
         evaluations = [e for e in store.evaluations(name) if e.round == round_]
         by_id = {c.candidate_id: c for c in store.candidates(
             name, ids=[e.candidate_id for e in evaluations])}
-        counts: dict[str, Any] = {}
+        # the loop's own health this round (hit rate per generator, repeats)
+        counts: dict[str, Any] = round_diagnostics(ctx, round_)
         pairs = [
             (by_id[e.candidate_id].predicted_e_above_hull, by_id[e.candidate_id].predicted_std,
              e.e_above_hull_at_round)
@@ -36,6 +40,7 @@ class LearnStep:
         if pairs:
             pred, std, true = (np.array(x, dtype=float) for x in zip(*pairs, strict=True))
             counts["surrogate_mae"] = float(np.mean(np.abs(pred - true)))
+            counts["surrogate_bias"] = float(np.mean(pred - true))  # > 0: too pessimistic
             # calibration: a calibrated Gaussian spread holds ~68 % within 1 sigma, ~95 % in 2
             counts["surrogate_within_1sigma"] = float(np.mean(np.abs(pred - true) <= std))
             counts["surrogate_within_2sigma"] = float(np.mean(np.abs(pred - true) <= 2 * std))

@@ -19,6 +19,16 @@ __all__ = ["MIN_TRAINING_POINTS", "ScreenStep", "acquire", "property_labels", "t
 
 #: Fewer labelled crystals than this and the surrogate is not trusted: selection is random.
 MIN_TRAINING_POINTS = 6
+#: The reason of a screened candidate left in the pool for a later round.
+WAITING = "waiting in the pool"
+
+
+def _changed(cand: CandidateDoc, fields: dict[str, Any]) -> bool:
+    """Whether ``fields`` differ from what ``cand`` holds (NaN and None: both 'no value')."""
+    def value(x: Any) -> Any:
+        return None if x is None or (isinstance(x, float) and np.isnan(x)) else x
+
+    return any(value(getattr(cand, k)) != value(v) for k, v in fields.items())
 
 
 class ScreenStep:
@@ -43,9 +53,11 @@ class ScreenStep:
         pool = store.candidates(name, status=CandidateStatus.proposed)
         # rejected earlier in this round (unanalysable at generation, or by that interrupted
         # attempt): not screened again, but counted as this round's
-        rejected_before = sum(
-            any(h.status == CandidateStatus.rejected and h.round == round_ for h in c.history)
-            for c in store.candidates(name, status=CandidateStatus.rejected)
+        rejected_before = sum(  # their histories alone: no structures read
+            any(h["status"] == CandidateStatus.rejected and h.get("round") == round_
+                for h in c["history"])
+            for c in store.project("candidates", {"campaign": name, "status": "rejected"},
+                                   ["history"])
         )
         rejections: dict[str, tuple[CandidateStatus, str | None]] = {}
         known = NoveltyIndex()
@@ -90,13 +102,15 @@ class ScreenStep:
             for i, (cand, _) in enumerate(valid)
         }
         store.set_status(name, updates, round_=round_, fields=fields)
-        # the rest stay 'proposed' in the pool for later rounds, with updated predictions
-        rest = {
-            cand.candidate_id: (CandidateStatus.proposed, "waiting in the pool")
-            for i, (cand, _) in enumerate(valid) if i not in set(chosen)
-        }
-        if rest:
-            store.set_status(name, rest, round_=round_, fields=fields)
+        # the rest stay 'proposed' in the pool for later rounds, with updated predictions;
+        # only what changed is written (a pool of thousands is not rewritten every round)
+        rest = [cand for i, (cand, _) in enumerate(valid) if i not in set(chosen)]
+        newly_waiting = {c.candidate_id: (CandidateStatus.proposed, WAITING)
+                         for c in rest if c.reason != WAITING}
+        if newly_waiting:
+            store.set_status(name, newly_waiting, round_=round_)
+        store.set_fields(name, {c.candidate_id: fields[c.candidate_id] for c in rest
+                                if _changed(c, fields[c.candidate_id])})
         screened, rejected = len(pool) + rejected_before, len(rejections) + rejected_before
         ctx.progress.message(
             f"round {round_}: screened {screened} — rejected {rejected}, "

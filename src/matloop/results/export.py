@@ -1,12 +1,16 @@
 """Write a campaign's results to a folder: tables, CIFs, plots and a report.
 
 ``candidates.csv``   every candidate with its status, energies, evidence level and flags
-``rounds.csv``       one row per round with the loop's metrics
+``rounds.csv``       one row per round with the loop's metrics and diagnostics (generator
+                     allocation, hits and hit rate per generator as ``name=value; ...``,
+                     repeats, surrogate MAE / bias / calibration)
 ``references.csv``   every entry the hull was built from, with raw and corrected energies:
                      ``PhaseDiagram([PDEntry(Composition(formula), corrected_energy), ...])``
                      recomputes every exported ``e_above_hull`` (see :func:`recompute_hull`)
 ``summary.json``     the campaign's key numbers (also shown by ``matloop status --json``)
-``cifs/``            relaxed structures of the stable or nearly stable (≤ 0.1 eV/atom)
+``cifs/``            relaxed structures of the stable or nearly stable (≤ 0.1 eV/atom), as
+                     relaxed (P1, every site listed); ``cif_symprec`` writes them
+                     symmetrized instead (spglib: ~0.3 s per cubic crystal, so off by default)
 ``plots/``           hit rate per round, the convex hull, latent maps of learned generators
 ``report.html``      one self-contained page (plots embedded) a person can read
 ``report.md``        the same in markdown
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from matloop.store import MatloopStore
 
 from matloop.results.rows import (  # noqa: F401  reference_version_of: for readers of the CSV
+    DIAGNOSTIC_COLUMNS,
     NEAR_STABLE,
     candidate_rows,
     dft_hull_rows,
@@ -44,6 +49,7 @@ from matloop.results.rows import (  # noqa: F401  reference_version_of: for read
 )
 
 log = logging.getLogger("matloop")
+CIF_BATCH = 2000  # relaxations read at a time for cifs/ (each holds a structure)
 
 CANDIDATE_COLUMNS = [
     "candidate_id", "round", "selected_round", "formula", "nsites", "generator", "prototype",
@@ -63,6 +69,8 @@ ROUND_COLUMNS = [
     "surrogate_within_1sigma", "surrogate_within_2sigma", "surrogate_std_scale", "acquisition",
     "reference_set_version", "started_at",
     "completed_at",
+    *[c for c in DIAGNOSTIC_COLUMNS if c not in ("surrogate_mae", "surrogate_within_1sigma",
+                                                  "surrogate_within_2sigma")],
 ]
 REFERENCE_COLUMNS = [
     "hull", "entry_id", "kind", "formula", "reduced_formula", "n_atoms", "energy_per_atom",
@@ -115,11 +123,14 @@ def export_campaign(
     output: str | Path,
     *,
     generators: Sequence[Any] = (),
+    cif_symprec: float | None = None,
 ) -> Path:
     """Write every file listed in the module docstring; returns the folder.
 
     ``generators`` are the campaign's generators when they are at hand (``matloop run``): each
     one with a latent space (an ``encode(structures)`` method) gets a latent map.
+    ``cif_symprec`` (Å) writes symmetrized CIFs with that tolerance instead of the relaxed
+    cells as they are.
     """
     from matloop.results.report import campaign_summary, write_reports
 
@@ -144,7 +155,7 @@ def export_campaign(
             summary["stored_reference_set_versions"], summary["reference_set_version"],
         )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    n_cifs = _write_cifs(store, campaign, out / "cifs")
+    n_cifs = _write_cifs(store, campaign, out / "cifs", symprec=cif_symprec)
     from matloop.results import plots
 
     figures = plots.campaign_plots(store, campaign, out / "plots", rounds, references,
@@ -154,16 +165,23 @@ def export_campaign(
     return out
 
 
-def _write_cifs(store: MatloopStore, campaign: str, folder: Path) -> int:
+def _write_cifs(
+    store: MatloopStore, campaign: str, folder: Path, symprec: float | None = None
+) -> int:
+    """Write the relaxed structure of every evaluated candidate within ``NEAR_STABLE`` of the
+    hull; returns how many. Only their relaxations are read (in batches, by id)."""
     from pymatgen.core import Structure
     from pymatgen.io.cif import CifWriter
 
-    relaxations = {r.candidate_id: r for r in store.relaxations(campaign) if r.ok}
+    near = [e["candidate_id"] for e in store.project(
+        "evaluations", {"campaign": campaign}, ["candidate_id", "e_above_hull"])
+        if e["e_above_hull"] <= NEAR_STABLE]
     count = 0
-    for ev in store.evaluations(campaign):
-        relax = relaxations.get(ev.candidate_id)
-        if ev.e_above_hull <= NEAR_STABLE and relax is not None and relax.structure:
-            structure = Structure.from_dict(relax.structure)
-            CifWriter(structure, symprec=0.1).write_file(folder / f"{ev.candidate_id}.cif")
-            count += 1
+    for start in range(0, len(near), CIF_BATCH):
+        for relax in store.relaxations(campaign, ids=near[start:start + CIF_BATCH]):
+            if relax.ok and relax.structure:
+                structure = Structure.from_dict(relax.structure)
+                CifWriter(structure, symprec=symprec).write_file(
+                    folder / f"{relax.candidate_id}.cif")
+                count += 1
     return count

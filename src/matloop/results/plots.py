@@ -223,9 +223,11 @@ def campaign_plots(
                 entry = PDEntry(Composition(row["formula"]), row["corrected_energy"])
                 entry.entry_id = row["entry_id"]
                 entries.append(entry)
-            evaluations = store.evaluations(campaign)
-            hit_ids = [e.candidate_id for e in evaluations
-                       if e.is_stable and e.is_novel and e.is_unique]
+            evaluations = store.project(
+                "evaluations", {"campaign": campaign},
+                ["candidate_id", "is_stable", "is_novel", "is_unique"])
+            hit_ids = [e["candidate_id"] for e in evaluations
+                       if e["is_stable"] and e["is_novel"] and e["is_unique"]]
             if hull_plot(PhaseDiagram(entries), folder / "hull.png",
                          [r["entry_id"] for r in references if r["kind"] == "candidate"],
                          hit_ids, title=doc.hull_scheme or ""):

@@ -53,8 +53,9 @@ def campaign_summary(
         raise KeyError(f"no campaign named {campaign!r} in the store")
     config = doc.config
     threshold = float(config.get("objective", {}).get("stability_threshold", NEAR_STABLE))
-    evaluations = store.evaluations(campaign)
-    relaxations = store.relaxations(campaign)
+    # one read of each, only the fields summed here (no structures): fast at 100k candidates
+    evaluations = _read(store, "evaluations", campaign, SUMMARY_EVALUATION_FIELDS)
+    relaxations = _read(store, "relaxations", campaign, SUMMARY_RELAXATION_FIELDS)
     relax_by_id = {r.candidate_id: r for r in relaxations}
     counts = store.status_counts(campaign)
     rounds = store.rounds(campaign)
@@ -142,6 +143,26 @@ def campaign_summary(
         "dft_confirmed": verdicts.count("confirmed"),
         "dft_refuted": verdicts.count("refuted"),
     }
+
+
+#: The fields of evaluations and relaxations :func:`campaign_summary` reads.
+SUMMARY_EVALUATION_FIELDS = (
+    "candidate_id", "formula", "e_above_hull", "is_stable", "is_novel", "is_unique", "novelty",
+    "novelty_reference", "evidence", "reference_set_version", "n_hull_entries",
+)
+SUMMARY_RELAXATION_FIELDS = (
+    "candidate_id", "ok", "potential", "evidence", "converged", "max_force",
+)
+
+
+def _read(store: MatloopStore, name: str, campaign: str, fields: Sequence[str]) -> list[Any]:
+    """The campaign's documents of ``name`` with only ``fields``, read as attributes (the
+    summary's code reads them as it reads whole documents)."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(**row)
+            for row in store.project(name, {"campaign": campaign}, fields,
+                                     sort={"candidate_id": 1})]
 
 
 def _confirmed(evaluation, check) -> bool:
@@ -243,6 +264,7 @@ def markdown_report(
             f"{r.get('novel', 0)} | {r.get('stable_novelty_unknown', 0)} | "
             f"{r.get('hits', 0)} | {(r.get('hit_rate') or 0):.0%} |"
         )
+    lines += ["", *diagnostics_markdown(rounds)]
     lines += [
         "",
         "## Best candidates",
@@ -325,6 +347,47 @@ def _e(value: Any) -> str:
 def _img(folder: Path, relative: str, alt: str) -> str:
     data = base64.b64encode((folder / relative).read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+#: Header of the loop-diagnostics table (markdown report and Prefect artifact).
+DIAGNOSTIC_HEADERS = ["round", "allocation", "proposals asked (per generator)",
+                      "hit rate per generator (per relaxation)", "repeats",
+                      "surrogate MAE", "bias", "within 1σ / 2σ"]
+
+
+def diagnostic_table_rows(rounds: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """One row of loop diagnostics per round, from round rows (``results.rows.round_rows``,
+    whose per-generator values are already ``name=value; ...`` cells)."""
+    from matloop.results.rows import diagnostic_cells
+
+    out = []
+    for r in rounds:
+        cells = {**r, **diagnostic_cells(r)} if isinstance(r.get("allocation"), dict) else r
+        share = cells.get("duplicate_share")
+        out.append([
+            str(r["round"]), str(cells.get("allocation_strategy") or ""),
+            str(cells.get("allocation") or ""),
+            (f"{cells.get('hit_rate_by_generator') or ''} "
+             f"(hits {cells.get('hits_by_generator') or ''})")
+            if cells.get("hits_by_generator") else "",
+            "" if share in (None, "") else f"{float(share):.0%}",
+            _num(cells.get("surrogate_mae")), _num(cells.get("surrogate_bias")),
+            _calibration(cells),
+        ])
+    return out
+
+
+def diagnostics_markdown(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's "Loop diagnostics" section (markdown lines)."""
+    rows = diagnostic_table_rows(rounds)
+    lines = ["## Loop diagnostics", "",
+             "| " + " | ".join(DIAGNOSTIC_HEADERS) + " |",
+             "|" + "---|" * len(DIAGNOSTIC_HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "Repeats: share of the round's proposals that were crystals already stored "
+              "or rejected at screening as duplicates. Surrogate: predicted vs relaxed energy "
+              "above the hull of the round's relaxations (bias > 0: predicted too high)."]
+    return lines
 
 
 def _calibration(round_metrics: dict) -> str:
@@ -478,6 +541,14 @@ def html_report(
     if "hit_rate" in figures:
         parts.append(f"<div class='fig'>{_img(folder, figures['hit_rate'], 'hit rate')}</div>")
     parts.append("</div>")
+    parts.append("<h3>Loop diagnostics</h3>")
+    parts.append(_table(DIAGNOSTIC_HEADERS,
+                        [[_e(c) for c in row] for row in diagnostic_table_rows(rounds)],
+                        {0, 4, 5, 6}))
+    parts.append("<p class='muted'>Allocation: fixed weights, or the bandit over generators "
+                 "(thompson). Repeats: share of the round's proposals that were crystals "
+                 "already stored or rejected as duplicates. Surrogate: predicted vs relaxed "
+                 "energy above the hull of the round's relaxations.</p>")
 
     # -- hull and latent maps
     if "hull" in figures:

@@ -11,11 +11,14 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from matloop.store.documents import CandidateDoc, EvaluationDoc
+
 if TYPE_CHECKING:
     from matloop.store import CampaignDoc, MatloopStore
 
 __all__ = [
     "NEAR_STABLE",
+    "CANDIDATE_FIELDS",
     "campaign_potential",
     "candidate_rows",
     "dft_hull_rows",
@@ -38,29 +41,45 @@ def campaign_potential(doc: CampaignDoc) -> str:
     return parse_hull_scheme(doc.hull_scheme)[0] if doc.hull_scheme else ""
 
 
+#: What ``candidates.csv`` takes from each stored document: never a structure or a history,
+#: so that a campaign of 100,000 candidates is read in one pass of small rows.
+CANDIDATE_FIELDS = tuple(f for f in CandidateDoc.model_fields
+                         if f not in ("structure", "history", "conditions"))
+RELAXATION_FIELDS = ("candidate_id", "energy_per_atom", "n_steps", "max_force", "converged",
+                     "potential", "evidence")
+EVALUATION_FIELDS = tuple(f for f in EvaluationDoc.model_fields
+                          if f not in ("round", "properties"))
+
+
 def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
-    """One row per candidate: the candidate, its relaxation and its evaluation merged."""
+    """One row per candidate: the candidate, its relaxation and its evaluation merged.
+
+    Each collection is read once, only the fields the rows hold (see ``CANDIDATE_FIELDS``).
+    """
     from matloop.evaluators.evidence import evidence_for_potential
 
-    evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
-    relaxations = {r.candidate_id: r for r in store.relaxations(campaign)}
+    mine = {"campaign": campaign}
+    evaluations = {e["candidate_id"]: e
+                   for e in store.project("evaluations", mine, EVALUATION_FIELDS)}
+    relaxations = {r["candidate_id"]: r
+                   for r in store.project("relaxations", mine, RELAXATION_FIELDS)}
     dft = {d.candidate_id: d for d in store.dft_results(campaign)}
     rows = []
-    for cand in store.candidates(campaign):
-        row: dict[str, Any] = cand.model_dump(exclude={"structure", "history", "conditions"})
-        if (relax := relaxations.get(cand.candidate_id)) is not None:
+    for row in store.project("candidates", mine, CANDIDATE_FIELDS,
+                             sort={"round": 1, "candidate_id": 1}):
+        if (relax := relaxations.get(row["candidate_id"])) is not None:
             row.update(
-                energy_per_atom=relax.energy_per_atom, n_steps=relax.n_steps,
-                max_force=relax.max_force, converged=relax.converged, potential=relax.potential,
-                evidence=relax.evidence or evidence_for_potential(relax.potential),
+                energy_per_atom=relax["energy_per_atom"], n_steps=relax["n_steps"],
+                max_force=relax["max_force"], converged=relax["converged"],
+                potential=relax["potential"],
+                evidence=relax["evidence"] or evidence_for_potential(relax["potential"]),
             )
-        if (ev := evaluations.get(cand.candidate_id)) is not None:
+        if (ev := evaluations.get(row["candidate_id"])) is not None:
             # evaluations written before evidence was recorded leave these None: keep the
             # relaxation's values then
-            row.update({k: v for k, v in ev.model_dump(exclude={"round", "properties"}).items()
-                        if v is not None})
-            row["novelty_reference"] = json.dumps(ev.novelty_reference, sort_keys=True)
-        if (check := dft.get(cand.candidate_id)) is not None:
+            row.update({k: v for k, v in ev.items() if v is not None})
+            row["novelty_reference"] = json.dumps(ev["novelty_reference"], sort_keys=True)
+        if (check := dft.get(row["candidate_id"])) is not None:
             # a DFT verification beside the ML evaluation (its energy is not in the ML hull)
             row.update(dft_evidence=check.evidence, dft_code=check.code, dft_ok=check.ok,
                        dft_converged=check.converged, dft_energy_per_atom=check.energy_per_atom,
@@ -73,9 +92,35 @@ def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
 def round_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
     return [
         {"round": r.round, "status": r.status, "started_at": r.started_at,
-         "completed_at": r.completed_at, **r.metrics}
+         "completed_at": r.completed_at, **r.metrics, **diagnostic_cells(r.metrics)}
         for r in store.rounds(campaign)
     ]
+
+
+#: The loop diagnostics of a round as flat cells (rounds.csv, report, Prefect artifacts).
+DIAGNOSTIC_COLUMNS = [
+    "allocation_strategy", "allocation", "relaxed_by_generator", "hits_by_generator",
+    "hit_rate_by_generator", "repeat_proposals", "duplicates_rejected", "duplicate_share",
+    "surrogate_mae", "surrogate_bias", "surrogate_within_1sigma", "surrogate_within_2sigma",
+]
+
+
+def by_generator(value: Any) -> str | None:
+    """``{"a": 1, "b": 0.25}`` as ``"a=1; b=0.25"`` (one CSV cell); None stays None."""
+    if not isinstance(value, dict):
+        return value
+    return "; ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}"
+                     for k, v in value.items())  # fmt: skip
+
+
+def diagnostic_cells(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A round's loop diagnostics (see :mod:`matloop.loop.diagnostics`) as flat cells:
+    per-generator dicts become ``name=value`` lists, the allocation its proposals asked."""
+    allocation = metrics.get("allocation") or {}
+    cells = {key: by_generator(metrics.get(key)) for key in DIAGNOSTIC_COLUMNS}
+    cells["allocation_strategy"] = allocation.get("strategy")
+    cells["allocation"] = by_generator(allocation.get("asked"))
+    return cells
 
 
 def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any], Any]]:
@@ -98,7 +143,8 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
     correct = parse_hull_scheme(doc.hull_scheme)[1] == CORRECTION_NAME
     elements = doc.config["chemical_space"]["elements"]
     ids = [f"element:{el}" for el in elements] + doc.seed_reference_ids
-    evaluations = {e.candidate_id: e for e in store.evaluations(campaign)}
+    evaluated = [e["candidate_id"] for e in store.project(
+        "evaluations", {"campaign": campaign}, ["candidate_id"], sort={"candidate_id": 1})]
     pairs: list[tuple[dict[str, Any], Any]] = []
     sources = [
         ("reference", r.reference_id, r.structure, r.energy_per_atom, r.source,
@@ -108,7 +154,7 @@ def hull_entries(store: MatloopStore, campaign: str) -> list[tuple[dict[str, Any
     sources += [
         ("candidate", r.candidate_id, r.structure, r.energy_per_atom, f"campaign round {r.round}",
          r.evidence or evidence_for_potential(r.potential), r.potential)
-        for r in store.relaxations(campaign, ids=list(evaluations)) if r.ok and r.structure
+        for r in store.relaxations(campaign, ids=evaluated) if r.ok and r.structure
     ]
     for kind, entry_id, structure, energy_per_atom, source, evidence, pot in sources:
         entry = make_entry(Structure.from_dict(structure), energy_per_atom, entry_id,

@@ -150,6 +150,35 @@ class MatloopStore:
         found = self._store(name).query_one(criteria)
         return COLLECTIONS[name][0](**_pushed_as_text(found)) if found else None
 
+    def project(
+        self,
+        name: str,
+        criteria: dict[str, Any],
+        fields: Iterable[str],
+        sort: dict[str, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Only the top-level ``fields`` of the documents of ``name`` matching ``criteria``,
+        as plain dicts; a field a document lacks holds its document type's default.
+
+        For summaries and exports: one read with a tight projection, so structures and
+        histories are neither sent nor decoded (a plain top-level projection, which every
+        backend answers alike).
+        """
+        model_fields = COLLECTIONS[name][0].model_fields
+        fields = list(fields)
+        optional = [f for f in fields if f in model_fields and not model_fields[f].is_required()]
+        # leave out the type's other fields (a plain top-level exclusion: SQLite cuts them
+        # out faster than it picks a few); keys the type does not know are dropped below
+        unwanted = {f: 0 for f in model_fields if f not in fields}
+        rows = []
+        for doc in self._store(name).query(criteria, properties=unwanted or None, sort=sort):
+            row = _pushed_as_text({f: doc[f] for f in fields if f in doc})
+            for f in optional:
+                if f not in row:  # a fresh default each time: some are dicts
+                    row[f] = model_fields[f].get_default(call_default_factory=True)
+            rows.append(row)
+        return rows
+
     def count(self, name: str, criteria: dict[str, Any] | None = None) -> int:
         return self._store(name).count(criteria or {})
 
@@ -264,26 +293,30 @@ class MatloopStore:
         """Move candidates along their lifecycle, recording each change in their history.
 
         ``updates`` maps id -> (new status, reason); ``fields`` optionally sets other fields.
-        One ``update_many`` per (status, reason); candidates with their own ``fields`` in one
-        bulk write.
+        One ``update_many`` per (status, reason) shared by several candidates; the rest (their
+        own ``fields``, or a reason of their own such as "duplicate of X") in one bulk write.
         """
         from monty.json import jsanitize  # numpy numbers in fields become plain ones
 
         store = self._store("candidates")
         fields = jsanitize(fields or {}, enum_values=True)
         groups: dict[tuple[str, str | None], list[str]] = {}
+        for cid, (status, reason) in updates.items():
+            if not fields.get(cid):
+                groups.setdefault((str(CandidateStatus(status)), reason), []).append(cid)
         own: list[tuple[dict, dict]] = []
         for cid, (status, reason) in updates.items():
             change = StatusChange(status=status, reason=reason, round=round_)
-            if fields.get(cid):
+            if fields.get(cid) or len(groups[(str(change.status), reason)]) == 1:
                 update = {
-                    "$set": {**fields[cid], "status": str(change.status), "reason": reason},
+                    "$set": {**fields.get(cid, {}), "status": str(change.status),
+                             "reason": reason},
                     "$push": {"history": change.model_dump(mode="json")},
                 }
                 own.append(({"campaign": campaign, "candidate_id": cid}, update))
-            else:
-                groups.setdefault((str(change.status), reason), []).append(cid)
         for (status, reason), ids in groups.items():
+            if len(ids) == 1:
+                continue  # in the bulk write
             change = StatusChange(status=status, reason=reason, round=round_)
             store.update_many(
                 {"campaign": campaign, "candidate_id": {"$in": ids}},
@@ -291,6 +324,17 @@ class MatloopStore:
                  "$push": {"history": change.model_dump(mode="json")}},
             )
         store.update_each(own)
+
+    def set_fields(self, campaign: str, fields: dict[str, dict[str, Any]]) -> None:
+        """Set fields of candidates (id -> {field: value}) without touching their status or
+        history: one bulk write."""
+        from monty.json import jsanitize
+
+        fields = jsanitize(fields, enum_values=True)
+        self._store("candidates").update_each([
+            ({"campaign": campaign, "candidate_id": cid}, {"$set": values})
+            for cid, values in fields.items() if values
+        ])
 
     def count_candidates(self, campaign: str, status: CandidateStatus | str) -> int:
         """How many of the campaign's candidates have ``status``."""

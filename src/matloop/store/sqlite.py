@@ -224,17 +224,30 @@ def _get(doc: dict, path: str) -> Any:
     return node
 
 
-def _project(doc: dict, properties: list[str] | None) -> dict:
+def _project(doc: dict, properties: list[str] | None, without: list[str] | None = None) -> dict:
+    if without:  # what SQL has not cut out already (nested fields, fields the filter named)
+        for path in without:
+            if "." not in path:
+                doc.pop(path, None)
+                continue
+            parent, last = _parent(doc, path, create=False)
+            if parent is not None:
+                parent.pop(last, None)
     if not properties:
         return doc
+    # as MongoDB: a field the document lacks is left out, not returned as null
     out: dict = {"_id": doc["_id"]}
     for path in properties:
-        value = _get(doc, path)
-        if value is None and _parent(doc, path, create=False)[0] is None:
+        if "." not in path:  # the common case, fast
+            if path in doc:
+                out[path] = doc[path]
+            continue
+        source, last = _parent(doc, path, create=False)
+        if source is None or last not in source:
             continue
         parent, last = _parent(out, path, create=True)
         if parent is not None:
-            parent[last] = value
+            parent[last] = source[last]
     return out
 
 
@@ -371,13 +384,36 @@ class SQLiteStore(Store):
                 exact = False
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params, exact
 
-    def _rows(self, criteria: dict | None, limit: int = 0) -> Iterator[dict]:
-        """Documents matching ``criteria``, in insertion order."""
+    def _rows(
+        self,
+        criteria: dict | None,
+        limit: int = 0,
+        fields: list[str] | None = None,
+        without: list[str] | None = None,
+    ) -> Iterator[dict]:
+        """Documents matching ``criteria``, in insertion order; with ``fields``, at least
+        those top-level fields; with ``without``, lacking those top-level fields (SQLite cuts
+        them out, so big values such as structures are never decoded)."""
         from mongomock.filtering import filter_applies
 
         criteria = criteria or {}
         where, params, exact = self._where(criteria)
-        sql = f'SELECT id, doc FROM "{self.collection_name}"{where} ORDER BY id'
+        column = "doc"
+        named = [*criteria, *(fields or [])]  # the Python check below (if any) needs these
+        if fields and all(_FIELD.match(f) for f in named):
+            keep = sorted({f.split(".")[0] for f in named} - {"_id"})
+            # ``doc -> fullkey`` keeps each value's JSON text as stored (json_each's own
+            # value column would turn true into 1 and round floats to 15 digits)
+            column = ("(SELECT json_group_object(key, doc -> fullkey) FROM json_each(doc) "
+                      f"WHERE key IN ({','.join('?' * len(keep))}))")
+            params = [*keep, *params]
+        elif without and all(_FIELD.match(f) for f in [*without, *named]):
+            drop = sorted({f for f in without if "." not in f}
+                          - {f.split(".")[0] for f in named})
+            if drop:  # json_remove keeps the rest's JSON text as stored
+                column = f"json_remove(doc, {','.join('?' * len(drop))})"
+                params = [*(f"$.{f}" for f in drop), *params]
+        sql = f'SELECT id, {column} FROM "{self.collection_name}"{where} ORDER BY id'
         if exact and limit:
             sql += f" LIMIT {int(limit)}"
         assert self._database is not None, f"{self.name} is not connected"
@@ -428,21 +464,32 @@ class SQLiteStore(Store):
         skip: int = 0,
         limit: int = 0,
     ) -> Iterator[dict]:
+        without = None
         if isinstance(properties, dict):
-            properties = [k for k, v in properties.items() if v]
+            if properties and not any(v for k, v in properties.items() if k != "_id"):
+                # an exclusion: {"a": 0, ...} (the _id always comes back here)
+                without = [k for k in properties if k != "_id"]
+                properties = None
+            else:
+                properties = [k for k, v in properties.items() if v]
+        fields = [*properties, *(sort or {})] if properties else None
+        if without:
+            fields = None
         if not sort:
-            docs = self._rows(criteria, limit=(skip + limit) if limit else 0)
+            docs = self._rows(criteria, limit=(skip + limit) if limit else 0, fields=fields,
+                              without=without)
             for i, doc in enumerate(docs):
                 if i >= skip:
-                    yield _project(doc, properties)
+                    yield _project(doc, properties, without)
             return
-        docs = list(self._rows(criteria))
+        docs = list(self._rows(criteria, fields=fields, without=[
+            f for f in without or [] if f.split(".")[0] not in sort]))
         for field, direction in reversed(list(sort.items())):
             descending = int(getattr(direction, "value", direction)) < 0
             docs.sort(key=lambda d, f=field: _sort_value(_get(d, f)), reverse=descending)
         docs = docs[skip:skip + limit] if limit else docs[skip:]
         for doc in docs:
-            yield _project(doc, properties)
+            yield _project(doc, properties, without)
 
     def groupby(
         self,

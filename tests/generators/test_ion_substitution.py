@@ -1,0 +1,81 @@
+"""Ion substitution into known crystals, ranked by pymatgen's substitution probabilities."""
+
+from __future__ import annotations
+
+import pytest
+from pymatgen.core import Lattice, Species, Structure
+
+from matloop.data import expand_path
+from matloop.generators.base import ChemicalSpace
+from matloop.generators.ion_substitution import IonSubstitution, rank_substitutions
+from matloop.generators.registry import build_generator
+
+
+def rock_salt(a: str = "Na", x: str = "Cl") -> Structure:
+    return Structure(Lattice.cubic(5.64), [a, x], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def perovskite() -> Structure:
+    return Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
+                     [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]])
+
+
+def test_substitutes_seed_crystals_into_the_space():
+    space = ChemicalSpace(["Ca", "Zr", "Mg", "O"], max_atoms=10)
+    gen = build_generator("ion_substitution", space, threshold=1e-5)
+    seeds = [rock_salt(), perovskite()]
+    gen.fit(seeds)
+    out = gen.sample(20)
+    assert out, "no substitution proposed"
+    for s in out:
+        assert {el.symbol for el in s.composition.elements} <= set(space.elements)
+        template = s.properties["template"]
+        source = seeds[0] if template.startswith("NaCl") else seeds[1]
+        assert len(s) == len(source)  # the template's cell, its sites relabelled
+        assert s.properties["prototype"].startswith(template)
+    formulas = {s.composition.reduced_formula for s in out}
+    assert "CaZrO3" in formulas  # SrTiO3 with Sr2+ -> Ca2+, Ti4+ -> Zr4+
+    assert formulas & {"MgO", "CaO"}  # NaCl with Na+ Cl- -> M2+ O2-
+
+
+def test_higher_probability_substitution_ranks_first():
+    from pymatgen.analysis.structure_prediction.substitution_probability import (
+        SubstitutionProbability,
+    )
+
+    p = SubstitutionProbability()
+    p_k = p.cond_prob(Species("K", 1), Species("Na", 1)) * p.cond_prob(Species("Cl", -1),
+                                                                        Species("Cl", -1))
+    p_li = p.cond_prob(Species("Li", 1), Species("Na", 1)) * p.cond_prob(Species("Cl", -1),
+                                                                         Species("Cl", -1))
+    assert p_k != p_li
+    ranked = rank_substitutions([rock_salt()], ["Li", "K", "Cl"], threshold=1e-6)
+    probabilities = [r.probability for r in ranked]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert ranked[0].probability == pytest.approx(max(p_k, p_li))
+    gen = IonSubstitution(ChemicalSpace(["Li", "K", "Cl"], max_atoms=4), threshold=1e-6)
+    gen.fit([rock_salt()])
+    first, second = gen.sample(2)
+    better = "KCl" if p_k > p_li else "LiCl"
+    assert first.composition.reduced_formula == better
+    assert first.properties["substitution_probability"] >= second.properties[
+        "substitution_probability"]
+
+
+def test_proposed_labels_are_not_proposed_again():
+    gen = IonSubstitution(ChemicalSpace(["Li", "K", "Cl"], max_atoms=4), threshold=1e-6)
+    gen.fit([rock_salt()])
+    first = gen.sample(1)[0]
+    again = IonSubstitution(ChemicalSpace(["Li", "K", "Cl"], max_atoms=4), threshold=1e-6)
+    again.fit([rock_salt()])
+    again.exclude_proposed({first.properties["prototype"]})
+    assert all(s.properties["prototype"] != first.properties["prototype"]
+               for s in again.sample(5))
+
+
+def test_template_file_path_names_the_unset_variable(monkeypatch):
+    monkeypatch.delenv("MATLOOP_NO_SUCH_VAR", raising=False)
+    with pytest.raises(ValueError, match="MATLOOP_NO_SUCH_VAR"):
+        expand_path("${MATLOOP_NO_SUCH_VAR}/x.csv")
+    monkeypatch.setenv("MATLOOP_NO_SUCH_VAR", "/data")
+    assert str(expand_path("${MATLOOP_NO_SUCH_VAR}/x.csv")) == "/data/x.csv"
