@@ -309,8 +309,13 @@ def check_checkpoint(
 
 # -- replay table ------------------------------------------------------------------------------
 def check_replay_table(table) -> list[Problem]:
+    from matloop.data import expand_path
+
     where = "relaxer.replay.path"
-    path = Path(table.path).expanduser()
+    try:
+        path = expand_path(table.path)
+    except ValueError as err:
+        return [Problem(where, str(err))]
     if not path.is_file():
         return [Problem(where, f"{table.path}: no such file; fix the path")]
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,29 @@ def test_perov5_rows_answer_with_their_labels(shared_data):
     assert row == 3
     out = oracle.relax_outcome("x", oracle.structures[3], "heat_ref")
     assert out.energy_per_atom == pytest.approx(oracle.properties["heat_ref"][3])
+
+
+def test_the_shipped_replay_campaign_names_its_table_through_a_variable(shared_data, monkeypatch):
+    """deployments/campaigns/replay-perov5.yaml points at no machine's folder: its table is
+    found through ${MATLOOP_SHARED_DATA}, and an unset variable is named in the error."""
+    from matloop.config import load_config
+    from matloop.relax.replay import cached_oracle
+
+    path = Path(__file__).resolve().parents[2] / "deployments/campaigns/replay-perov5.yaml"
+    config = load_config(path)
+    table_path = config.relaxer.replay.path
+    assert "${MATLOOP_SHARED_DATA}" in table_path and "shared" not in table_path.replace(
+        "MATLOOP_SHARED_DATA", ""
+    )
+    monkeypatch.delenv("MATLOOP_SHARED_DATA", raising=False)
+    with pytest.raises(ValueError, match="environment variable not set"):
+        cached_oracle(table_path, ())
+    monkeypatch.setenv("MATLOOP_SHARED_DATA", str(shared_data))
+    oracle = cached_oracle(table_path, ())
+    assert len(oracle.structures) > 1000  # perov-5's validation split
+    from matloop.preflight import check_replay_table
+
+    assert check_replay_table(config.relaxer.replay) == []  # preflight expands it too
+    monkeypatch.delenv("MATLOOP_SHARED_DATA")
+    (problem,) = check_replay_table(config.relaxer.replay)
+    assert "environment variable not set" in problem.message

@@ -53,7 +53,9 @@ def cached_oracle(
     """:meth:`ReplayOracle.from_csv`, parsed once per process and arguments (a replay
     campaign's generator and relaxer read the same table; parsing 4,000 CIFs takes seconds).
     The instance is shared: its ``queried`` log is the process's, not one campaign's."""
-    key = (str(Path(path).expanduser().resolve()), tuple(property_columns), cif_column, id_column)
+    from matloop.data import expand_path  # ${VAR}: a campaign file names no machine's folder
+
+    key = (str(expand_path(path).resolve()), tuple(property_columns), cif_column, id_column)
     if key not in _ORACLES:
         _ORACLES[key] = ReplayOracle.from_csv(
             key[0], list(property_columns), cif_column=cif_column, id_column=id_column,
