@@ -206,6 +206,39 @@ def test_update_weights_rewarded_crystals_and_mixes_in_the_replay(crystal_vae_ch
     assert gen.version == load_checkpoint(crystal_vae_checkpoint).version + 1
 
 
+def test_update_of_a_conditional_model_trains_on_each_rows_own_properties(
+    crystal_vae_checkpoint,
+):
+    """With ``property_columns`` (a conditional model), ``update`` hands training each
+    rewarded row's evaluated properties (NaN where one was not evaluated) and each replayed
+    crystal's own remembered properties; ``replay_ratio`` sets the replay share, and the
+    replay sample is the seeded stream ``seed + version + 1`` (reproducible, new each
+    version)."""
+    gen = load_checkpoint(crystal_vae_checkpoint)
+    gen.config.update(property_columns=["gap", "e_form"], replay_ratio=2, seed=7)
+    n_replay = len(gen._replay)
+    gen._replay_props = np.column_stack([np.arange(n_replay) + 0.5, -np.arange(n_replay)])
+    seen = {}
+
+    def record(structures, weights, props):
+        seen.update(structures=list(structures), weights=list(weights), props=props)
+
+    gen._finetune = record
+    rewarded = rewarded_crystals(2)
+    gen.update([Feedback(rewarded[0], reward=1.0, properties={"gap": 1.8, "e_form": -2.0}),
+                Feedback(rewarded[1], reward=3.0, properties={"gap": 2.2})])  # fmt: skip
+    props = seen["props"]
+    assert props.shape == (2 + 2 * 2, 2)
+    assert props[0].tolist() == [1.8, -2.0]
+    assert props[1, 0] == 2.2 and np.isnan(props[1, 1])
+    assert seen["weights"] == [1.0, 3.0, 1.0, 1.0, 1.0, 1.0]
+    expected = np.random.default_rng(7 + gen.version - 1 + 1).choice(n_replay, 4, replace=False)
+    position = {id(s): i for i, s in enumerate(gen._replay)}
+    chosen = [position[id(s)] for s in seen["structures"][2:]]
+    assert chosen == expected.tolist()
+    assert props[2:].tolist() == gen._replay_props[chosen].tolist()
+
+
 def test_weighted_mean_is_the_reward_weighted_average():
     from matloop.generators.torch_common import weighted_mean
 
