@@ -251,11 +251,14 @@ def schema_payload(args) -> dict:
     from matloop.config import parse_config
     from matloop.loop import CampaignRun
     from matloop.store import DftDoc, EvaluationDoc, MatloopStore, ReferenceDoc
+    from matloop.relax.dft import describe_dft_settings
 
     config = campaign_config(args)
     config["store"] = "memory://"
     run = CampaignRun(parse_config(config), MatloopStore("memory://"))
     rocksalt = Structure(Lattice.cubic(4.0), ["Li", "F"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    # the settings summary a real run stores (input set only: CP2K itself does not run)
+    settings = describe_dft_settings(run.context.dft_maker, rocksalt)
     for cid, e_hull, dft_e_hull in (("a", 0.0, 0.0), ("b", 0.3, 0.2)):
         run.store.save_evaluations([EvaluationDoc(
             campaign=run.name, candidate_id=cid, round=1, formula="LiF", energy_per_atom=-4.0,
@@ -264,7 +267,7 @@ def schema_payload(args) -> dict:
         run.store.save_dft([DftDoc(
             campaign=run.name, candidate_id=cid, round=1, ok=True, code="cp2k", kind="relax",
             evidence="dft-relaxed", energy_per_atom=-100.0, converged=True, wall_s=1.0,
-            settings={"code": "cp2k"}, dft_e_above_hull=dft_e_hull,
+            settings=settings, dft_e_above_hull=dft_e_hull,
             verdict="confirmed" if dft_e_hull <= args.threshold else "refuted")])
     run.store.save_references([ReferenceDoc(
         reference_id="element:Li", potential=run.dft_label, formula="Li", chemsys="Li",
