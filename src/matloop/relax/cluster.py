@@ -37,7 +37,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import queue
 import socket
@@ -128,8 +127,10 @@ def relax_chunk(
         ``wall_s``.
     """
     from matloop.relax.batched import BatchedRelaxer, load_chgnet
+    from matloop.relax.executors import tune_worker_allocator
 
     start = time.perf_counter()
+    tune_worker_allocator()
     worker = None
     try:
         from distributed import get_worker
@@ -270,24 +271,11 @@ class DaskBatchedRelaxer:
     def client(self):
         """The Dask client, starting (and keeping) a cluster on first use."""
         if self._client is None:
-            from distributed import Client
+            from matloop.relax.executors import start_dask
 
-            if self.address:
-                self._client = Client(self.address)
-            else:
-                if self.cluster_class:
-                    module, _, name = self.cluster_class.rpartition(".")
-                    cluster_cls = getattr(importlib.import_module(module), name)
-                    self._cluster = cluster_cls(**self.cluster_kwargs)
-                    self._cluster.scale(self.n_workers)
-                else:
-                    from distributed import LocalCluster
-
-                    kwargs = {"n_workers": self.n_workers, "threads_per_worker": 1,
-                              "processes": True, "dashboard_address": None}  # fmt: skip
-                    kwargs.update(self.cluster_kwargs)
-                    self._cluster = LocalCluster(**kwargs)
-                self._client = Client(self._cluster)
+            self._client, self._cluster = start_dask(
+                self.address, self.cluster_class, self.cluster_kwargs, self.n_workers
+            )
         return self._client
 
     def close(self) -> None:
