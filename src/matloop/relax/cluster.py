@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DaskBatchedRelaxer",
     "chunked",
+    "guided_chunks",
     "outcome_from_json",
     "relax_chunk",
 ]
@@ -75,6 +76,29 @@ def chunked(items: list, size: int) -> list[list]:
     """
     size = max(1, int(size))
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def guided_chunks(items: list, n_workers: int, largest: int) -> list[list]:
+    """``items`` cut into chunks that shrink as the work runs out (guided scheduling).
+
+    Each chunk takes a ``1 / (2 n_workers)`` share of the items still left, at most
+    ``largest`` and at least ``largest // 4`` (fewer when there are few items, so every
+    worker gets some). Chunks run in order, so the workers
+    start on large chunks (full batches) and end on small ones: a worker that drew a slow
+    chunk early is not left alone at the end with a whole batch, as with equal chunks.
+
+    >>> [len(c) for c in guided_chunks(list(range(64)), 2, 16)]
+    [16, 12, 9, 7, 5, 4, 4, 4, 3]
+    """
+    n_workers, largest = max(1, int(n_workers)), max(1, int(largest))
+    smallest = max(1, min(largest // 4, len(items) // (2 * n_workers)))
+    chunks, start = [], 0
+    while start < len(items):
+        left = len(items) - start
+        size = min(largest, max(smallest, -(-left // (2 * n_workers))))
+        chunks.append(items[start : start + size])
+        start += size
+    return chunks
 
 
 def outcome_from_json(data: dict[str, Any]) -> RelaxOutcome:
@@ -206,8 +230,9 @@ class DaskBatchedRelaxer:
     n_workers : int
         Workers to start when this relaxer starts the cluster.
     chunk_size : int, optional
-        Crystals per chunk; default: ``batch_size``, or fewer so that every worker gets a
-        chunk. Within a chunk the batched relaxer fits batches to the device's memory.
+        Crystals per chunk; default: chunks that shrink toward the end of the round
+        (:func:`guided_chunks`, at most ``batch_size``), so the workers finish together.
+        Within a chunk the batched relaxer fits batches to the device's memory.
     device : str, optional
         Torch device on the workers; default: CUDA when the worker sees a GPU, else CPU.
     num_threads : int or None
@@ -301,11 +326,12 @@ class DaskBatchedRelaxer:
                 "batch_size": self.batch_size, "max_atoms": self.max_atoms,
                 "device": self.device}  # fmt: skip
 
-    def chunk_size_for(self, n_items: int, n_workers: int) -> int:
-        """Crystals per chunk for ``n_items`` over ``n_workers``."""
+    def chunks_for(self, ids: list[str], n_workers: int) -> list[list[str]]:
+        """``ids`` cut into chunks for ``n_workers``: ``chunk_size`` each when set, else
+        :func:`guided_chunks` of at most ``batch_size``."""
         if self.chunk_size:
-            return self.chunk_size
-        return max(1, min(self.batch_size, -(-n_items // max(1, n_workers))))
+            return chunked(ids, self.chunk_size)
+        return guided_chunks(ids, n_workers, self.batch_size)
 
     # -- relaxing ------------------------------------------------------------------------
     def stream(self, items: Items) -> Iterator[RelaxOutcome]:
@@ -331,7 +357,7 @@ class DaskBatchedRelaxer:
 
         def submit(ids: list[str]) -> dict:
             futures = {}
-            for chunk in chunked(ids, self.chunk_size_for(len(ids), n_workers)):
+            for chunk in self.chunks_for(ids, n_workers):
                 for cid in chunk:
                     attempts[cid] += 1
                 future = client.submit(relax_chunk, [(cid, structures[cid]) for cid in chunk],
