@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 __all__ = [
+    "ChunkedRelaxer",
     "DaskBatchedRelaxer",
     "chunked",
     "guided_chunks",
@@ -207,7 +208,67 @@ def relax_chunk(
 
 
 @dataclass
-class DaskBatchedRelaxer:
+class ChunkedRelaxer:
+    """What the cluster relaxers share: the batched relaxer's settings, sent with every
+    chunk, and the loop's view of a relaxer that takes a whole round at once.
+
+    Parameters
+    ----------
+    fmax, steps, relax_cell, batch_size, max_atoms
+        As in :class:`~matloop.relax.batched.BatchedRelaxer`.
+    chunk_size : int, optional
+        Crystals per chunk (each subclass says its default).
+    device : str, optional
+        Torch device on the workers; default: CUDA when the worker sees a GPU, else CPU.
+    num_threads : int or None
+        Torch / BLAS threads in each worker during a chunk (None: leave them alone).
+    """
+
+    fmax: float = 0.05
+    steps: int = 300
+    relax_cell: bool = True
+    batch_size: int = 32
+    max_atoms: int | None = None
+    chunk_size: int | None = None
+    device: str | None = None
+    num_threads: int | None = 1
+    #: one record per finished chunk: where it ran, model-load and relax seconds, ...
+    chunks: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def claim_size(self) -> None:
+        """Every selected candidate at once: the chunks spread them over the workers."""
+        return None
+
+    @property
+    def potential(self) -> str:
+        from matloop.relax.potentials import potential_version
+
+        return potential_version("CHGNet")
+
+    def relax(self, items: Items) -> list[RelaxOutcome]:
+        """One outcome per item, in order (see ``stream`` for them as they finish)."""
+        by_id = {out.candidate_id: out for out in self.stream(items)}
+        return [by_id[cid] for cid, _ in items]
+
+    def stream(self, items: Items) -> Iterator[RelaxOutcome]:
+        raise NotImplementedError
+
+    def chunk_settings(self) -> dict[str, Any]:
+        """The :class:`~matloop.relax.batched.BatchedRelaxer` fields each chunk runs with."""
+        return {"fmax": self.fmax, "steps": self.steps, "relax_cell": self.relax_cell,
+                "batch_size": self.batch_size, "max_atoms": self.max_atoms,
+                "device": self.device}  # fmt: skip
+
+    def failed(self, ids, reason: str) -> Iterator[RelaxOutcome]:
+        """A failed outcome for each of ``ids``."""
+        for cid in ids:
+            yield RelaxOutcome(candidate_id=cid, ok=False, reason=reason,
+                               potential=self.potential, wall_s=0.0)  # fmt: skip
+
+
+@dataclass
+class DaskBatchedRelaxer(ChunkedRelaxer):
     """Relax candidates in chunks with the batched CHGNet relaxer on Dask workers.
 
     ``relaxer: {batched: true, executor: dask, executor_settings: {...}}`` builds one; the
@@ -215,9 +276,8 @@ class DaskBatchedRelaxer:
 
     Parameters
     ----------
-    fmax, steps, relax_cell, batch_size, max_atoms
-        As in :class:`~matloop.relax.batched.BatchedRelaxer`; ``batch_size`` is also the
-        default chunk size.
+    fmax, steps, relax_cell, batch_size, max_atoms, device, num_threads
+        As in :class:`ChunkedRelaxer`.
     address : str, optional
         Scheduler of a running cluster (``tcp://host:8786``), e.g. one started by
         ``infra/dask/gpu_cluster.py`` on SLURM GPU nodes.
@@ -233,10 +293,6 @@ class DaskBatchedRelaxer:
         Crystals per chunk; default: chunks that shrink toward the end of the round
         (:func:`guided_chunks`, at most ``batch_size``), so the workers finish together.
         Within a chunk the batched relaxer fits batches to the device's memory.
-    device : str, optional
-        Torch device on the workers; default: CUDA when the worker sees a GPU, else CPU.
-    num_threads : int or None
-        Torch / BLAS threads in each worker during a chunk (None: leave them alone).
     max_attempts : int
         Submissions of a crystal before it fails (a chunk rerun by Dask after a worker
         died counts once).
@@ -244,22 +300,12 @@ class DaskBatchedRelaxer:
         Longest wait for the first worker of a cluster that is still starting.
     """
 
-    fmax: float = 0.05
-    steps: int = 300
-    relax_cell: bool = True
-    batch_size: int = 32
-    max_atoms: int | None = None
     address: str | None = None
     cluster_class: str | None = None
     cluster_kwargs: dict[str, Any] = field(default_factory=dict)
     n_workers: int = 2
-    chunk_size: int | None = None
-    device: str | None = None
-    num_threads: int | None = 1
     max_attempts: int = 3
     worker_timeout_s: float = 600.0
-    #: one record per finished chunk: where it ran, model-load and relax seconds, ...
-    chunks: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     #: outcomes that arrived for a crystal already answered (stored once, counted here)
     duplicates: int = field(default=0, init=False)
     #: crystals sent out again after their chunk failed (a worker died too often, ...)
@@ -274,23 +320,6 @@ class DaskBatchedRelaxer:
             raise ValueError(f"chunk_size must be at least 1, not {self.chunk_size}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
-
-    # -- what the loop sees --------------------------------------------------------------
-    @property
-    def claim_size(self) -> None:
-        """Every selected candidate at once: the chunks spread them over the workers."""
-        return None
-
-    @property
-    def potential(self) -> str:
-        from matloop.relax.potentials import potential_version
-
-        return potential_version("CHGNet")
-
-    def relax(self, items: Items) -> list[RelaxOutcome]:
-        """One outcome per item, in order (see :meth:`stream` for them as they finish)."""
-        by_id = {out.candidate_id: out for out in self.stream(items)}
-        return [by_id[cid] for cid, _ in items]
 
     # -- the cluster ---------------------------------------------------------------------
     def client(self):
@@ -319,12 +348,6 @@ class DaskBatchedRelaxer:
         client.wait_for_workers(1, timeout=self.worker_timeout_s)
         device = self.device
         return client.run(_load_model_seconds, device)
-
-    def chunk_settings(self) -> dict[str, Any]:
-        """The :class:`~matloop.relax.batched.BatchedRelaxer` fields each chunk runs with."""
-        return {"fmax": self.fmax, "steps": self.steps, "relax_cell": self.relax_cell,
-                "batch_size": self.batch_size, "max_atoms": self.max_atoms,
-                "device": self.device}  # fmt: skip
 
     def chunks_for(self, ids: list[str], n_workers: int) -> list[list[str]]:
         """``ids`` cut into chunks for ``n_workers``: ``chunk_size`` each when set, else
@@ -385,11 +408,9 @@ class DaskBatchedRelaxer:
         def resubmit(left: list[str], reason: str) -> Iterator[RelaxOutcome]:
             """Send unfinished crystals out again, or fail those out of attempts."""
             retry = [cid for cid in left if attempts[cid] < self.max_attempts]
-            for cid in left:
-                if cid not in retry:
-                    pending.discard(cid)
-                    yield RelaxOutcome(candidate_id=cid, ok=False, reason=reason,
-                                       potential=self.potential, wall_s=0.0)  # fmt: skip
+            out_of_attempts = [cid for cid in left if cid not in retry]
+            pending.difference_update(out_of_attempts)
+            yield from self.failed(out_of_attempts, reason)
             if retry:
                 self.resubmitted += len(retry)
                 running.update(submit(retry))
