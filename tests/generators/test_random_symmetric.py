@@ -104,3 +104,37 @@ def test_describe():
     info = RandomSymmetric(SPACE, seed=9).describe()
     assert info["generator"] == "random_symmetric"
     assert info["seed"] == 9
+
+
+def test_wyckoff_merge_builds_no_tolerance_matrix(monkeypatch):
+    """pyxtal's merge passes a fixed ``tol``; the wrapped ``check_images`` must not build the
+    ~5 ms ``Tol_matrix`` it would never read (half of ``from_random`` at 20 atoms)."""
+    import pyxtal.operations
+    import pyxtal.symmetry
+
+    from matloop.generators.random_symmetric import _skip_unused_tolerance_matrix
+
+    _skip_unused_tolerance_matrix()
+
+    def no_matrix(*args, **kwargs):
+        raise AssertionError("Tol_matrix built")
+
+    monkeypatch.setattr(pyxtal.operations, "Tol_matrix", no_matrix)
+    lattice = np.eye(3) * 4.0
+    assert pyxtal.symmetry.check_images([[0.1, 0.2, 0.3]], [6], lattice, tol=1.0)
+    assert not pyxtal.symmetry.check_images([[0.0, 0.0, 0.0]], [6], np.eye(3) * 0.5, tol=1.0)
+    with pytest.raises(AssertionError, match="Tol_matrix built"):  # pyxtal's own would build it
+        pyxtal.symmetry.check_images.__wrapped__([[0.1, 0.2, 0.3]], [6], lattice, tol=1.0)
+
+
+def test_skipping_the_tolerance_matrix_draws_the_same_crystals(monkeypatch):
+    import pyxtal.symmetry
+
+    from matloop.generators.random_symmetric import _skip_unused_tolerance_matrix
+
+    _skip_unused_tolerance_matrix()
+    fast = RandomSymmetric(SPACE, seed=5).sample(3)
+    monkeypatch.setattr(pyxtal.symmetry, "check_images", pyxtal.symmetry.check_images.__wrapped__)
+    slow = RandomSymmetric(SPACE, seed=5).sample(3)
+    assert len(fast) == len(slow) == 3
+    assert fast == slow

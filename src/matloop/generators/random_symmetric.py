@@ -55,6 +55,32 @@ def _covalent_radius(symbol: str) -> float:
     return float(CovalentRadius.radius[symbol])
 
 
+@lru_cache(maxsize=1)
+def _skip_unused_tolerance_matrix() -> None:
+    """Make pyxtal's Wyckoff merge stop building a tolerance matrix it never reads.
+
+    ``Wyckoff_position.merge`` calls ``check_images(..., tol=tol)`` without ``tm``, and
+    ``check_images`` then builds a ``Tol_matrix`` (a ~120 x 120 Python loop, ~5 ms) that
+    the fixed ``tol`` makes unused: about half of the CPU of ``from_random`` at 20 atoms.
+    The wrapper hands it one prebuilt default matrix (the same values), so the crystals
+    drawn do not change. Installed once, on pyxtal's module, when structures are made.
+    """
+    import functools
+
+    import pyxtal.symmetry
+    from pyxtal.tolerance import Tol_matrix
+
+    original = pyxtal.symmetry.check_images
+    default = Tol_matrix(prototype="atomic")
+
+    @functools.wraps(original)
+    def check_images(coords, species, lattice, PBC=None, tm=None, tol=None, d_factor=1.0):
+        return original(coords, species, lattice, PBC=PBC, tm=default if tm is None else tm,
+                        tol=tol, d_factor=d_factor)  # fmt: skip
+
+    pyxtal.symmetry.check_images = check_images
+
+
 def _far_enough(structure: Structure, factor: float) -> bool:
     """No pair (periodic images included) closer than ``factor`` x the covalent radii."""
     centers, points, _, distances = structure.get_neighbor_list(4.0)
@@ -175,6 +201,7 @@ class RandomSymmetric(Generator):
         """One composition, one space group, one pyxtal call; None when it fails."""
         from pyxtal import pyxtal
 
+        _skip_unused_tolerance_matrix()
         systems = self._chemical_systems()
         system = systems[int(rng.integers(len(systems)))]
         composition = system[int(rng.integers(len(system)))]
