@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from matloop.data import fetch_materials_project, in_chemical_space, read_structures
+from matloop.data import RowFilter, fetch_materials_project, in_chemical_space, read_structures
 
 
 def _nacl() -> Structure:
@@ -69,6 +69,46 @@ def test_shared_known_crystals_are_readable(shared_data):
     in_space = [c for c in report.crystals
                 if in_chemical_space(c.structure, ["Ti", "O"], max_atoms=24)]
     assert {c.structure.composition.reduced_formula for c in in_space} >= {"TiO2", "O2"}
+
+
+def test_row_filter_skips_unwanted_rows_unparsed(tmp_path):
+    licoo2 = Structure(Lattice.hexagonal(2.8, 14.0), ["Li", "Co", "O", "O"],
+                       [[0, 0, 0], [0, 0, 0.5], [0, 0, 0.26], [0, 0, 0.74]]).to(fmt="cif")
+    path = tmp_path / "known.csv"
+    _write_csv(path, [
+        {"material_id": "nacl", "elements": "Cl,Na", "nsites": 2, "cif": _nacl().to(fmt="cif")},
+        {"material_id": "licoo2", "elements": "Co,Li,O", "nsites": 4, "cif": licoo2},
+        {"material_id": "big", "elements": "Co,Li,O", "nsites": 40, "cif": licoo2},
+        {"material_id": "broken-other", "elements": "K,S", "nsites": 3, "cif": "data_x\n?"},
+        {"material_id": "broken-ours", "elements": "Li,O", "nsites": 3, "cif": "data_x\n?"},
+        {"material_id": "no-columns", "elements": None, "nsites": None, "cif": licoo2},
+    ])
+    report = read_structures(path, row_filter=RowFilter(frozenset({"Li", "Co", "O"}), 20))
+    # the columns skip NaCl, the 40-site row and the broken row of another chemistry;
+    # a row without them is parsed (the caller checks what is read)
+    assert [c.source_id for c in report.crystals] == ["licoo2", "no-columns"]
+    assert len(report.problems) == 1 and "broken-ours" in report.problems[0]
+    everything = read_structures(path)
+    assert len(everything.crystals) == 4 and len(everything.problems) == 2
+    by_size = read_structures(path, row_filter=RowFilter(max_atoms=3, max_elements=2))
+    assert [c.source_id for c in by_size.crystals] == ["nacl", "no-columns"]
+
+
+@pytest.mark.slow
+def test_row_filters_read_what_a_full_read_keeps(shared_data):
+    """On the shared data, the columns agree with the CIFs: a filtered read gives exactly the
+    crystals a full read would keep (the seeds of a space, the templates of ion_substitution)."""
+    path = shared_data / "known_crystals_mp.csv.gz"
+    full = read_structures(path).crystals
+    space = ["Li", "Co", "Mn", "O"]
+    seeds = read_structures(path, row_filter=RowFilter(frozenset(space), 20)).crystals
+    kept = [c for c in full if in_chemical_space(c.structure, space, 20)]
+    assert len(kept) > 10
+    assert [c.source_id for c in seeds] == [c.source_id for c in kept]
+    assert [c.structure for c in seeds] == [c.structure for c in kept]
+    small = read_structures(path, row_filter=RowFilter(max_atoms=8, max_elements=3)).crystals
+    kept = [c for c in full if len(c.structure) <= 8 and len(c.structure.composition) <= 3]
+    assert [c.source_id for c in small] == [c.source_id for c in kept]
 
 
 def test_materials_project_fetch_at_its_one_seam(monkeypatch):

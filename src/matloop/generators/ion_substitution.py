@@ -198,9 +198,11 @@ def apply_substitution(template: Structure, sub: Substitution) -> Structure:
 @lru_cache(maxsize=8)
 def _read_templates(path: str, mtime: float, max_atoms: int, n_elements: int):
     """Ordered crystals of a file small enough for the space (cached per file version)."""
-    from matloop.data import read_structures
+    from matloop.data import RowFilter, read_structures
 
-    report = read_structures(path)
+    # rows too large or of too many elements are not parsed (their CIFs cost ~10 ms each)
+    report = read_structures(path, row_filter=RowFilter(max_atoms=max_atoms,
+                                                        max_elements=n_elements))
     keep = [c for c in report.crystals
             if len(c.structure) <= max_atoms and c.structure.is_ordered
             and 2 <= len(c.structure.composition.elements) <= n_elements]  # fmt: skip

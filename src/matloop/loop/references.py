@@ -101,13 +101,16 @@ def prepare_references(ctx: RunContext) -> StepResult:
 
 def load_seed_crystals(ctx: RunContext):
     """Seed crystals inside the chemical space, plus a list of problems met reading."""
-    from matloop.data import fetch_materials_project, in_chemical_space, read_structures
+    from matloop.data import RowFilter, fetch_materials_project, in_chemical_space, read_structures
 
     space = ctx.config.chemical_space
     crystals, problems = [], []
     for seed_file in ctx.config.seed_data.files:
+        # rows of other chemistries are not parsed (a few dozen of thousands are wanted)
+        wanted = RowFilter(elements=frozenset(space.elements), max_atoms=seed_file.max_atoms)
         report = read_structures(
-            seed_file.path, seed_file.format, seed_file.cif_column, seed_file.id_column
+            seed_file.path, seed_file.format, seed_file.cif_column, seed_file.id_column,
+            row_filter=wanted,
         )
         problems += report.problems
         crystals += [
