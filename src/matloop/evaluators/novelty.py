@@ -37,6 +37,7 @@ __all__ = [
     "ReferenceCoverage",
     "judge_novelty",
     "novelty_and_uniqueness",
+    "reduced_for_matching",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class NoveltyIndex:
             "attempt_supercell": attempt_supercell,
         }
         self.matcher = StructureMatcher(**self.settings)
-        self._buckets: dict[str, list[tuple[Hashable, Structure]]] = {}
+        # per formula: [id, structure, its reduced cell (made on first comparison)]
+        self._buckets: dict[str, list[list[Any]]] = {}
         self._n = 0
         self.n_comparisons = 0
         for id_, structure in entries:
@@ -112,7 +114,7 @@ class NoveltyIndex:
 
     def add(self, id_: Hashable, structure: Structure) -> None:
         """Add a known structure (no duplicate check: call :meth:`match` first if needed)."""
-        self._buckets.setdefault(self.key(structure), []).append((id_, structure))
+        self._buckets.setdefault(self.key(structure), []).append([id_, structure, None])
         self._n += 1
 
     def match(self, structure: Structure) -> Hashable | None:
@@ -120,14 +122,33 @@ class NoveltyIndex:
 
         Only structures with the same reduced formula are compared.
         """
-        for id_, known in self._buckets.get(self.key(structure), ()):
+        bucket = self._buckets.get(self.key(structure), ())
+        query = self._reduced(structure) if bucket else None
+        for entry in bucket:
+            id_, known, reduced = entry
             self.n_comparisons += 1
+            if reduced is None:
+                reduced = entry[2] = self._reduced(known)
             try:
-                if self.matcher.fit(structure, known):
+                if query is not False and reduced is not False:
+                    # both cells reduced once here, not again (and looked up in pymatgen's
+                    # cache, an O(sites^2) comparison) on every fit
+                    if self.matcher.fit(query, reduced, skip_structure_reduction=True):
+                        return id_
+                elif self.matcher.fit(structure, known):
                     return id_
             except Exception as exc:  # noqa: BLE001 - one odd structure must not stop a round
                 logger.debug("StructureMatcher failed on %s: %s", id_, exc)
         return None
+
+    def _reduced(self, structure: Structure) -> Structure | bool:
+        """The cell ``StructureMatcher.fit`` compares (Niggli-reduced, then primitive when
+        ``primitive_cell``), or False when that fails (the plain ``fit`` is tried then)."""
+        try:
+            return reduced_for_matching(structure, self.settings["primitive_cell"])
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("could not reduce a structure for matching: %s", exc)
+            return False
 
     def bucket_size(self, structure: Structure) -> int:
         """Number of known structures sharing ``structure``'s reduced formula."""
@@ -145,6 +166,18 @@ class NoveltyIndex:
 
     def __repr__(self) -> str:
         return f"NoveltyIndex({self._n} structures, {len(self._buckets)} formulas)"
+
+
+def reduced_for_matching(structure: Structure, primitive_cell: bool = True) -> Structure:
+    """The cell pymatgen's ``StructureMatcher.fit`` reduces a structure to before matching
+    (Niggli, then primitive), made once: ``fit(a, b, skip_structure_reduction=True)`` on
+    two such cells decides as ``fit`` on the originals."""
+    from pymatgen.core import Structure
+
+    reduced = Structure.from_sites(structure).get_reduced_structure(reduction_algo="niggli")
+    if primitive_cell:
+        reduced = reduced.get_primitive_structure()
+    return Structure.from_sites(reduced)
 
 
 def novelty_and_uniqueness(
