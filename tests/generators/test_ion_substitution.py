@@ -79,3 +79,63 @@ def test_template_file_path_names_the_unset_variable(monkeypatch):
         expand_path("${MATLOOP_NO_SUCH_VAR}/x.csv")
     monkeypatch.setenv("MATLOOP_NO_SUCH_VAR", "/data")
     assert str(expand_path("${MATLOOP_NO_SUCH_VAR}/x.csv")) == "/data/x.csv"
+
+
+def _rank_template_by_template(templates, elements, threshold):
+    """The ranking as first written: every template's substitutions worked out anew."""
+    import itertools
+    import math
+
+    from matloop.generators.ion_substitution import (
+        Substitution,
+        _oxidation_states,
+        _probability_model,
+        _target_species,
+    )
+
+    model = _probability_model()
+    targets = _target_species(tuple(elements))
+    known = {str(s) for s in model.species}
+    out = []
+    for index, structure in enumerate(templates):
+        comp = structure.composition
+        if len(comp.elements) > len(set(elements)):
+            continue
+        states = _oxidation_states(comp.reduced_formula)
+        if states is None or any(str(Species(el, ox)) not in known for el, ox in states):
+            continue
+        counts = [comp[el] for el, _ in states]
+        options = [[(t, p) for t in targets
+                    if (p := model.cond_prob(Species(*t), Species(el, ox))) >= threshold]
+                   for el, ox in states]  # fmt: skip
+        for combo in itertools.product(*options):
+            new = tuple(t for t, _ in combo)
+            if len({el for el, _ in new}) < len(new) or new == states:
+                continue
+            if abs(sum(c * ox for c, (_, ox) in zip(counts, new, strict=True))) > 1e-6:
+                continue
+            if {el for el, _ in new} == {el for el, _ in states} and all(
+                dict(new)[el] == ox for el, ox in states
+            ):
+                continue
+            p = math.prod(p for _, p in combo)
+            if p >= threshold:
+                out.append(Substitution(index, f"t{index}", states, new, p))
+    out.sort(key=lambda s: (-s.probability, s.template, s.new))
+    return out
+
+
+def test_ranking_worked_out_per_formula_is_the_ranking_per_template(shared_data):
+    """Substitutions are cached per reduced formula; on known crystals (supercells of one
+    formula included) the ranking equals the one worked out template by template."""
+    from matloop.data import RowFilter, read_structures
+
+    rows = read_structures(shared_data / "known_crystals_mp.csv.gz",
+                           row_filter=RowFilter(max_atoms=6, max_elements=3)).crystals[:150]
+    templates = [c.structure for c in rows]
+    templates += [t.make_supercell([1, 1, 2], in_place=False) for t in templates[:10]]
+    elements = ["Li", "Co", "Mn", "O"]
+    expected = _rank_template_by_template(templates, elements, 1e-5)
+    ranked = rank_substitutions(templates, elements, threshold=1e-5)
+    assert len(expected) > 20 and len({s.template for s in expected}) > 5
+    assert ranked == expected

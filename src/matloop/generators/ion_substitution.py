@@ -124,42 +124,58 @@ def rank_substitutions(
     Each element of a template goes to a distinct element of ``elements``; the template's
     own composition (no change) is skipped.
     """
-    from pymatgen.core import Species
-
-    model = _probability_model()
-    targets = _target_species(tuple(elements))
-    known = {str(s) for s in model.species}
     out: list[Substitution] = []
+    space = tuple(elements)
     for index, structure in enumerate(templates):
         comp = structure.composition
         if len(comp.elements) > len(set(elements)):
             continue
-        states = _oxidation_states(comp.reduced_formula)
-        if states is None or any(str(Species(el, ox)) not in known for el, ox in states):
-            continue  # an ion the table has never seen has no substitution statistics
-        counts = [comp[el] for el, _ in states]
-        # per old species, the new ones likely enough alone (a product is never larger)
-        options = []
-        for el, ox in states:
-            old = Species(el, ox)
-            scored = [(t, model.cond_prob(Species(*t), old)) for t in targets]
-            options.append([(t, p) for t, p in scored if p >= threshold])
         label = labels[index] if labels else f"t{index}"
-        for combo in itertools.product(*options):
-            new = tuple(t for t, _ in combo)
-            if len({el for el, _ in new}) < len(new) or new == states:
-                continue
-            if abs(sum(c * ox for c, (_, ox) in zip(counts, new, strict=True))) > 1e-6:
-                continue
-            if {el for el, _ in new} == {el for el, _ in states} and all(
-                dict(new)[el] == ox for el, ox in states
-            ):
-                continue  # a permutation that gives back the same composition
-            p = math.prod(p for _, p in combo)
-            if p >= threshold:
-                out.append(Substitution(index, label, states, new, p))
+        # what a composition allows depends on its reduced formula alone: worked out once
+        # per formula and process (templates repeat formulas; rounds rebuild the generator)
+        states, swaps = _formula_substitutions(comp.reduced_formula, space, threshold)
+        out += [Substitution(index, label, states, new, p) for new, p in swaps]
     out.sort(key=lambda s: (-s.probability, s.template, s.new))
     return out
+
+
+@lru_cache(maxsize=16384)
+def _formula_substitutions(
+    formula: str, elements: tuple[str, ...], threshold: float
+) -> tuple[tuple[tuple[str, int], ...] | None, tuple[tuple[tuple[tuple[str, int], ...], float], ...]]:
+    """(old species, ((new species, probability), ...)) of the charge-neutral substitutions
+    of a reduced formula into ``elements`` at least ``threshold`` likely."""
+    from pymatgen.core import Composition, Species
+
+    model = _probability_model()
+    targets = _target_species(elements)
+    known = {str(s) for s in model.species}
+    states = _oxidation_states(formula)
+    if states is None or any(str(Species(el, ox)) not in known for el, ox in states):
+        return states, ()  # an ion the table has never seen has no substitution statistics
+    comp = Composition(formula)
+    counts = [comp[el] for el, _ in states]
+    # per old species, the new ones likely enough alone (a product is never larger)
+    options = []
+    for el, ox in states:
+        old = Species(el, ox)
+        scored = [(t, model.cond_prob(Species(*t), old)) for t in targets]
+        options.append([(t, p) for t, p in scored if p >= threshold])
+    out = []
+    for combo in itertools.product(*options):
+        new = tuple(t for t, _ in combo)
+        if len({el for el, _ in new}) < len(new) or new == states:
+            continue
+        if abs(sum(c * ox for c, (_, ox) in zip(counts, new, strict=True))) > 1e-6:
+            continue
+        if {el for el, _ in new} == {el for el, _ in states} and all(
+            dict(new)[el] == ox for el, ox in states
+        ):
+            continue  # a permutation that gives back the same composition
+        p = math.prod(p for _, p in combo)
+        if p >= threshold:
+            out.append((new, p))
+    return states, tuple(out)
 
 
 def _radius(symbol: str, ox: int) -> float:
