@@ -122,3 +122,35 @@ def test_position_site_order_fixes_slots_of_a_structure_type():
     assert np.allclose(a[2], b[2])  # same coordinate rows whatever the elements
     s = enc.decode_parts(*a)
     assert s.composition.reduced_formula == "SrTiO3"
+
+
+def test_canonical_arrays_are_remembered_by_content(monkeypatch):
+    """A crystal read again (a new object, same lattice, species and coordinates) is not
+    canonicalised again; a changed one is; callers get their own copies."""
+    from pymatgen.core import Lattice, Structure
+
+    from matloop.representations import crystal_matrix
+
+    calls = []
+    real = crystal_matrix._canonical_arrays
+
+    def counting(structure, site_order):
+        calls.append(len(structure))
+        return real(structure, site_order)
+
+    monkeypatch.setattr(crystal_matrix, "_CANONICAL", {})
+    monkeypatch.setattr(crystal_matrix, "_canonical_arrays", counting)
+
+    def make(x: float) -> Structure:
+        return Structure(Lattice.orthorhombic(3.1, 4.2, 5.3), ["Li", "O", "O"],
+                         [[0, 0, 0], [x, 0.5, 0.5], [0.5, 0.1, 0.7]])  # fmt: skip
+
+    first = crystal_matrix.canonical_arrays(make(0.25))
+    first[0][:] = -1.0  # a caller writing into its arrays does not change the remembered ones
+    again = crystal_matrix.canonical_arrays(make(0.25))
+    assert len(calls) == 1
+    for got, want in zip(again, real(make(0.25), "species"), strict=True):
+        np.testing.assert_array_equal(got, want)
+    crystal_matrix.canonical_arrays(make(0.3))
+    crystal_matrix.canonical_arrays(make(0.25), site_order="position")
+    assert len(calls) == 3
