@@ -223,3 +223,31 @@ def test_describe():
     info = gen.describe()
     assert info["generator"] == "prototype_substitution"
     assert info["seed"] == 4
+
+
+def test_distinct_structures_decide_as_pymatgens_fit(shared_data):
+    """Cells are reduced once when remembered; membership is still what
+    ``StructureMatcher().fit`` against each remembered crystal of the formula says."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from matloop.data import RowFilter, read_structures
+    from matloop.generators.prototypes import DistinctStructures
+
+    rows = read_structures(shared_data / "known_crystals_mp.csv.gz",
+                           row_filter=RowFilter(frozenset({"Li", "Mn", "O", "Ti", "Fe"}), 10))
+    structures = []
+    for crystal in rows.crystals[:16]:
+        s = crystal.structure
+        strained, distorted = s.copy(), s.copy()
+        strained.apply_strain([0.03, -0.02, 0.01])
+        distorted.apply_strain([0.35, -0.2, 0.0])
+        structures += [s, s.make_supercell([1, 2, 1], in_place=False), strained, distorted]
+    plain = StructureMatcher()
+    seen, inside = DistinctStructures(), 0
+    for i, s in enumerate(structures):
+        same = [o for o in structures[:i] if o.composition.reduced_formula == s.composition.reduced_formula]
+        expected = any(plain.fit(s, o) for o in same)
+        assert (s in seen) == expected, i
+        inside += expected
+        seen.add(s)
+    assert len(seen) == len(structures) and 0 < inside < len(structures)

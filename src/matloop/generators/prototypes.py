@@ -547,18 +547,40 @@ class DistinctStructures:
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
         self._matcher = StructureMatcher()
-        self._by_formula: dict[str, list[Structure]] = {}
+        # per formula: (structure, the cell fit reduces it to, made once; None if that failed)
+        self._by_formula: dict[str, list[tuple[Structure, Structure | None]]] = {}
 
     def __contains__(self, structure: Structure) -> bool:
         same = self._by_formula.get(structure.composition.reduced_formula, [])
-        return any(self._matcher.fit(structure, other) for other in same)
+        if not same:
+            return False
+        query = _reduced_or_none(structure)
+        for other, reduced in same:
+            if query is not None and reduced is not None:
+                # reduced once, not on every fit (see NoveltyIndex)
+                if self._matcher.fit(query, reduced, skip_structure_reduction=True):
+                    return True
+            elif self._matcher.fit(structure, other):
+                return True
+        return False
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._by_formula.values())
 
     def add(self, structure: Structure) -> None:
         """Remember ``structure`` (no check: test ``in`` first)."""
-        self._by_formula.setdefault(structure.composition.reduced_formula, []).append(structure)
+        self._by_formula.setdefault(structure.composition.reduced_formula, []).append(
+            (structure, _reduced_or_none(structure))
+        )
+
+
+def _reduced_or_none(structure: Structure) -> Structure | None:
+    from matloop.evaluators.novelty import reduced_for_matching
+
+    try:
+        return reduced_for_matching(structure)
+    except Exception:  # noqa: BLE001 - the plain fit is tried (and may fail) as before
+        return None
 
 
 def _key(
