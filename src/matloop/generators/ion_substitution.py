@@ -96,6 +96,12 @@ def _oxidation_states(formula: str) -> tuple[tuple[str, int], ...] | None:
     return tuple(sorted((el, round(v)) for el, v in states.items()))
 
 
+@cache
+def _known_species() -> frozenset[str]:
+    """The species the probability table has statistics for, as text (e.g. ``'Co3+'``)."""
+    return frozenset(str(s) for s in _probability_model().species)
+
+
 @lru_cache(maxsize=64)
 def _target_species(elements: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     """Every (element, oxidation state) of the space the probability table knows."""
@@ -149,7 +155,7 @@ def _formula_substitutions(
 
     model = _probability_model()
     targets = _target_species(elements)
-    known = {str(s) for s in model.species}
+    known = _known_species()
     states = _oxidation_states(formula)
     if states is None or any(str(Species(el, ox)) not in known for el, ox in states):
         return states, ()  # an ion the table has never seen has no substitution statistics
