@@ -9,8 +9,8 @@ Relaxes a seeded sample of ``--n`` real crystals (Materials Project structures o
 * ``in_process``: :class:`matloop.relax.batched.BatchedRelaxer` in this process (the model
   loaded before the clock starts);
 * ``dask_1``, ``dask_2``: :class:`matloop.relax.cluster.DaskBatchedRelaxer` on a
-  ``LocalCluster`` of 1 and 2 worker processes (one thread each), chunks of
-  ``--batch-size`` crystals. Timed apart: the cluster's start-up, each worker's model load
+  ``LocalCluster`` of 1 and 2 worker processes (one thread each), chunks of at most
+  ``--batch-size`` crystals that shrink toward the end (``--chunk-size`` fixes them). Timed apart: the cluster's start-up, each worker's model load
   (``warm_up``), then the relaxation itself with warm workers.
 
 Each path also records its CPU seconds (in the workers, for the Dask paths), so the work a
@@ -84,7 +84,7 @@ def run_dask(items, args, n_workers: int) -> tuple[dict, dict]:
     from matloop.relax.cluster import DaskBatchedRelaxer, relax_chunk
 
     relaxer = DaskBatchedRelaxer(n_workers=n_workers, fmax=args.fmax, steps=args.steps,
-                                 batch_size=args.batch_size, chunk_size=args.batch_size,
+                                 batch_size=args.batch_size, chunk_size=args.chunk_size,
                                  device=args.device)  # fmt: skip
     try:
         start = time.perf_counter()
@@ -117,7 +117,8 @@ def run_dask(items, args, n_workers: int) -> tuple[dict, dict]:
         "startup_s": startup_s,
         "model_load_s_per_worker": sorted(model_load.values()),
         "chunks": len(chunks),
-        "chunk_size": args.batch_size,
+        "chunk_size": args.chunk_size or "guided",
+        "chunk_sizes": [c["n"] for c in chunks],
         "cpu_s": sum(c["relax_cpu_s"] for c in chunks),
         "crystals_per_cpu_s": len(items) / max(1e-9, sum(c["relax_cpu_s"] for c in chunks)),
         "chunk_wall_s": [c["wall_s"] for c in chunks],
@@ -241,8 +242,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--batch-size", type=int, default=16, help="crystals per chunk and per batch (default 16)"
+        "--batch-size", type=int, default=16, help="crystals per batch (default 16)"
     )
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="crystals per chunk (default: guided chunks of at most --batch-size, "
+                   "shrinking toward the end of the round)")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument(
         "--dispatch-trips",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from matloop.config import BATCHED_EXECUTOR_SETTINGS, ConfigError, parse_config
-from matloop.relax.cluster import DaskBatchedRelaxer, chunked
+from matloop.relax.cluster import DaskBatchedRelaxer, chunked, guided_chunks
 from matloop.relax.relaxer import build_relaxer
 
 
@@ -74,9 +74,14 @@ def test_chunks_cover_every_item_once() -> None:
     chunks = chunked(items, 4)
     assert [len(c) for c in chunks] == [4, 4, 3]
     assert [i for c in chunks for i in c] == items
-    relaxer = DaskBatchedRelaxer(batch_size=32)
-    assert relaxer.chunk_size_for(64, 2) == 32  # a full batch per chunk
-    assert relaxer.chunk_size_for(10, 4) == 3  # every worker gets work
+    relaxer = DaskBatchedRelaxer(batch_size=16)
+    sizes = [len(c) for c in relaxer.chunks_for(list(range(64)), 2)]
+    assert sizes[0] == 16  # a full batch first
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 8  # shrinking to the end
+    assert [i for c in relaxer.chunks_for(items, 4) for i in c] == items
+    assert len(relaxer.chunks_for(list(range(10)), 4)) >= 4  # every worker gets work
+    assert [len(c) for c in guided_chunks(list(range(3)), 2, 16)] == [1, 1, 1]
+    assert [len(c) for c in DaskBatchedRelaxer(chunk_size=5).chunks_for(items, 2)] == [5, 5, 1]
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
         DaskBatchedRelaxer(chunk_size=0)
 
@@ -163,3 +168,51 @@ def test_slurm_templates_give_one_worker_per_gpu_and_single_threaded_cpu_workers
     assert 'CUDA_VISIBLE_DEVICES=""' in cpu
     for script in scripts.values():
         assert "infra/slurm/env.sh" in script
+
+
+def _python(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter (its own allocator and environment); its stdout."""
+    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**environ, **env},
+                         capture_output=True, text=True, timeout=240, check=True)  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_workers_matloop_starts_keep_glibcs_adaptive_allocator() -> None:
+    # Dask's nanny would start them with MALLOC_TRIM_THRESHOLD_=65536 (2.4x the CPU for
+    # CHGNet) and leave it in the starting process's environment too
+    seen = json.loads(_python("""
+        import json, os
+        from matloop.relax.executors import start_dask
+        client, cluster = start_dask(None, None, {}, 1)
+        workers = client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+        print(json.dumps({"workers": list(workers.values()),
+                          "here": os.environ.get("MALLOC_TRIM_THRESHOLD_")}))
+        client.close(); cluster.close()
+    """))
+    assert seen == {"workers": [None], "here": None}
+
+
+@pytest.mark.parametrize(("env", "tuned"), [({"MALLOC_TRIM_THRESHOLD_": "65536"}, "True"),
+                                            ({}, "False")])  # fmt: skip
+def test_a_worker_started_with_a_malloc_trim_threshold_gets_high_thresholds_back(env, tuned):
+    code = """
+        from matloop.relax.executors import tune_worker_allocator
+        print(tune_worker_allocator(), tune_worker_allocator())
+    """
+    assert _python(code, **env) == f"{tuned} False"  # once per process
+
+
+def test_a_campaign_closes_the_dask_cluster_its_relaxer_started() -> None:
+    from matloop.loop import CampaignRun
+
+    config = {**_config({"batched": True, "batch_size": 4, "executor": "dask",
+                         "executor_settings": {"n_workers": 1}}), "store": "memory://"}  # fmt: skip
+    run = CampaignRun(parse_config(config))
+    relaxer = run.context.relaxer
+    relaxer.client()
+    cluster = relaxer._cluster
+    run.context.close_relaxers()  # what the campaign flow does when its rounds end
+    assert relaxer._client is None
+    assert cluster.status.name == "closed"
+    run.context.close_relaxers()  # twice is harmless

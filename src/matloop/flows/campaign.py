@@ -134,13 +134,16 @@ def campaign_flow_for(run: CampaignRun) -> Flow:
         references_task(run)
         rounds = rounds or run.config.budget.rounds
         done, reason = [], None
-        for _ in range(rounds):
-            if (reason := run.stop_reason()) is not None:
-                logger.info("stopping: %s", reason)
-                break
-            doc = run.start_round()
-            round_flow(run.name, doc.round)
-            done.append(doc.round)
+        try:
+            for _ in range(rounds):
+                if (reason := run.stop_reason()) is not None:
+                    logger.info("stopping: %s", reason)
+                    break
+                doc = run.start_round()
+                round_flow(run.name, doc.round)
+                done.append(doc.round)
+        finally:
+            run.context.close_relaxers()
         if reason is None:
             reason = run.stop_reason()
         run.finish(reason)

@@ -124,6 +124,15 @@ class RunContext:
     def relaxer(self, relaxer: Relaxer) -> None:
         self._relaxer = relaxer
 
+    def close_relaxers(self) -> None:
+        """Stop the Dask clusters the relaxers started. Left open, they close at interpreter
+        exit, after logging has gone; a later round starts them again."""
+        for relaxer in (self._relaxer, self._reference_relaxer):
+            for part in (relaxer, getattr(relaxer, "executor", None)):
+                close = getattr(part, "close", None)
+                if callable(close):
+                    close()
+
     @property
     def reference_relaxer(self) -> Relaxer:
         """Relaxes hull references and seed crystals: the table of a replay campaign, else

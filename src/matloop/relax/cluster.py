@@ -37,7 +37,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import queue
 import socket
@@ -54,8 +53,10 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 __all__ = [
+    "ChunkedRelaxer",
     "DaskBatchedRelaxer",
     "chunked",
+    "guided_chunks",
     "outcome_from_json",
     "relax_chunk",
 ]
@@ -76,6 +77,29 @@ def chunked(items: list, size: int) -> list[list]:
     """
     size = max(1, int(size))
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def guided_chunks(items: list, n_workers: int, largest: int) -> list[list]:
+    """``items`` cut into chunks that shrink as the work runs out (guided scheduling).
+
+    Each chunk takes a ``1 / (2 n_workers)`` share of the items still left, at most
+    ``largest`` and at least ``largest // 4`` (fewer when there are few items, so every
+    worker gets some). Chunks run in order, so the workers
+    start on large chunks (full batches) and end on small ones: a worker that drew a slow
+    chunk early is not left alone at the end with a whole batch, as with equal chunks.
+
+    >>> [len(c) for c in guided_chunks(list(range(64)), 2, 16)]
+    [16, 12, 9, 7, 5, 4, 4, 4, 3]
+    """
+    n_workers, largest = max(1, int(n_workers)), max(1, int(largest))
+    smallest = max(1, min(largest // 4, len(items) // (2 * n_workers)))
+    chunks, start = [], 0
+    while start < len(items):
+        left = len(items) - start
+        size = min(largest, max(smallest, -(-left // (2 * n_workers))))
+        chunks.append(items[start : start + size])
+        start += size
+    return chunks
 
 
 def outcome_from_json(data: dict[str, Any]) -> RelaxOutcome:
@@ -128,8 +152,10 @@ def relax_chunk(
         ``wall_s``.
     """
     from matloop.relax.batched import BatchedRelaxer, load_chgnet
+    from matloop.relax.executors import tune_worker_allocator
 
     start = time.perf_counter()
+    tune_worker_allocator()
     worker = None
     try:
         from distributed import get_worker
@@ -182,7 +208,67 @@ def relax_chunk(
 
 
 @dataclass
-class DaskBatchedRelaxer:
+class ChunkedRelaxer:
+    """What the cluster relaxers share: the batched relaxer's settings, sent with every
+    chunk, and the loop's view of a relaxer that takes a whole round at once.
+
+    Parameters
+    ----------
+    fmax, steps, relax_cell, batch_size, max_atoms
+        As in :class:`~matloop.relax.batched.BatchedRelaxer`.
+    chunk_size : int, optional
+        Crystals per chunk (each subclass says its default).
+    device : str, optional
+        Torch device on the workers; default: CUDA when the worker sees a GPU, else CPU.
+    num_threads : int or None
+        Torch / BLAS threads in each worker during a chunk (None: leave them alone).
+    """
+
+    fmax: float = 0.05
+    steps: int = 300
+    relax_cell: bool = True
+    batch_size: int = 32
+    max_atoms: int | None = None
+    chunk_size: int | None = None
+    device: str | None = None
+    num_threads: int | None = 1
+    #: one record per finished chunk: where it ran, model-load and relax seconds, ...
+    chunks: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def claim_size(self) -> None:
+        """Every selected candidate at once: the chunks spread them over the workers."""
+        return None
+
+    @property
+    def potential(self) -> str:
+        from matloop.relax.potentials import potential_version
+
+        return potential_version("CHGNet")
+
+    def relax(self, items: Items) -> list[RelaxOutcome]:
+        """One outcome per item, in order (see ``stream`` for them as they finish)."""
+        by_id = {out.candidate_id: out for out in self.stream(items)}
+        return [by_id[cid] for cid, _ in items]
+
+    def stream(self, items: Items) -> Iterator[RelaxOutcome]:
+        raise NotImplementedError
+
+    def chunk_settings(self) -> dict[str, Any]:
+        """The :class:`~matloop.relax.batched.BatchedRelaxer` fields each chunk runs with."""
+        return {"fmax": self.fmax, "steps": self.steps, "relax_cell": self.relax_cell,
+                "batch_size": self.batch_size, "max_atoms": self.max_atoms,
+                "device": self.device}  # fmt: skip
+
+    def failed(self, ids, reason: str) -> Iterator[RelaxOutcome]:
+        """A failed outcome for each of ``ids``."""
+        for cid in ids:
+            yield RelaxOutcome(candidate_id=cid, ok=False, reason=reason,
+                               potential=self.potential, wall_s=0.0)  # fmt: skip
+
+
+@dataclass
+class DaskBatchedRelaxer(ChunkedRelaxer):
     """Relax candidates in chunks with the batched CHGNet relaxer on Dask workers.
 
     ``relaxer: {batched: true, executor: dask, executor_settings: {...}}`` builds one; the
@@ -190,9 +276,8 @@ class DaskBatchedRelaxer:
 
     Parameters
     ----------
-    fmax, steps, relax_cell, batch_size, max_atoms
-        As in :class:`~matloop.relax.batched.BatchedRelaxer`; ``batch_size`` is also the
-        default chunk size.
+    fmax, steps, relax_cell, batch_size, max_atoms, device, num_threads
+        As in :class:`ChunkedRelaxer`.
     address : str, optional
         Scheduler of a running cluster (``tcp://host:8786``), e.g. one started by
         ``infra/dask/gpu_cluster.py`` on SLURM GPU nodes.
@@ -205,12 +290,9 @@ class DaskBatchedRelaxer:
     n_workers : int
         Workers to start when this relaxer starts the cluster.
     chunk_size : int, optional
-        Crystals per chunk; default: ``batch_size``, or fewer so that every worker gets a
-        chunk. Within a chunk the batched relaxer fits batches to the device's memory.
-    device : str, optional
-        Torch device on the workers; default: CUDA when the worker sees a GPU, else CPU.
-    num_threads : int or None
-        Torch / BLAS threads in each worker during a chunk (None: leave them alone).
+        Crystals per chunk; default: chunks that shrink toward the end of the round
+        (:func:`guided_chunks`, at most ``batch_size``), so the workers finish together.
+        Within a chunk the batched relaxer fits batches to the device's memory.
     max_attempts : int
         Submissions of a crystal before it fails (a chunk rerun by Dask after a worker
         died counts once).
@@ -218,22 +300,12 @@ class DaskBatchedRelaxer:
         Longest wait for the first worker of a cluster that is still starting.
     """
 
-    fmax: float = 0.05
-    steps: int = 300
-    relax_cell: bool = True
-    batch_size: int = 32
-    max_atoms: int | None = None
     address: str | None = None
     cluster_class: str | None = None
     cluster_kwargs: dict[str, Any] = field(default_factory=dict)
     n_workers: int = 2
-    chunk_size: int | None = None
-    device: str | None = None
-    num_threads: int | None = 1
     max_attempts: int = 3
     worker_timeout_s: float = 600.0
-    #: one record per finished chunk: where it ran, model-load and relax seconds, ...
-    chunks: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     #: outcomes that arrived for a crystal already answered (stored once, counted here)
     duplicates: int = field(default=0, init=False)
     #: crystals sent out again after their chunk failed (a worker died too often, ...)
@@ -249,45 +321,15 @@ class DaskBatchedRelaxer:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
 
-    # -- what the loop sees --------------------------------------------------------------
-    @property
-    def claim_size(self) -> None:
-        """Every selected candidate at once: the chunks spread them over the workers."""
-        return None
-
-    @property
-    def potential(self) -> str:
-        from matloop.relax.potentials import potential_version
-
-        return potential_version("CHGNet")
-
-    def relax(self, items: Items) -> list[RelaxOutcome]:
-        """One outcome per item, in order (see :meth:`stream` for them as they finish)."""
-        by_id = {out.candidate_id: out for out in self.stream(items)}
-        return [by_id[cid] for cid, _ in items]
-
     # -- the cluster ---------------------------------------------------------------------
     def client(self):
         """The Dask client, starting (and keeping) a cluster on first use."""
         if self._client is None:
-            from distributed import Client
+            from matloop.relax.executors import start_dask
 
-            if self.address:
-                self._client = Client(self.address)
-            else:
-                if self.cluster_class:
-                    module, _, name = self.cluster_class.rpartition(".")
-                    cluster_cls = getattr(importlib.import_module(module), name)
-                    self._cluster = cluster_cls(**self.cluster_kwargs)
-                    self._cluster.scale(self.n_workers)
-                else:
-                    from distributed import LocalCluster
-
-                    kwargs = {"n_workers": self.n_workers, "threads_per_worker": 1,
-                              "processes": True, "dashboard_address": None}  # fmt: skip
-                    kwargs.update(self.cluster_kwargs)
-                    self._cluster = LocalCluster(**kwargs)
-                self._client = Client(self._cluster)
+            self._client, self._cluster = start_dask(
+                self.address, self.cluster_class, self.cluster_kwargs, self.n_workers
+            )
         return self._client
 
     def close(self) -> None:
@@ -307,17 +349,12 @@ class DaskBatchedRelaxer:
         device = self.device
         return client.run(_load_model_seconds, device)
 
-    def chunk_settings(self) -> dict[str, Any]:
-        """The :class:`~matloop.relax.batched.BatchedRelaxer` fields each chunk runs with."""
-        return {"fmax": self.fmax, "steps": self.steps, "relax_cell": self.relax_cell,
-                "batch_size": self.batch_size, "max_atoms": self.max_atoms,
-                "device": self.device}  # fmt: skip
-
-    def chunk_size_for(self, n_items: int, n_workers: int) -> int:
-        """Crystals per chunk for ``n_items`` over ``n_workers``."""
+    def chunks_for(self, ids: list[str], n_workers: int) -> list[list[str]]:
+        """``ids`` cut into chunks for ``n_workers``: ``chunk_size`` each when set, else
+        :func:`guided_chunks` of at most ``batch_size``."""
         if self.chunk_size:
-            return self.chunk_size
-        return max(1, min(self.batch_size, -(-n_items // max(1, n_workers))))
+            return chunked(ids, self.chunk_size)
+        return guided_chunks(ids, n_workers, self.batch_size)
 
     # -- relaxing ------------------------------------------------------------------------
     def stream(self, items: Items) -> Iterator[RelaxOutcome]:
@@ -343,7 +380,7 @@ class DaskBatchedRelaxer:
 
         def submit(ids: list[str]) -> dict:
             futures = {}
-            for chunk in chunked(ids, self.chunk_size_for(len(ids), n_workers)):
+            for chunk in self.chunks_for(ids, n_workers):
                 for cid in chunk:
                     attempts[cid] += 1
                 future = client.submit(relax_chunk, [(cid, structures[cid]) for cid in chunk],
@@ -371,11 +408,9 @@ class DaskBatchedRelaxer:
         def resubmit(left: list[str], reason: str) -> Iterator[RelaxOutcome]:
             """Send unfinished crystals out again, or fail those out of attempts."""
             retry = [cid for cid in left if attempts[cid] < self.max_attempts]
-            for cid in left:
-                if cid not in retry:
-                    pending.discard(cid)
-                    yield RelaxOutcome(candidate_id=cid, ok=False, reason=reason,
-                                       potential=self.potential, wall_s=0.0)  # fmt: skip
+            out_of_attempts = [cid for cid in left if cid not in retry]
+            pending.difference_update(out_of_attempts)
+            yield from self.failed(out_of_attempts, reason)
             if retry:
                 self.resubmitted += len(retry)
                 running.update(submit(retry))

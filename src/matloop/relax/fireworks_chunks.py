@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fireworks import FiretaskBase, Firework, FWAction, Workflow, explicit_serialize
 
-from matloop.relax.cluster import chunked, outcome_from_json, relax_chunk
+from matloop.relax.cluster import ChunkedRelaxer, chunked, outcome_from_json, relax_chunk
 from matloop.relax.outcome import RelaxOutcome, structure_as_dict
 
 if TYPE_CHECKING:
@@ -58,28 +58,19 @@ class BatchedChunkTask(FiretaskBase):
 
 
 @dataclass
-class FireWorksBatchedRelaxer:
+class FireWorksBatchedRelaxer(ChunkedRelaxer):
     """Relax candidates in chunks, one firework each, with the batched CHGNet relaxer.
 
     Parameters
     ----------
-    fmax, steps, relax_cell, batch_size, max_atoms
-        As in :class:`~matloop.relax.batched.BatchedRelaxer`.
+    fmax, steps, relax_cell, batch_size, max_atoms, device, num_threads
+        As in :class:`~matloop.relax.cluster.ChunkedRelaxer`.
     launchpad, launch, n_workers, worker_dir, worker_env, timeout_s, poll_s
         As in :class:`~matloop.relax.executors.FireWorksExecutor`.
     chunk_size : int, optional
         Crystals per firework; default ``batch_size``.
-    device : str, optional
-        Torch device on the workers; default: CUDA when the worker sees one.
-    num_threads : int or None
-        Torch / BLAS threads in the worker during a chunk.
     """
 
-    fmax: float = 0.05
-    steps: int = 300
-    relax_cell: bool = True
-    batch_size: int = 32
-    max_atoms: int | None = None
     launchpad: Any = None
     launch: str = "rapidfire"
     n_workers: int = 1
@@ -87,29 +78,10 @@ class FireWorksBatchedRelaxer:
     worker_env: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 24 * 3600.0
     poll_s: float = 5.0
-    chunk_size: int | None = None
-    device: str | None = None
-    num_threads: int | None = 1
-    #: one record per completed firework: where it ran, model-load and relax seconds, ...
-    chunks: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.launch not in {"rapidfire", "none"}:
             raise ValueError(f"launch must be 'rapidfire' or 'none', not {self.launch!r}")
-
-    @property
-    def claim_size(self) -> None:
-        return None
-
-    @property
-    def potential(self) -> str:
-        from matloop.relax.potentials import potential_version
-
-        return potential_version("CHGNet")
-
-    def relax(self, items: Items) -> list[RelaxOutcome]:
-        by_id = {out.candidate_id: out for out in self.stream(items)}
-        return [by_id[cid] for cid, _ in items]
 
     def _executor(self):
         from matloop.relax.executors import FireWorksExecutor
@@ -124,9 +96,7 @@ class FireWorksBatchedRelaxer:
         items = list(items)
         if not items:
             return
-        settings = {"fmax": self.fmax, "steps": self.steps, "relax_cell": self.relax_cell,
-                    "batch_size": self.batch_size, "max_atoms": self.max_atoms,
-                    "device": self.device}  # fmt: skip
+        settings = self.chunk_settings()
         chunks = chunked(items, self.chunk_size or self.batch_size)
         fireworks = [
             Firework([BatchedChunkTask(
@@ -153,7 +123,7 @@ class FireWorksBatchedRelaxer:
                 yield from self._chunk_outcomes(lpad, fw_id, state, chunk)
             if waiting and (self.launch == "rapidfire" or time.monotonic() > deadline):
                 for fw_id, chunk in waiting.items():  # the workers are gone, or time is up
-                    yield from self._failed(chunk, f"firework {fw_id} did not finish")
+                    yield from self.failed(_ids(chunk), f"firework {fw_id} did not finish")
                 return
             if waiting:
                 time.sleep(self.poll_s)
@@ -168,7 +138,7 @@ class FireWorksBatchedRelaxer:
             reason = f"firework {fw_id} {state.lower()}"
             if trace.strip():
                 reason += ": " + trace.strip().splitlines()[-1][:300]
-            yield from self._failed(chunk, reason)
+            yield from self.failed(_ids(chunk), reason)
             return
         self.chunks.append({k: v for k, v in record.items() if k != "outcomes"})
         found = {d["candidate_id"]: d for d in record["outcomes"]}
@@ -176,12 +146,11 @@ class FireWorksBatchedRelaxer:
             if cid in found:
                 yield outcome_from_json(found[cid])
             else:
-                yield from self._failed([(cid, None)], f"firework {fw_id} returned no outcome")
+                yield from self.failed([cid], f"firework {fw_id} returned no outcome")
 
-    def _failed(self, chunk, reason: str) -> Iterator[RelaxOutcome]:
-        for cid, _ in chunk:
-            yield RelaxOutcome(candidate_id=cid, ok=False, reason=reason,
-                               potential=self.potential, wall_s=0.0)  # fmt: skip
+
+def _ids(chunk: Items) -> list[str]:
+    return [cid for cid, _ in chunk]
 
 
 def _launchpad(launchpad: Any):
