@@ -15,6 +15,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -116,3 +117,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return float(value)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send stdout to stderr, this process's and its children's (the Dask workers print)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -234,6 +234,13 @@ def _confirmation(d: dict) -> str:
             "ML-stable calls, ")
 
 
+def _chunks(path: dict, d: dict) -> str:
+    size = path["chunk_size"]
+    if size == "guided":  # shrinking toward the end, at most one batch each
+        return f"guided chunks of at most {d['settings']['batch_size']}"
+    return f"chunks of {size}"
+
+
 def relax_cluster(d: dict) -> str:
     p, r, o = d["paths"], d["ratios"], d["overhead_per_chunk_s"]
     loads = [x for row in p.values() for x in (row["load_before"][0], row["load_after"][0])]
@@ -241,7 +248,7 @@ def relax_cluster(d: dict) -> str:
     one, two = p["dask_1"], p["dask_2"]
     agree = d["agreement"]["dask_2"]
     paper = d["scaling_on_paper"]
-    return (f"{d['n']} MP crystals, batched CHGNet in chunks of {one['chunk_size']} on a local "
+    return (f"{d['n']} MP crystals, batched CHGNet in {_chunks(one, d)} on a local "
             f"Dask cluster, 3 paths in one run (1-min load {min(loads):.0f}-{max(loads):.0f} on "
             f"{cpus} cores): in-process {p['in_process']['crystals_per_s']:.3f} crystals/s, "
             f"1 worker {one['crystals_per_s']:.3f}, 2 workers {two['crystals_per_s']:.3f}; "

@@ -33,17 +33,14 @@ The load average is recorded before and after each path (the machine may be shar
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, shared_data, write_result  # noqa: E402
-from relax_throughput import load_crystals, schema_crystals  # noqa: E402
+from common import RESULTS  # noqa: E402
+from relax_throughput import run_benchmark  # noqa: E402
 
 OUT = RESULTS / "relax_cluster.json"
 
@@ -212,21 +209,6 @@ def measure(args: argparse.Namespace, items: list) -> dict:
     return report
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send stdout to stderr, this process's and its children's (the Dask workers print)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -271,25 +253,9 @@ def main() -> None:
         "the JSON it would write (for tests/benchmarks/test_results_schema.py)",
     )
     args = p.parse_args()
-
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    warnings.filterwarnings("ignore")
     if args.schema:
-        items, args.steps, args.dispatch_trips = schema_crystals(), 3, 1
-        with stdout_to_stderr():  # stdout is the JSON
-            report = measure(args, items)
-        json.dump(report, sys.stdout, indent=1, default=float)
-        print()
-        return
-    csv = args.csv or shared_data(args.shared_data) / "known_crystals_mp.csv.gz"
-    items = load_crystals(csv, args.n, args.max_atoms, args.seed)
-    report = measure(args, items)
-    out = write_result(args.output, report)
-    print(f"wrote {out}")
-
+        args.dispatch_trips = 1
+    run_benchmark(args, measure)
 
 if __name__ == "__main__":
     main()

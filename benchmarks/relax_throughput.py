@@ -33,7 +33,6 @@ machine and versions). Goals on CPU: matloop ≥ bare, batched ≥ 3x bare. Exam
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -43,7 +42,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, shared_data, write_result  # noqa: E402
+from common import RESULTS, shared_data, stdout_to_stderr, write_result  # noqa: E402
 
 OUT = RESULTS / "relax_throughput.json"
 
@@ -255,7 +254,14 @@ def main() -> None:
                    help="run the same code on two tiny made-up crystals, 3 steps, and print "
                         "the JSON it would write (for tests/benchmarks/test_results_schema.py)")
     args = p.parse_args()
+    run_benchmark(args, measure)
 
+
+def run_benchmark(args: argparse.Namespace, measure) -> None:
+    """What the relaxation benchmarks do once their options are parsed: one torch thread per
+    process, then ``measure(args, crystals)`` on the seeded sample, written to
+    ``args.output``; or with ``--schema``, on two tiny made-up crystals for 3 steps, the JSON
+    printed (stdout, this process's and its children's, goes to stderr meanwhile)."""
     import torch
 
     torch.set_num_threads(1)
@@ -263,17 +269,15 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if args.schema:
         items, args.steps = schema_crystals(), 3
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
+        with stdout_to_stderr():  # stdout is the JSON
             report = measure(args, items)
         json.dump(report, sys.stdout, indent=1, default=float)
         print()
         return
     csv = args.csv or shared_data(args.shared_data) / "known_crystals_mp.csv.gz"
     items = load_crystals(csv, args.n, args.max_atoms, args.seed)
-    report = measure(args, items)
-    out = write_result(args.output, report)
+    out = write_result(args.output, measure(args, items))
     print(f"wrote {out}")
-
 
 def schema_crystals():
     """Two small made-up crystals for ``--schema``: rock salt and silicon."""

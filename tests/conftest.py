@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,33 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@dataclass(frozen=True)
+class HeadTable:
+    """A test-local CSV of perov-5's first rows and the elements its crystals hold."""
+
+    path: Path
+    elements: list[str]
+
+
+@pytest.fixture(scope="module")
+def perov5_head(tmp_path_factory):
+    """``perov5_head(nrows)``: the first ``nrows`` rows of perov-5's validation table written
+    to a test-local ``perov5-<nrows>.csv`` (the data stays in ../shared), as a
+    :class:`HeadTable`; tests skip clearly when the shared data is absent."""
+    source = SHARED_DATA / "perov_5" / "val.csv.gz"
+    if not source.is_file():
+        pytest.skip(f"reference data {source} is absent")
+
+    def make(nrows: int) -> HeadTable:
+        import pandas as pd
+        from pymatgen.core import Structure
+
+        path = tmp_path_factory.mktemp(f"perov5-{nrows}") / f"perov5-{nrows}.csv"
+        pd.read_csv(source, nrows=nrows).to_csv(path, index=False)
+        elements = sorted({el.symbol for cif in pd.read_csv(path)["cif"]
+                           for el in Structure.from_str(cif, fmt="cif").composition})
+        return HeadTable(path, elements)
+
+    return make

@@ -35,6 +35,42 @@ def test_csv_reader_reports_every_unreadable_row(tmp_path):
     assert "skipped 2" in report.summary()
 
 
+def test_a_csv_read_again_is_not_parsed_again(tmp_path, monkeypatch):
+    """Campaigns in one process read a seed file once; a changed file is read afresh, and
+    every call gets crystals of its own."""
+    import os
+
+    calls = []
+    from_str = Structure.from_str
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return from_str(*args, **kwargs)
+
+    monkeypatch.setattr(Structure, "from_str", counting)
+    path = tmp_path / "seeds.csv"
+    _write_csv(path, [{"material_id": f"m{i}", "cif": _nacl().to(fmt="cif"), "band_gap": 5.0}
+                      for i in range(3)])
+    first = read_structures(path)
+    assert len(calls) == 3
+    second = read_structures(str(path))
+    assert len(calls) == 3  # not parsed again
+    assert [c.source_id for c in second.crystals] == ["m0", "m1", "m2"]
+    assert [c.structure for c in second.crystals] == [c.structure for c in first.crystals]
+    first.crystals[0].structure.replace_species({"Na": "K"})
+    first.crystals[0].properties["band_gap"] = 0.0
+    third = read_structures(path)
+    assert third.crystals[0].structure.composition.reduced_formula == "NaCl"
+    assert third.crystals[0].properties == {"band_gap": 5.0}
+    assert len(calls) == 3
+
+    _write_csv(path, [{"material_id": "new", "cif": _nacl().to(fmt="cif")}])
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert [c.source_id for c in read_structures(path).crystals] == ["new"]
+    assert len(calls) == 4
+
+
 def test_csv_without_cif_column_is_a_clear_error(tmp_path):
     path = tmp_path / "seeds.csv"
     _write_csv(path, [{"material_id": "x", "structure": "?"}])
@@ -92,6 +128,10 @@ def test_row_filter_skips_unwanted_rows_unparsed(tmp_path):
     assert len(everything.crystals) == 4 and len(everything.problems) == 2
     by_size = read_structures(path, row_filter=RowFilter(max_atoms=3, max_elements=2))
     assert [c.source_id for c in by_size.crystals] == ["nacl", "no-columns"]
+    # parsed files are remembered per filter: a read after the full one is filtered again
+    again = read_structures(path, row_filter=RowFilter(frozenset({"Li", "Co", "O"}), 20))
+    assert [c.source_id for c in again.crystals] == ["licoo2", "no-columns"]
+    assert len(read_structures(path).crystals) == 4
 
 
 @pytest.mark.slow

@@ -246,10 +246,12 @@ def run(
             "'novel'; add seed_data.files, seed_data.materials_project or seed_data.optimade[/]"
         )
     lease = _take_lease(campaign.store, config.name, take_over)
+    campaign.lease = lease
     _on_interrupt()
 
     def lost() -> None:
-        typer.secho("warning: another run took over this campaign's lease; stop this run",
+        typer.secho("warning: another run took over this campaign's lease; this run stops "
+                    "before its next step",
                     fg=typer.colors.YELLOW, err=True)
 
     safe = "everything computed so far is kept in the store; run the same command to resume"
@@ -272,6 +274,9 @@ def run(
         typer.secho(f"stopped; run the same command again to resume{resume}",
                     fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if campaign.lease_lost():  # the campaign and its output are the other run's now
+        _fail(f"another run took this campaign over; this run stopped after round(s) "
+              f"{result['rounds_run'] or 'none'}, and left the rest to it", EXIT_BUSY)
     out = result.get("output")
     if out is None:  # the flow's report task could not write: say why, once
         out = _export_or_explain(campaign.store, config.name, config.output_dir, debug,

@@ -89,6 +89,13 @@ def test_fit_sample_save_load_update(kind, data, tmp_path):
     assert gen.sample(3, conditions, rng=np.random.default_rng(2))
 
 
+@pytest.mark.parametrize("kind", sorted(TORCH_GENERATORS))
+def test_an_untrained_generator_refuses_to_sample(kind):
+    gen = generator_class(kind)(hidden=32, seed=0)
+    with pytest.raises(RuntimeError, match="fit or load the generator before sampling"):
+        gen.sample(2, rng=np.random.default_rng(0))
+
+
 def test_checkpoint_tampering_detected(data, tmp_path):
     structures, _ = data
     gen = generator_class("crystal_vae")(epochs=1, hidden=16)

@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
     if args.bad:
         register_bad_generator("__main__")
     from matloop.config import parse_config
-    from matloop.loop import STEPS, CampaignRun, Progress
+    from matloop.loop import CampaignRun, Progress
 
     hiccups = {int(k) for k in args.hiccups.split(",") if k}
     _instrument(args.kill_at_write, args.torn, hiccups, args.kill_on)

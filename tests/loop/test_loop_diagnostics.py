@@ -4,9 +4,7 @@ Prefect artifact rows (a replay campaign: the whole loop in seconds)."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from matloop.config import parse_config
@@ -15,24 +13,16 @@ from matloop.store import MatloopStore
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    source = Path(__file__).resolve().parents[2].parent / "shared/data/perov_5/val.csv.gz"
-    if not source.is_file():
-        pytest.skip(f"reference data {source} is absent")
-    table = tmp_path_factory.mktemp("diag") / "perov5-120.csv"
-    pd.read_csv(source, nrows=120).to_csv(table, index=False)
-    from pymatgen.core import Structure
-
-    elements = sorted({el.symbol for cif in pd.read_csv(table)["cif"]
-                       for el in Structure.from_str(cif, fmt="cif").composition})
+def run(perov5_head):
+    table = perov5_head(120)
     config = parse_config({
         "name": "diag-test",
-        "chemical_space": {"elements": elements, "max_atoms": 5},
-        "generators": [{"name": "table_rows", "settings": {"path": str(table)}},
+        "chemical_space": {"elements": table.elements, "max_atoms": 5},
+        "generators": [{"name": "table_rows", "settings": {"path": str(table.path)}},
                        {"name": "prototype_substitution",
                         "settings": {"prototypes": ["rock_salt", "perovskite"]}}],
         "relaxer": {"potential": "replay",
-                    "replay": {"path": str(table), "energy_column": "heat_ref"}},
+                    "replay": {"path": str(table.path), "energy_column": "heat_ref"}},
         "budget": {"candidates_per_round": 16, "relaxations_per_round": 6},
         "acquisition": {"strategy": "ucb", "ensemble_size": 2},
         "allocation": {"strategy": "thompson", "floor": 0.2},

@@ -9,8 +9,6 @@ and that a bad replay configuration is refused with the field named.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,30 +21,20 @@ WINDOW = (1.5, 2.5)
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
+def table(perov5_head):
     """The first 300 rows of perov-5 (a test-local file; the data stays in ../shared)."""
-    source = Path(__file__).resolve().parents[2].parent / "shared/data/perov_5/val.csv.gz"
-    if not source.is_file():
-        pytest.skip(f"reference data {source} is absent")
-    path = tmp_path_factory.mktemp("replay") / "perov5-300.csv"
-    pd.read_csv(source, nrows=300).to_csv(path, index=False)
-    return path
+    return perov5_head(300)
 
 
 def config(table, **overrides) -> dict:
-    from pymatgen.core import Structure
-
-    frame = pd.read_csv(table)
-    elements = sorted({el.symbol for cif in frame["cif"]
-                       for el in Structure.from_str(cif, fmt="cif").composition})
     data = {
         "name": "replay-test",
-        "chemical_space": {"elements": elements, "max_atoms": 5},
+        "chemical_space": {"elements": table.elements, "max_atoms": 5},
         "objective": {"stability_threshold": 0.1,
                       "property": {"name": "dir_gap", "min": WINDOW[0], "max": WINDOW[1]}},
-        "generators": [{"name": "table_rows", "settings": {"path": str(table)}}],
+        "generators": [{"name": "table_rows", "settings": {"path": str(table.path)}}],
         "relaxer": {"potential": "replay",
-                    "replay": {"path": str(table), "energy_column": "heat_ref",
+                    "replay": {"path": str(table.path), "energy_column": "heat_ref",
                                "property_columns": ["dir_gap"]}},
         "budget": {"rounds": 3, "candidates_per_round": 60, "relaxations_per_round": 10},
         "acquisition": {"strategy": "joint", "ensemble_size": 4},
@@ -57,7 +45,7 @@ def config(table, **overrides) -> dict:
 
 
 def test_replay_campaign_answers_from_the_table(table):
-    frame = pd.read_csv(table, dtype={"material_id": str}).set_index("material_id")
+    frame = pd.read_csv(table.path, dtype={"material_id": str}).set_index("material_id")
     run = CampaignRun(parse_config(config(table)), store=MatloopStore("memory://"))
     run.prepare_references()
     assert {r.energy_per_atom for r in run.references()} == {0.0}  # formation energies
@@ -144,13 +132,14 @@ def test_missing_or_wrong_replay_table_is_a_preflight_problem(table):
     (problem,) = check_replay_table(missing.relaxer.replay)
     assert str(problem).startswith("relaxer.replay.path: missing.csv: no such file")
     wrong = parse_config(config(table, relaxer={
-        "potential": "replay", "replay": {"path": str(table), "energy_column": "nope"}}))
+        "potential": "replay", "replay": {"path": str(table.path), "energy_column": "nope"}}))
     (problem,) = check_replay_table(wrong.relaxer.replay)
     assert "no column(s) nope" in str(problem)
 
 
 def test_replay_table_with_a_potential_is_refused(table):
-    relaxer = {"potential": "CHGNet", "replay": {"path": str(table), "energy_column": "heat_ref"}}
+    relaxer = {"potential": "CHGNet",
+               "replay": {"path": str(table.path), "energy_column": "heat_ref"}}
     with pytest.raises(ConfigError, match="only used with potential: replay, not CHGNet"):
         parse_config(config(table, relaxer=relaxer))
 
@@ -161,10 +150,10 @@ def test_table_rows_never_repeats_and_stays_in_space(table):
     from matloop.generators.base import ChemicalSpace
     from matloop.generators.table import TableRows
 
-    cifs = pd.read_csv(table)["cif"]
+    cifs = pd.read_csv(table.path)["cif"]
     space = sorted({el.symbol for cif in cifs[:40]
                     for el in Structure.from_str(cif, fmt="cif").composition})
-    gen = TableRows(ChemicalSpace(space, 5), path=str(table))
+    gen = TableRows(ChemicalSpace(space, 5), path=str(table.path))
     every = gen.sample(5, rng=np.random.default_rng(0))
     every += gen.sample(1000, rng=np.random.default_rng(1))
     assert 40 <= len(every) < len(cifs)  # at least the 40 rows the space was built from

@@ -111,6 +111,10 @@ def _campaign_name() -> str:
     return f"{flow_run.parameters['config']['name']}"
 
 
+#: The stop reason of a run whose lease another run took over.
+LEASE_LOST = "lease lost: another run took this campaign over"
+
+
 def campaign_flow_for(run: CampaignRun) -> Flow:
     """The campaign flow of ``run``: ``flow(config, rounds=None) -> dict``.
 
@@ -122,6 +126,9 @@ def campaign_flow_for(run: CampaignRun) -> Flow:
         """generate → screen → relax → evaluate → verify → learn, then the round's
         artifacts."""
         for step in STEPS:
+            if run.lease_lost():  # the run that took over resumes this round
+                get_run_logger().warning("lease lost: round %d stops before %s", round_, step)
+                return {}
             STEP_TASKS[step](run, round_)
         publish_round_artifacts(run, round_)
         return run.store.get_round(run.name, round_).metrics
@@ -136,6 +143,8 @@ def campaign_flow_for(run: CampaignRun) -> Flow:
         done, reason = [], None
         try:
             for _ in range(rounds):
+                if run.lease_lost():
+                    break
                 if (reason := run.stop_reason()) is not None:
                     logger.info("stopping: %s", reason)
                     break
@@ -144,6 +153,10 @@ def campaign_flow_for(run: CampaignRun) -> Flow:
                 done.append(doc.round)
         finally:
             run.context.close_relaxers()
+        if run.lease_lost():  # the campaign record is the new holder's to write
+            logger.warning("another run took over this campaign's lease; this run stopped")
+            return {"campaign": run.name, "rounds_run": done, "stop_reason": LEASE_LOST,
+                    "output": None}  # fmt: skip
         if reason is None:
             reason = run.stop_reason()
         run.finish(reason)

@@ -623,6 +623,13 @@ class TorchGenerator(Generator):
         self._replay = [structures[i] for i in idx]
         self._replay_props = None if props is None else np.asarray(props)[idx]
 
+    # -- sampling
+    def _sampling_rng(self, rng: np.random.Generator | None) -> np.random.Generator:
+        """``rng`` (a fresh one when None) for a ``sample``; refused before ``fit``/``load``."""
+        if not self.modules:
+            raise RuntimeError("fit or load the generator before sampling")
+        return rng or np.random.default_rng()
+
     # -- physically sound output
     def _sound(self, structure: Structure) -> bool:
         """True when ``structure`` passes :func:`matloop.soundness.unsound_reason` (pairs

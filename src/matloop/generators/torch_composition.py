@@ -330,9 +330,7 @@ class _CompositionGenerator(TorchGenerator):
         rng: np.random.Generator | None = None,
     ) -> list[Composition]:
         """``n`` decoded compositions (empty or over-sized ones dropped)."""
-        if not self.modules:
-            raise RuntimeError("fit or load the generator before sampling")
-        rng = rng or np.random.default_rng()
+        rng = self._sampling_rng(rng)
         out = []
         with torch.no_grad():
             mats = self._draw(n, self._cond(n, conditions, rng), rng)

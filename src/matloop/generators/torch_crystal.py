@@ -622,9 +622,7 @@ class CrystalVAEGenerator(TorchGenerator):
         when two atoms are closer than that. Fewer than ``n`` come back when the rounds run
         out.
         """
-        if not self.modules:
-            raise RuntimeError("fit or load the generator before sampling")
-        rng = rng or np.random.default_rng()
+        rng = self._sampling_rng(rng)
         prior = prior or self.config.get("prior", "aggregate")
         temperature = self.config.get("temperature", 1.0) if temperature is None else temperature
         if conditions and not (self.conditional or self.predicts):

@@ -322,9 +322,7 @@ class CrystalFlowGenerator(TorchGenerator):
     ) -> list[Structure]:
         """Up to ``n`` sound crystals; unsound draws are redrawn (up to 10 rounds of
         twice the missing number) and counted in ``self.soundness``."""
-        if not self.modules:
-            raise RuntimeError("fit or load the generator before sampling")
-        rng = rng or np.random.default_rng()
+        rng = self._sampling_rng(rng)
         self.reset_soundness()
         sound = bool(self.config.get("soundness", True))
         out: list[Structure] = []

@@ -51,6 +51,9 @@ class CampaignRun:
         progress: Progress | None = None,
     ) -> None:
         self.context = RunContext(config, store, progress)
+        #: the campaign's lease (:class:`matloop.store.lease.CampaignLease`) while a caller
+        #: holds it; once another run takes it over, this run stops writing
+        self.lease = None
 
     # what callers read through the run: the context's
     config = property(lambda self: self.context.config)
@@ -192,6 +195,11 @@ class CampaignRun:
         doc = RoundDoc(campaign=self.name, round=(last.round + 1) if last else 1)
         self.store.save_round(doc)
         return doc
+
+    def lease_lost(self) -> bool:
+        """Whether another run has taken this campaign's lease over: the campaign is theirs,
+        so this run stops before its next step and leaves the campaign record alone."""
+        return bool(getattr(self.lease, "lost", False))
 
     def stop_reason(self) -> str | None:
         """Why the campaign should not start another round, or None."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RelaxChecks",
     "TaskResult",
+    "decode_task_doc",
     "exception_reason",
     "judge",
     "not_converged_reason",
@@ -43,6 +44,7 @@ __all__ = [
     "read_task_doc",
     "reject_reason",
     "store_unreachable",
+    "task_succeeded",
     "thread_limits",
 ]
 
@@ -153,20 +155,32 @@ def judge(
     return fields
 
 
+def decode_task_doc(doc: Any) -> tuple[Any, Structure | None]:
+    """An atomate2 task document (the pydantic document a job returns, or its serialised
+    dict from a store) as the pydantic document, and its final structure."""
+    if isinstance(doc, dict):
+        from monty.json import MontyDecoder
+
+        doc = MontyDecoder().process_decoded(doc)
+    final = doc.output.structure or doc.structure
+    if isinstance(final, dict):
+        final = Structure.from_dict(final)
+    return doc, final
+
+
+def task_succeeded(doc: Any) -> bool:
+    """True when atomate2 marked the (decoded) task document successful."""
+    state = getattr(doc, "state", None)
+    return str(getattr(state, "value", state)).lower() == "successful"
+
+
 def read_task_doc(doc: Any) -> TaskResult:
     """Pull what a relaxation produced out of an atomate2 force-field task document.
 
     Accepts the pydantic document a job returns or its serialised dict from a store.
     """
-    if isinstance(doc, dict):
-        from monty.json import MontyDecoder
-
-        doc = MontyDecoder().process_decoded(doc)
-
+    doc, final = decode_task_doc(doc)
     output = doc.output
-    final = output.structure or doc.structure
-    if isinstance(final, dict):
-        final = Structure.from_dict(final)
     n_sites = len(final) if final is not None else None
 
     energy = output.energy_per_atom
@@ -186,8 +200,7 @@ def read_task_doc(doc: Any) -> TaskResult:
     max_steps = getattr(doc.input, "steps", None) if doc.input is not None else None
     # ``state`` is SUCCESS only when the optimiser reached fmax within its step limit;
     # ``is_force_converged`` looks at atomic forces alone and misses unrelaxed stress.
-    state = getattr(doc, "state", None)
-    converged = str(getattr(state, "value", state)).lower() == "successful"
+    converged = task_succeeded(doc)
 
     return TaskResult(
         structure=final,

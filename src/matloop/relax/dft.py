@@ -76,7 +76,7 @@ from atomate2.cp2k.sets.core import CellOptSetGenerator as _CellOptSetGenerator
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from matloop.relax.checks import exception_reason
+from matloop.relax.checks import decode_task_doc, exception_reason, task_succeeded
 from matloop.relax.outcome import OutcomeStructure
 
 if TYPE_CHECKING:
@@ -819,25 +819,16 @@ def _not_converged_reason(report: dict[str, Any]) -> str:
 
 def _read_dft_doc(doc: Any) -> dict[str, Any]:
     """Energy, structure and state of an atomate2 CP2K or VASP task document."""
-    if isinstance(doc, dict):
-        from monty.json import MontyDecoder
-
-        doc = MontyDecoder().process_decoded(doc)
-    output = doc.output
-    final = output.structure or doc.structure
-    if isinstance(final, dict):
-        final = Structure.from_dict(final)
-    energy = output.energy
-    per_atom = getattr(output, "energy_per_atom", None)
+    doc, final = decode_task_doc(doc)
+    energy = doc.output.energy
+    per_atom = getattr(doc.output, "energy_per_atom", None)
     if per_atom is None and energy is not None and final is not None:
         per_atom = energy / len(final)
-    state = getattr(doc, "state", None)
-    converged = str(getattr(state, "value", state)).lower() == "successful"
     return {
         "energy": None if energy is None else float(energy),
         "energy_per_atom": None if per_atom is None else float(per_atom),
         "structure": final,
-        "converged": converged,
+        "converged": task_succeeded(doc),
     }
 
 

@@ -141,7 +141,7 @@ def neighbour_pairs(
     if bool(bad.any()):
         bad_rows = rows[bad].tolist()
         reasons = []
-        for r, ok_finite in zip(bad_rows, finite[bad].tolist(), strict=True):
+        for _row, ok_finite in zip(bad_rows, finite[bad].tolist(), strict=True):
             reasons.append("neighbour list: cell or positions are not finite" if not ok_finite
                            else "neighbour list: cell collapsed (too many periodic images "
                            f"within {cutoff:g} Å)")  # fmt: skip

@@ -34,7 +34,6 @@ from matloop.relax.potentials import (  # re-exported: makers is where users loo
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from pathlib import Path
 
     from ase.calculators.calculator import Calculator
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KNOWN_POTENTIALS",
+    "NEEDS_MP2020_CORRECTION",
     "CachedForceFieldRelaxMaker",
     "clear_calculator_cache",
     "get_calculator",

@@ -206,10 +206,9 @@ def latent_map(
     at = {"training": slice(0, n_train), "samples": slice(n_train, n_train + n_samp),
           "candidates": slice(n_train + n_samp, len(stacked))}
 
-    import matplotlib
+    from matloop.results.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = list(color_by)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.0), squeeze=False)
@@ -276,12 +275,9 @@ def latent_map(
     counts = (f"{n_train} training, {n_samp} samples, {len(candidates)} candidates"
               + (f"; {n_bad} could not be encoded" if n_bad else ""))
     fig.suptitle(f"{title}  ({counts})" if title else counts, fontsize=10)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def campaign_latent_maps(

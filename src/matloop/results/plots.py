@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matloop.results.figures import pyplot, save_figure
+
 if TYPE_CHECKING:
     from pymatgen.analysis.phase_diagram import PhaseDiagram
 
@@ -27,20 +29,11 @@ HULL_WINDOW = 0.5
 EHULL_VMAX = 0.3
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def hit_rate_plot(rounds: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path | None:
     """Hit rate per round (line) and cumulative discoveries (bars)."""
     if not rounds:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     xs = [r["round"] for r in rounds]
     ax2 = ax.twinx()
@@ -61,10 +54,7 @@ def hit_rate_plot(rounds: Sequence[dict[str, Any]], path: Path, title: str = "")
     ax.set_xticks(xs)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def hull_plot(
@@ -87,7 +77,7 @@ def hull_plot(
         from matloop.evaluators.stability import plot_hull
 
         return plot_hull(pd, path, highlight_ids=hit_ids, title=title)
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import Normalize
 
     elements = sorted(pd.elements, key=lambda el: el.X)  # most electronegative last
@@ -189,10 +179,7 @@ def hull_plot(
     ax.set_title((title + "\n" if title else "") + f"{len(pd.all_entries)} entries{note}",
                  fontsize=9)
     ax.legend(loc="lower right" if n_el == 2 else "upper left", fontsize=7, framealpha=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def campaign_plots(
