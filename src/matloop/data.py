@@ -88,7 +88,8 @@ class RowFilter:
             if self.max_elements is not None and len(symbols) > self.max_elements:
                 return True
         nsites = row.get("nsites")
-        if self.max_atoms is not None and isinstance(nsites, numbers.Real) and math.isfinite(nsites):
+        known = isinstance(nsites, numbers.Real) and math.isfinite(nsites)
+        if self.max_atoms is not None and known:
             return nsites > self.max_atoms
         return False
 

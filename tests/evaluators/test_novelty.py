@@ -236,8 +236,8 @@ def test_matching_reduced_cells_decides_as_pymatgens_fit(shared_data):
 
     from matloop.data import RowFilter, read_structures
 
-    rows = read_structures(shared_data / "known_crystals_mp.csv.gz",
-                           row_filter=RowFilter(frozenset({"Li", "Co", "Mn", "O", "Ti", "Fe", "Ni"}), 10))
+    wanted = RowFilter(frozenset({"Li", "Co", "Mn", "O", "Ti", "Fe", "Ni"}), 10)
+    rows = read_structures(shared_data / "known_crystals_mp.csv.gz", row_filter=wanted)
     rng = np.random.default_rng(0)
     structures = []
     for crystal in rows.crystals[:24]:

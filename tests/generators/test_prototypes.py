@@ -245,7 +245,8 @@ def test_distinct_structures_decide_as_pymatgens_fit(shared_data):
     plain = StructureMatcher()
     seen, inside = DistinctStructures(), 0
     for i, s in enumerate(structures):
-        same = [o for o in structures[:i] if o.composition.reduced_formula == s.composition.reduced_formula]
+        formula = s.composition.reduced_formula
+        same = [o for o in structures[:i] if o.composition.reduced_formula == formula]
         expected = any(plain.fit(s, o) for o in same)
         assert (s in seen) == expected, i
         inside += expected

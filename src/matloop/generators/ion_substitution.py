@@ -145,10 +145,14 @@ def rank_substitutions(
     return out
 
 
+#: (element, oxidation state) per element of a composition
+_Ions = tuple[tuple[str, int], ...]
+
+
 @lru_cache(maxsize=16384)
 def _formula_substitutions(
     formula: str, elements: tuple[str, ...], threshold: float
-) -> tuple[tuple[tuple[str, int], ...] | None, tuple[tuple[tuple[tuple[str, int], ...], float], ...]]:
+) -> tuple[_Ions | None, tuple[tuple[_Ions, float], ...]]:
     """(old species, ((new species, probability), ...)) of the charge-neutral substitutions
     of a reduced formula into ``elements`` at least ``threshold`` likely."""
     from pymatgen.core import Composition, Species
