@@ -53,3 +53,15 @@ def candidate_id(structure: Structure) -> str:
     key = canonical_key(structure)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return f"{structure.composition.reduced_formula}-{digest}"
+
+
+def reduced_for_matching(structure: Structure, primitive_cell: bool = True) -> Structure:
+    """The cell pymatgen's ``StructureMatcher.fit`` reduces a structure to before matching
+    (Niggli, then primitive), made once: ``fit(a, b, skip_structure_reduction=True)`` on
+    two such cells decides as ``fit`` on the originals."""
+    from pymatgen.core import Structure
+
+    reduced = Structure.from_sites(structure).get_reduced_structure(reduction_algo="niggli")
+    if primitive_cell:
+        reduced = reduced.get_primitive_structure()
+    return Structure.from_sites(reduced)

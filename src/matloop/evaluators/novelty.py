@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
+from matloop.identity import reduced_for_matching  # re-exported: the cell fit() reduces to
+
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
@@ -166,18 +168,6 @@ class NoveltyIndex:
 
     def __repr__(self) -> str:
         return f"NoveltyIndex({self._n} structures, {len(self._buckets)} formulas)"
-
-
-def reduced_for_matching(structure: Structure, primitive_cell: bool = True) -> Structure:
-    """The cell pymatgen's ``StructureMatcher.fit`` reduces a structure to before matching
-    (Niggli, then primitive), made once: ``fit(a, b, skip_structure_reduction=True)`` on
-    two such cells decides as ``fit`` on the originals."""
-    from pymatgen.core import Structure
-
-    reduced = Structure.from_sites(structure).get_reduced_structure(reduction_algo="niggli")
-    if primitive_cell:
-        reduced = reduced.get_primitive_structure()
-    return Structure.from_sites(reduced)
 
 
 def novelty_and_uniqueness(
