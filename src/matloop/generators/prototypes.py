@@ -575,7 +575,7 @@ class DistinctStructures:
 
 
 def _reduced_or_none(structure: Structure) -> Structure | None:
-    from matloop.evaluators.novelty import reduced_for_matching
+    from matloop.identity import reduced_for_matching
 
     try:
         return reduced_for_matching(structure)
