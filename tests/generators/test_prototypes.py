@@ -169,9 +169,9 @@ def test_successive_calls_propose_new_structures_first():
     assert not any(s in seen for s in second)
     rest = gen.sample(1000)
     assert 0 < len(rest) < 1000
-    # Once every candidate has been proposed, earlier ones come back (distinct in a call).
-    again = gen.sample(3)
-    assert len(again) == 3
+    # Once every candidate has been proposed, none comes back: a repeat only costs a
+    # round a proposal (the loop would count it as a repeat of a stored crystal)
+    assert gen.sample(3) == []
 
 
 def test_fit_substitutes_known_crystals_into_the_space():
@@ -252,3 +252,40 @@ def test_distinct_structures_decide_as_pymatgens_fit(shared_data):
         inside += expected
         seen.add(s)
     assert len(seen) == len(structures) and 0 < inside < len(structures)
+
+
+def test_proposals_of_earlier_rounds_are_skipped_not_repeated():
+    space = ChemicalSpace(elements=["Ca", "Ti", "O"], max_atoms=5)
+    first = PrototypeSubstitution(space, seed=0)
+    earlier = first.sample(5, rng=np.random.default_rng(0))
+    labels = {s.properties["proposal"] for s in earlier}
+    assert len(labels) == 5  # each proposal names its own template and decoration
+
+    # a later round builds the generator afresh: told what was proposed, it moves on
+    later = PrototypeSubstitution(space, seed=0)
+    later.exclude_proposed(labels)
+    again = later.sample(later.n_candidates, rng=np.random.default_rng(0))
+    assert not labels & {s.properties["proposal"] for s in again}
+    # once every candidate was proposed in some earlier round, none is offered again
+    seen = labels | {s.properties["proposal"] for s in again}
+    for round_ in range(5):
+        fresh = PrototypeSubstitution(space, seed=0)
+        fresh.exclude_proposed(seen)
+        out = fresh.sample(fresh.n_candidates, rng=np.random.default_rng(round_))
+        assert not seen & {s.properties["proposal"] for s in out}
+        if not out:
+            break
+        seen |= {s.properties["proposal"] for s in out}
+    assert out == []
+
+
+def test_crystals_the_campaign_holds_are_skipped_whatever_their_label():
+    from matloop.identity import candidate_id
+
+    space = ChemicalSpace(elements=["Ca", "Ti", "O"], max_atoms=5)
+    everything = PrototypeSubstitution(space, seed=0).sample(1000, rng=np.random.default_rng(0))
+    stored = {candidate_id(s) for s in everything[::2]}  # half of them, from any generator
+    later = PrototypeSubstitution(space, seed=0)
+    later.exclude_stored(stored)
+    out = later.sample(1000, rng=np.random.default_rng(1))
+    assert out and not stored & {candidate_id(s) for s in out}

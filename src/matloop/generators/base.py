@@ -96,9 +96,16 @@ class Generator(ABC):
         ones). ``conditions`` asks conditional models for target properties."""
 
     def exclude_proposed(self, labels: Collection[str]) -> None:
-        """Told, before ``sample``, the ``prototype`` labels of crystals it proposed in
-        earlier rounds (stored candidates), so a generator whose order is deterministic
-        (a ranking) moves on instead of proposing them again. Default: ignored."""
+        """Told, before ``sample``, the labels of crystals it proposed in earlier rounds
+        (stored candidates: ``properties["proposal"]``, else ``properties["prototype"]``),
+        so a generator that enumerates or ranks its proposals moves on instead of proposing
+        them again. Default: ignored."""
+
+    def exclude_stored(self, ids: Collection[str]) -> None:
+        """Told, before ``sample``, the ids (:func:`matloop.identity.candidate_id`) of every
+        crystal the campaign has stored, so a generator with a finite set of proposals can
+        skip the ones that are already there, whatever label they were proposed under.
+        Default: ignored (the loop counts such proposals as repeats)."""
 
     def update(self, feedback: Sequence[Feedback]) -> None:
         """Learn from the loop's feedback (fine-tune, policy-gradient step). Default: no-op."""

@@ -35,6 +35,7 @@ from pymatgen.core import Composition, Element, Lattice, Species, Structure
 from pydantic import Field
 
 from matloop.chemistry import smact_valid
+from matloop.identity import candidate_id
 from matloop.generators.base import ChemicalSpace, Generator, GeneratorSettings
 from matloop.generators.compositions import (
     ANION,
@@ -45,7 +46,7 @@ from matloop.generators.compositions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
 __all__ = [
     "PROTOTYPES",
@@ -590,6 +591,12 @@ def _key(
     return (template.source, template.name, elements)
 
 
+def _label(key: tuple[str, str, tuple[str, ...]]) -> str:
+    """A candidate's identity as the text stored with it (``properties["proposal"]``)."""
+    source, name, elements = key
+    return f"{source}:{name}:{'-'.join(elements)}"
+
+
 class PrototypeSubstitution(Generator):
     """Charge-balanced decorations of prototype structures and of known crystals.
 
@@ -644,8 +651,9 @@ class PrototypeSubstitution(Generator):
         self._fitted: list[_Template] = []
         self._candidates = self._enumerate(self._library)
         self._used: set[tuple[str, str, tuple[str, ...]]] = set()
+        self._excluded: set[str] = set()  # proposals of earlier rounds (exclude_proposed)
+        self._stored: set[str] = set()  # ids of the campaign's crystals (exclude_stored)
         self._seen = DistinctStructures()
-        self._history: list[Structure] = []
 
     def _enumerate(
         self, templates: Sequence[_Template], *, skip_identity: bool = False
@@ -701,30 +709,41 @@ class PrototypeSubstitution(Generator):
     ) -> list[Structure]:
         """Up to ``n`` distinct decorated templates, in random order.
 
-        Candidates not proposed by an earlier call come first; only when they run out are
-        earlier proposals repeated (still distinct within the call).
+        Each candidate is offered once: by this generator in an earlier call or round
+        (:meth:`exclude_proposed`), or held by the campaign already (:meth:`exclude_stored`),
+        it is skipped, and once they run out fewer than ``n`` come back. Each carries its
+        identity in ``properties["proposal"]``.
         """
         rng = self._rng if rng is None else rng
         out: list[Structure] = []
         if n <= 0:
             return out
-        n_before = len(self._history)
-        fresh = [c for c in self._candidates if _key(*c) not in self._used]
+        fresh = [c for c in self._candidates
+                 if _key(*c) not in self._used and _label(_key(*c)) not in self._excluded]
         for k in rng.permutation(len(fresh)):
             template, elements, states = fresh[k]
-            self._used.add(_key(template, elements, states))
+            key = _key(template, elements, states)
+            self._used.add(key)
             structure = _decorate(template, elements, states)
+            structure.properties["proposal"] = _label(key)
+            if self._stored and candidate_id(structure) in self._stored:
+                continue  # the same crystal, stored under another template or generator
             if structure in self._seen:
                 continue
             self._seen.add(structure)
-            self._history.append(structure)
             out.append(structure.copy())
             if len(out) == n:
                 return out
-        # Every candidate has been proposed once: repeat earlier proposals.
-        for k in rng.permutation(n_before)[: n - len(out)]:
-            out.append(self._history[k].copy())
-        return out
+        return out  # every candidate has been proposed: fewer than asked, never a repeat
+
+    def exclude_proposed(self, labels: Collection[str]) -> None:
+        """Skip the candidates proposed in earlier rounds: ``sample`` then offers the others,
+        and fewer than asked once they run out, rather than repeating stored crystals."""
+        self._excluded |= {label for label in labels if label}
+
+    def exclude_stored(self, ids: Collection[str]) -> None:
+        """Skip decorations that give a crystal the campaign already holds."""
+        self._stored |= set(ids)
 
     def describe(self) -> dict[str, Any]:
         """Provenance: generator name and version, seed, prototypes and fitted templates."""

@@ -49,8 +49,11 @@ class GenerateStep:
             rng = ctx.rng(round_, 100 + index)
             # what it proposed in earlier rounds (a ranking generator moves past them)
             generator.exclude_proposed(
-                {c.prototype for c in stored if c.generator == generator.name
-                 and c.round < round_ and c.prototype}
+                {c.proposal or c.prototype for c in stored if c.generator == generator.name
+                 and c.round < round_ and (c.proposal or c.prototype)}
+            )
+            generator.exclude_stored(
+                {c.candidate_id for c in stored if c.round < round_}
             )
             wanted, new_ids = int(share), []
             for _attempt in range(3):
@@ -130,6 +133,7 @@ def candidate_doc(campaign: str, structure, round_: int, generator, id_fn) -> Ca
         generator=generator.name,
         generator_version=getattr(generator, "version", 0),
         prototype=props.get("prototype") or props.get("template"),
+        proposal=props.get("proposal"),
         conditions=props.get("conditions") or {},
         history=history,
     )

@@ -70,6 +70,9 @@ class CandidateDoc(_Doc):
     generator: str = Field(description="Registry name of the generator that proposed it")
     generator_version: int | str = 0
     prototype: str | None = Field(None, description="Prototype or template, when known")
+    proposal: str | None = Field(
+        None, description="The generator's own label of this proposal (a template and its "
+        "decoration), by which it skips the proposal in later rounds")
     conditions: dict[str, Any] = Field(default_factory=dict)
     status: CandidateStatus = CandidateStatus.proposed
     reason: str | None = Field(None, description="Why it was rejected or failed")
