@@ -45,6 +45,7 @@ class GenerateStep:
         # (otherwise the redo would ask the generators for replacements).
         stored = ctx.store.candidates(ctx.name)
         earlier = {c.candidate_id for c in stored if c.round == round_}
+        stored_ids = {c.candidate_id for c in stored if c.round < round_}  # every crystal held
         for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
             rng = ctx.rng(round_, 100 + index)
             # what it proposed in earlier rounds (a ranking generator moves past them)
@@ -52,9 +53,7 @@ class GenerateStep:
                 {c.proposal or c.prototype for c in stored if c.generator == generator.name
                  and c.round < round_ and (c.proposal or c.prototype)}
             )
-            generator.exclude_stored(
-                {c.candidate_id for c in stored if c.round < round_}
-            )
+            generator.exclude_stored(stored_ids)
             wanted, new_ids = int(share), []
             for _attempt in range(3):
                 if wanted <= len(new_ids):
