@@ -217,6 +217,23 @@ def test_batches_respect_their_size_limits(mp_crystals, monkeypatch) -> None:
     assert max(atoms for _, atoms in sizes) <= biggest
 
 
+def test_crystals_are_drawn_as_the_batch_has_room(mp_crystals) -> None:
+    """relax_from (how a Dask worker pulls from the round's queue) asks for crystals only
+    when slots open, and gives each crystal taken one outcome."""
+    pool, asked, outcomes = list(mp_crystals), [], {}
+
+    def take(n: int):
+        asked.append(n)
+        drawn, pool[:n] = pool[:n], []
+        return drawn
+
+    taken = BatchedRelaxer(steps=3, batch_size=3).relax_from(take, outcomes.__setitem__)
+    assert taken == len(mp_crystals) and sorted(outcomes) == list(range(taken))
+    assert [o.candidate_id for _, o in sorted(outcomes.items())] == [c for c, _ in mp_crystals]
+    assert asked[0] == 3 and max(asked) == 3  # never more than the batch has room for
+    assert len(asked) >= len(mp_crystals) // 3 + 1  # drawn over the run, then one empty draw
+
+
 def test_empty_and_all_rejected_inputs_need_no_model(monkeypatch) -> None:
     def no_model(device):
         raise AssertionError("the model was loaded")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from matloop.config import BATCHED_EXECUTOR_SETTINGS, ConfigError, parse_config
-from matloop.relax.cluster import DaskBatchedRelaxer, chunked, guided_chunks
+from matloop.relax.cluster import DaskBatchedRelaxer, chunked
 from matloop.relax.relaxer import build_relaxer
 
 
@@ -74,14 +74,6 @@ def test_chunks_cover_every_item_once() -> None:
     chunks = chunked(items, 4)
     assert [len(c) for c in chunks] == [4, 4, 3]
     assert [i for c in chunks for i in c] == items
-    relaxer = DaskBatchedRelaxer(batch_size=16)
-    sizes = [len(c) for c in relaxer.chunks_for(list(range(64)), 2)]
-    assert sizes[0] == 16  # a full batch first
-    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 8  # shrinking to the end
-    assert [i for c in relaxer.chunks_for(items, 4) for i in c] == items
-    assert len(relaxer.chunks_for(list(range(10)), 4)) >= 4  # every worker gets work
-    assert [len(c) for c in guided_chunks(list(range(3)), 2, 16)] == [1, 1, 1]
-    assert [len(c) for c in DaskBatchedRelaxer(chunk_size=5).chunks_for(items, 2)] == [5, 5, 1]
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
         DaskBatchedRelaxer(chunk_size=0)
 

@@ -54,6 +54,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -219,59 +220,126 @@ class BatchedRelaxer:
         list of RelaxOutcome
             One per item, in order.
         """
+        outcomes: list[RelaxOutcome | None] = [None] * len(items)
+        remaining = iter(items)
+        done = 0
+
+        def collect(index: int, outcome: RelaxOutcome) -> None:
+            nonlocal done
+            outcomes[index] = outcome
+            done += 1
+            if on_outcome is not None:
+                on_outcome(outcome)
+            if progress is not None:
+                progress(done, len(items))
+
+        self.relax_from(
+            lambda n: list(itertools.islice(remaining, n)), collect, max_atoms=max_atoms,
+            max_volume_ratio=max_volume_ratio, min_distance=min_distance,
+            max_volume_per_atom=max_volume_per_atom, num_threads=num_threads, log=log,
+        )  # fmt: skip
+        return outcomes  # type: ignore[return-value]  # every slot is filled by now
+
+    def relax_from(
+        self,
+        take: Callable[[int], list[tuple[str, Structure]]],
+        on_outcome: Callable[[int, RelaxOutcome], None],
+        *,
+        max_atoms: int | None = None,
+        max_volume_ratio: float = 3.0,
+        min_distance: float = 0.5,
+        max_volume_per_atom: float | None = 200.0,
+        num_threads: int | None = 1,
+        log: bool = False,
+    ) -> int:
+        """Relax crystals drawn from ``take`` as room opens in the batch.
+
+        :meth:`relax` draws from a list; a Dask worker draws from the round's shared queue
+        (:mod:`matloop.relax.cluster`), so workers that finish early take more crystals.
+
+        Parameters
+        ----------
+        take : callable
+            ``take(n)`` returns up to ``n`` more (id, structure) pairs; an empty list means
+            there are no more, and ``take`` is not called again.
+        on_outcome : callable
+            Called as ``on_outcome(k, outcome)`` when the ``k``-th crystal taken (from 0)
+            finishes; crystals finish in any order.
+        max_atoms, max_volume_ratio, min_distance, max_volume_per_atom, num_threads, log
+            As in :meth:`relax`.
+
+        Returns
+        -------
+        int
+            The number of crystals taken (each got its outcome).
+        """
         if max_atoms is None:
             max_atoms = self.max_atoms
         potential = self.potential
-        outcomes: list[RelaxOutcome | None] = [None] * len(items)
-        total = len(items)
-        done = 0
+        items: list[tuple[str, Structure]] = []  # every crystal taken so far, in order
 
         def finish(index: int, wall_s: float, fields: dict[str, Any]) -> None:
-            nonlocal done
-            outcomes[index] = RelaxOutcome(
-                candidate_id=items[index][0], potential=potential, wall_s=wall_s, **fields
-            )
-            done += 1
-            if on_outcome is not None:
-                on_outcome(outcomes[index])
-            if progress is not None:
-                progress(done, total)
+            on_outcome(index, RelaxOutcome(candidate_id=items[index][0], potential=potential,
+                                           wall_s=wall_s, **fields))  # fmt: skip
 
-        with quiet(not log), thread_limits(num_threads):
-            waiting: list[tuple[int, float]] = []  # (item index, seconds spent on its checks)
-            for index, (_, structure) in enumerate(items):
-                start = time.perf_counter()
+        def draw(n: int) -> list[tuple[int, float]] | None:
+            """Up to ``n`` more crystals that pass the pre-checks, as (index, seconds spent
+            on their checks); None when ``take`` has no more."""
+            new = take(n)
+            if not new:
+                return None
+            passed = []
+            for cid, structure in new:
+                start, index = time.perf_counter(), len(items)
+                items.append((cid, structure))
                 reason = reject_reason(structure, max_atoms, min_distance, max_volume_per_atom)
                 if reason is None:
-                    waiting.append((index, time.perf_counter() - start))
+                    passed.append((index, time.perf_counter() - start))
                 else:
                     finish(index, time.perf_counter() - start, {"ok": False, "reason": reason})
-            if waiting:
-                self._run(items, waiting, max_volume_ratio, finish)
-        return outcomes  # type: ignore[return-value]  # every slot is filled by now
+            return passed
+
+        with quiet(not log), thread_limits(num_threads):
+            self._run(items, draw, max_volume_ratio, finish)
+        return len(items)
 
     # -- the batch loop ----------------------------------------------------------------------
     def _run(
         self,
         items: list[tuple[str, Structure]],
-        waiting: list[tuple[int, float]],
+        draw: Callable[[int], list[tuple[int, float]] | None],
         max_volume_ratio: float,
         finish: Callable[[int, float, dict[str, Any]], None],
     ) -> None:
-        """Relax the waiting crystals, keeping the batch full, and ``finish`` each one.
+        """Relax crystals as ``draw`` hands them over, keeping the batch full, and
+        ``finish`` each one.
 
         Each pass mirrors one iteration of ASE's ``Optimizer.irun``: evaluate every crystal
         in the batch, let those that are done leave (converged, out of steps, broken), then
         take one FIRE step with the rest.
         """
-        model = self.model if self.model is not None else _load_chgnet(self._device())
         from matloop.relax.autobatch import MemoryBudget
 
-        batch = _Batch(next(model.parameters()).device, skin=self.skin)
-        batch.budget = MemoryBudget(str(batch.device), self.max_batch_elements,
-                                    self.memory_fraction)  # fmt: skip
-        queue = list(reversed(waiting))  # pop() takes the next crystal in input order
-        while queue or len(batch):
+        model, batch = None, None  # the model loads when the first crystal passes its checks
+        queue: list[tuple[int, float]] = []  # drawn, waiting for room; pop() takes the first
+        more = True
+        while True:
+            in_batch = len(batch) if batch is not None else 0
+            while more and in_batch + len(queue) < self.batch_size:
+                drawn = draw(self.batch_size - in_batch - len(queue))
+                if drawn is None:
+                    more = False
+                else:
+                    queue[:0] = reversed(drawn)
+            if not (queue or in_batch):
+                if more:
+                    continue  # every crystal drawn so far failed its pre-checks
+                break
+            if batch is None:
+                model = self.model if self.model is not None else _load_chgnet(self._device())
+                batch = _Batch(next(model.parameters()).device, skin=self.skin)
+                batch.budget = MemoryBudget(str(batch.device), self.max_batch_elements,
+                                            self.memory_fraction)  # fmt: skip
             self._refill(batch, queue, items)
             start = time.perf_counter()
             now = self._evaluate(model, batch, max_volume_ratio)

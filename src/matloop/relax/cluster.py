@@ -1,29 +1,34 @@
-"""The fast path on a cluster: batched relaxation in chunks on Dask workers, one per GPU.
+"""The fast path on a cluster: batched relaxation on Dask workers, one per GPU.
 
 :class:`~matloop.relax.batched.BatchedRelaxer` relaxes many crystals in one torch state, but
-only inside the calling process. :class:`DaskBatchedRelaxer` cuts a round's candidates into
-chunks and relaxes each chunk with a ``BatchedRelaxer`` on a Dask worker
+only inside the calling process. :class:`DaskBatchedRelaxer` puts a round's candidates in a
+queue on the Dask scheduler and runs one batched relaxer per worker
 (``distributed.LocalCluster``, a running scheduler, or ``dask_jobqueue.SLURMCluster`` with
-one worker per GPU: see ``infra/dask/`` and ``docs/cluster.md``).
+one worker per GPU: see ``infra/dask/`` and ``docs/cluster.md``). Each worker takes a crystal
+from the queue whenever a slot of its batch opens, so the workers share the round crystal by
+crystal and finish together (:func:`relax_pulled`). With ``chunk_size`` set, fixed chunks go
+out as Dask tasks instead (:func:`relax_chunk`), as they do to FireWorks
+(:mod:`matloop.relax.fireworks_chunks`).
 
 How it keeps the loop's promises
 --------------------------------
 - **Claims.** The campaign process claims the candidates (as for every relaxer) and is the
   only one that writes to the store; workers need no database access.
 - **Warm model.** A worker loads CHGNet once (:func:`matloop.relax.batched.load_chgnet`, a
-  per-process cache) and keeps it for every later chunk, on its GPU when it has one (torch
+  per-process cache) and keeps it for every later round, on its GPU when it has one (torch
   sees only the devices ``CUDA_VISIBLE_DEVICES`` leaves it, so a SLURM ``--gres=gpu:1``
   worker uses its own GPU).
 - **Streaming.** Each crystal's outcome is published the moment it finishes (a Dask event on
   the scheduler, :meth:`distributed.Worker.log_event`); :meth:`DaskBatchedRelaxer.stream`
   yields it at once, so the relax step stores it and advances its progress bar while other
   crystals are still relaxing, across all workers.
-- **A worker that dies.** Dask reruns its chunk on another worker; the rerun first reads
-  which of its crystals the campaign process already has (it marks each one answered on the
-  scheduler before storing it) and skips them, so only the unfinished ones are relaxed
-  again. A chunk that fails outright (``KilledWorker`` after Dask's allowed
-  failures, an error) has its unfinished crystals resubmitted, up to ``max_attempts`` times,
-  then they fail with the reason. An outcome that arrives twice is stored once.
+- **A worker that dies.** A worker names the crystals it takes from the queue before it
+  relaxes them; those it had not finished when it left the cluster go back into the queue,
+  for the others (or for its restarted self: Dask reruns its task) to take. With chunks,
+  Dask reruns the chunk, which first reads which of its crystals the campaign process
+  already has (it marks each one answered on the scheduler before storing it) and skips
+  them. Either way a crystal is sent out at most ``max_attempts`` times, then fails with the
+  reason, and an outcome that arrives twice is stored once.
 
 Examples
 --------
@@ -56,9 +61,9 @@ __all__ = [
     "ChunkedRelaxer",
     "DaskBatchedRelaxer",
     "chunked",
-    "guided_chunks",
     "outcome_from_json",
     "relax_chunk",
+    "relax_pulled",
 ]
 
 Items = list[tuple[str, "Structure"]]
@@ -67,6 +72,8 @@ Items = list[tuple[str, "Structure"]]
 POLL_S = 0.2
 #: Seconds to wait, once every crystal is answered, for the last chunks' records.
 CHUNK_WAIT_S = 30.0
+#: Seconds between looks at which workers are alive, while outcomes keep arriving.
+LIVENESS_S = 1.0
 
 
 def chunked(items: list, size: int) -> list[list]:
@@ -77,29 +84,6 @@ def chunked(items: list, size: int) -> list[list]:
     """
     size = max(1, int(size))
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def guided_chunks(items: list, n_workers: int, largest: int) -> list[list]:
-    """``items`` cut into chunks that shrink as the work runs out (guided scheduling).
-
-    Each chunk takes a ``1 / (2 n_workers)`` share of the items still left, at most
-    ``largest`` and at least ``largest // 4`` (fewer when there are few items, so every
-    worker gets some). Chunks run in order, so the workers
-    start on large chunks (full batches) and end on small ones: a worker that drew a slow
-    chunk early is not left alone at the end with a whole batch, as with equal chunks.
-
-    >>> [len(c) for c in guided_chunks(list(range(64)), 2, 16)]
-    [16, 12, 9, 7, 5, 4, 4, 4, 3]
-    """
-    n_workers, largest = max(1, int(n_workers)), max(1, int(largest))
-    smallest = max(1, min(largest // 4, len(items) // (2 * n_workers)))
-    chunks, start = [], 0
-    while start < len(items):
-        left = len(items) - start
-        size = min(largest, max(smallest, -(-left // (2 * n_workers))))
-        chunks.append(items[start : start + size])
-        start += size
-    return chunks
 
 
 def outcome_from_json(data: dict[str, Any]) -> RelaxOutcome:
@@ -207,6 +191,79 @@ def relax_chunk(
     }
 
 
+
+def relax_pulled(
+    queue_name: str,
+    settings: dict[str, Any],
+    topic: str,
+    relax_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Relax crystals from the round's shared Dask queue on this worker until it is empty.
+
+    The batched relaxer takes a crystal from the queue each time one of its batch's slots
+    opens, so a worker that happens to draw fast crystals simply takes more, and the workers
+    finish within one crystal of each other (fixed chunks leave one worker relaxing its last
+    chunk alone). Before relaxing what it took, the worker names it on ``TOPIC/took``; each
+    outcome is published on ``topic`` the moment it finishes (see :func:`relax_chunk`).
+
+    Returns
+    -------
+    dict
+        As :func:`relax_chunk`: where and how it ran, ``n`` crystals relaxed, the outcomes,
+        plus ``takes`` (round trips to the queue that returned crystals).
+    """
+    from distributed import get_client, get_worker
+    from pymatgen.core import Structure
+
+    from matloop.relax.batched import BatchedRelaxer, load_chgnet
+    from matloop.relax.executors import tune_worker_allocator
+
+    start = time.perf_counter()
+    tune_worker_allocator()
+    worker = get_worker()
+    label = worker.address
+    client = get_client()
+    settings = {k: v for k, v in settings.items() if k != "model"}
+    device = _device(settings.pop("device", None))
+    loaded = time.perf_counter()
+    model = load_chgnet(device)
+    model_load_s = time.perf_counter() - loaded
+    takes = 0
+
+    def take(n: int) -> Items:
+        nonlocal takes
+        got = client.run_on_scheduler(_queue_take, queue_name, n)
+        if got:
+            takes += 1
+            worker.log_event(f"{topic}/took", {"ids": [cid for cid, _ in got], "worker": label})
+        return [(cid, Structure.from_dict(data)) for cid, data in got]
+
+    outcomes: list[RelaxOutcome] = []
+
+    def publish(_: int, out: RelaxOutcome) -> None:
+        out = out.model_copy(update={"worker": label})
+        outcomes.append(out)
+        worker.log_event(topic, {"outcome": out.model_dump(mode="json")})
+
+    relax_start, cpu_start = time.perf_counter(), time.process_time()
+    relaxer = BatchedRelaxer(**settings, device=device, model=model)
+    n = relaxer.relax_from(take, publish, **(relax_kwargs or {}))
+    end = time.perf_counter()
+    return {
+        "outcomes": [o.model_dump(mode="json") for o in outcomes],
+        "skipped": [],
+        "worker": label,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": device,
+        "n": n,
+        "takes": takes,
+        "model_load_s": model_load_s,
+        "relax_s": end - relax_start,
+        "relax_cpu_s": time.process_time() - cpu_start,
+        "wall_s": end - start,
+    }
+
 @dataclass
 class ChunkedRelaxer:
     """What the cluster relaxers share: the batched relaxer's settings, sent with every
@@ -232,7 +289,8 @@ class ChunkedRelaxer:
     chunk_size: int | None = None
     device: str | None = None
     num_threads: int | None = 1
-    #: one record per finished chunk: where it ran, model-load and relax seconds, ...
+    #: one record per finished task (a chunk, or a worker's share of a pulled round): where
+    #: it ran, crystals, model-load and relax seconds, ...
     chunks: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
 
     @property
@@ -269,7 +327,7 @@ class ChunkedRelaxer:
 
 @dataclass
 class DaskBatchedRelaxer(ChunkedRelaxer):
-    """Relax candidates in chunks with the batched CHGNet relaxer on Dask workers.
+    """Relax candidates with the batched CHGNet relaxer on Dask workers.
 
     ``relaxer: {batched: true, executor: dask, executor_settings: {...}}`` builds one; the
     settings are the fields below from ``address`` on.
@@ -290,12 +348,12 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
     n_workers : int
         Workers to start when this relaxer starts the cluster.
     chunk_size : int, optional
-        Crystals per chunk; default: chunks that shrink toward the end of the round
-        (:func:`guided_chunks`, at most ``batch_size``), so the workers finish together.
-        Within a chunk the batched relaxer fits batches to the device's memory.
+        Send fixed chunks of this many crystals as Dask tasks; default: none, each worker
+        takes crystals from the round's queue as its batch has room (the workers finish
+        together). Either way the batched relaxer fits batches to the device's memory.
     max_attempts : int
-        Submissions of a crystal before it fails (a chunk rerun by Dask after a worker
-        died counts once).
+        Times a crystal is sent out before it fails (put in the queue, or in a chunk; a
+        chunk rerun by Dask after a worker died counts once).
     worker_timeout_s : float
         Longest wait for the first worker of a cluster that is still starting.
     """
@@ -308,7 +366,7 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
     worker_timeout_s: float = 600.0
     #: outcomes that arrived for a crystal already answered (stored once, counted here)
     duplicates: int = field(default=0, init=False)
-    #: crystals sent out again after their chunk failed (a worker died too often, ...)
+    #: crystals sent out again: taken by a worker that died, or in a chunk that failed
     resubmitted: int = field(default=0, init=False)
     _client: Any = field(default=None, init=False, repr=False)
     _cluster: Any = field(default=None, init=False, repr=False)
@@ -349,100 +407,32 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
         device = self.device
         return client.run(_load_model_seconds, device)
 
-    def chunks_for(self, ids: list[str], n_workers: int) -> list[list[str]]:
-        """``ids`` cut into chunks for ``n_workers``: ``chunk_size`` each when set, else
-        :func:`guided_chunks` of at most ``batch_size``."""
-        if self.chunk_size:
-            return chunked(ids, self.chunk_size)
-        return guided_chunks(ids, n_workers, self.batch_size)
-
     # -- relaxing ------------------------------------------------------------------------
     def stream(self, items: Items) -> Iterator[RelaxOutcome]:
         """Relax ``items`` on the workers and yield each outcome as soon as it finishes.
 
         Every item gets exactly one outcome; failures are outcomes with ``ok=False``.
+        Without ``chunk_size`` the workers pull crystals from a shared queue
+        (:func:`relax_pulled`); with it, each chunk is one Dask task (:func:`relax_chunk`).
         """
         items = list(items)
         if not items:
             return
         client = self.client()
         client.wait_for_workers(1, timeout=self.worker_timeout_s)
-        n_workers = len(client.scheduler_info().get("workers", {})) or self.n_workers
-        structures = dict(items)
-        pending = set(structures)  # no outcome yielded yet
-        heard: set[str] = set()  # outcomes published by a worker
-        topic = f"matloop-relax-{uuid.uuid4().hex}"
-        arrived: queue.SimpleQueue = queue.SimpleQueue()
-        client.subscribe_topic(topic, lambda event: arrived.put(event[1]["outcome"]))
-        settings = self.chunk_settings()
-        relax_kwargs = {"num_threads": self.num_threads}
-        attempts = dict.fromkeys(structures, 0)
-
-        def submit(ids: list[str]) -> dict:
-            futures = {}
-            for chunk in self.chunks_for(ids, n_workers):
-                for cid in chunk:
-                    attempts[cid] += 1
-                future = client.submit(relax_chunk, [(cid, structures[cid]) for cid in chunk],
-                                       settings, topic, relax_kwargs, pure=False)  # fmt: skip
-                futures[future] = chunk
-            return futures
-
-        def take(data: list[dict], event: bool = True) -> list[RelaxOutcome]:
-            """The outcomes of crystals not yet answered, marked answered on the scheduler
-            before they are handed over (a rerun chunk skips them). A chunk's record repeats
-            its events; an event twice means a crystal was relaxed twice."""
-            fresh = []
-            for d in data:
-                cid = d["candidate_id"]
-                if event:
-                    self.duplicates += cid in heard
-                    heard.add(cid)
-                if cid in pending:
-                    pending.discard(cid)
-                    fresh.append(outcome_from_json(d))
-            if fresh:
-                client.log_event(f"{topic}/done", {"ids": [o.candidate_id for o in fresh]})
-            return fresh
-
-        def resubmit(left: list[str], reason: str) -> Iterator[RelaxOutcome]:
-            """Send unfinished crystals out again, or fail those out of attempts."""
-            retry = [cid for cid in left if attempts[cid] < self.max_attempts]
-            out_of_attempts = [cid for cid in left if cid not in retry]
-            pending.difference_update(out_of_attempts)
-            yield from self.failed(out_of_attempts, reason)
-            if retry:
-                self.resubmitted += len(retry)
-                running.update(submit(retry))
-
-        running = submit([cid for cid, _ in items])
+        answers = _Answers(client, f"matloop-relax-{uuid.uuid4().hex}", {cid for cid, _ in items})
+        arrived: queue.SimpleQueue = queue.SimpleQueue()  # (kind, data) from the workers
+        client.subscribe_topic(answers.topic,
+                               lambda event: arrived.put(("outcome", event[1]["outcome"])))
+        client.subscribe_topic(f"{answers.topic}/took",
+                               lambda event: arrived.put(("took", event[1])))  # fmt: skip
+        running: dict[Any, list[str]] = {}  # Dask futures -> their chunk ([] when pulling)
         try:
-            while pending:
-                arrivals = []  # outcomes stream in as crystals finish, on any worker
-                with contextlib.suppress(queue.Empty):
-                    arrivals.append(arrived.get(timeout=POLL_S))
-                    while True:
-                        arrivals.append(arrived.get_nowait())
-                if arrivals:
-                    yield from take(arrivals)
-                    continue
-                for future in [f for f in running if f.done()]:
-                    chunk = running.pop(future)
-                    reason = "dask chunk finished without this crystal's outcome"
-                    try:
-                        record = future.result()
-                    except Exception as exc:  # its worker died too often, or it raised
-                        reason = f"dask chunk failed: {exception_reason(exc)}"
-                        record = None
-                    if record is not None:
-                        self.chunks.append({k: v for k, v in record.items()
-                                            if k != "outcomes"})  # fmt: skip
-                        # any whose event is still on its way
-                        yield from take(record["outcomes"], event=False)
-                    yield from resubmit([cid for cid in chunk if cid in pending], reason)
-                if not running and pending:  # cannot happen; never wait forever
-                    yield from resubmit(sorted(pending), "dask chunks finished without it")
-            # every crystal is answered: the chunks still running are finishing (or skip
+            if self.chunk_size:
+                yield from self._stream_chunks(client, dict(items), answers, arrived, running)
+            else:
+                yield from self._stream_pulled(client, dict(items), answers, arrived, running)
+            # every crystal is answered: tasks still running are finishing (or skip
             # everything); keep their records for the timings
             from distributed import wait
 
@@ -450,16 +440,183 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                 wait(list(running), timeout=CHUNK_WAIT_S)
             for future in [f for f in running if f.status == "finished"]:
                 running.pop(future)
-                record = future.result()
-                self.chunks.append({k: v for k, v in record.items() if k != "outcomes"})
+                self._keep_record(future.result())
         finally:
+            self.duplicates += answers.duplicates
             for future in running:
                 future.cancel()
-            client.unsubscribe_topic(topic)
+            topics = [answers.topic, f"{answers.topic}/done", f"{answers.topic}/took"]
+            for topic in topics[::2]:
+                client.unsubscribe_topic(topic)
             # the scheduler keeps events until told: a long-lived one would hold every
             # outcome of every round
             with contextlib.suppress(Exception):
-                client.run_on_scheduler(_forget_topics, [topic, f"{topic}/done"])
+                client.run_on_scheduler(_forget_topics, topics)
+
+    def _keep_record(self, record: dict[str, Any]) -> None:
+        self.chunks.append({k: v for k, v in record.items() if k != "outcomes"})
+
+    def _stream_pulled(self, client, structures: dict, answers: _Answers,
+                       arrived: queue.SimpleQueue, running: dict) -> Iterator[RelaxOutcome]:
+        """One :func:`relax_pulled` task per worker, all drawing from one queue.
+
+        Crystals taken by a worker that has left the cluster (died, killed, lost) go back
+        into the queue, up to ``max_attempts`` times; a restarted worker's task (Dask reruns
+        it) or the others take them.
+        """
+        from distributed import Queue
+
+        shared = Queue(f"{answers.topic}/queue", client=client)
+        settings, relax_kwargs = self.chunk_settings(), {"num_threads": self.num_threads}
+        attempts = dict.fromkeys(structures, 0)
+        taken: dict[str, str] = {}  # crystal id -> address of the worker that took it
+        failure = "dask worker tasks finished without this crystal's outcome"
+
+        def put(ids: list[str]) -> None:
+            for cid in ids:
+                attempts[cid] += 1
+                taken.pop(cid, None)
+                shared.put((cid, structures[cid].as_dict()))
+            workers = len(client.scheduler_info()["workers"]) or self.n_workers
+            for _ in range(workers - len(running)):
+                future = client.submit(relax_pulled, shared.name, settings, answers.topic,
+                                       relax_kwargs, pure=False)  # fmt: skip
+                running[future] = []
+
+        def requeue(ids: list[str], reason: str) -> Iterator[RelaxOutcome]:
+            retry = [cid for cid in ids if attempts[cid] < self.max_attempts]
+            out_of_attempts = [cid for cid in ids if cid not in retry]
+            answers.pending.difference_update(out_of_attempts)
+            yield from self.failed(out_of_attempts, reason)
+            if retry:
+                self.resubmitted += len(retry)
+                put(retry)
+
+        put(list(structures))
+        checked = time.monotonic()
+        while answers.pending:
+            outcomes, quiet_poll = [], True
+            with contextlib.suppress(queue.Empty):
+                kind, data = arrived.get(timeout=POLL_S)
+                quiet_poll = False
+                while True:
+                    if kind == "took":
+                        taken.update((cid, data["worker"]) for cid in data["ids"])
+                    else:
+                        outcomes.append(data)
+                    kind, data = arrived.get_nowait()
+            if outcomes:
+                yield from answers.take(outcomes)
+            if not quiet_poll and time.monotonic() - checked < LIVENESS_S:
+                continue
+            checked = time.monotonic()
+            live = set(client.scheduler_info()["workers"])
+            lost = sorted(cid for cid in answers.pending if cid in taken and taken[cid] not in live)
+            if lost:
+                yield from requeue(lost, "the dask workers that took it died")
+            for future in [f for f in running if f.done()]:
+                running.pop(future)
+                try:
+                    record = future.result()
+                except Exception as exc:  # it raised, or its workers died too often
+                    failure = f"dask worker task failed: {exception_reason(exc)}"
+                    continue
+                self._keep_record(record)
+                yield from answers.take(record["outcomes"], event=False)
+            if not running and answers.pending:
+                # every task has stopped: what is left was taken by one that failed, or its
+                # note of what it took never arrived
+                with contextlib.suppress(Exception):
+                    shared.get(batch=True)
+                yield from requeue(sorted(answers.pending), failure)
+
+    def _stream_chunks(self, client, structures: dict, answers: _Answers,
+                       arrived: queue.SimpleQueue, running: dict) -> Iterator[RelaxOutcome]:
+        """One :func:`relax_chunk` task per ``chunk_size`` crystals."""
+        settings, relax_kwargs = self.chunk_settings(), {"num_threads": self.num_threads}
+        attempts = dict.fromkeys(structures, 0)
+
+        def submit(ids: list[str]) -> None:
+            for chunk in chunked(ids, self.chunk_size):
+                for cid in chunk:
+                    attempts[cid] += 1
+                chunk_items = [(cid, structures[cid]) for cid in chunk]
+                future = client.submit(relax_chunk, chunk_items, settings, answers.topic,
+                                       relax_kwargs, pure=False)  # fmt: skip
+                running[future] = chunk
+
+        def resubmit(left: list[str], reason: str) -> Iterator[RelaxOutcome]:
+            """Send unfinished crystals out again, or fail those out of attempts."""
+            retry = [cid for cid in left if attempts[cid] < self.max_attempts]
+            out_of_attempts = [cid for cid in left if cid not in retry]
+            answers.pending.difference_update(out_of_attempts)
+            yield from self.failed(out_of_attempts, reason)
+            if retry:
+                self.resubmitted += len(retry)
+                submit(retry)
+
+        submit(list(structures))
+        while answers.pending:
+            outcomes = []  # outcomes stream in as crystals finish, on any worker
+            with contextlib.suppress(queue.Empty):
+                outcomes.append(arrived.get(timeout=POLL_S)[1])
+                while True:
+                    outcomes.append(arrived.get_nowait()[1])
+            if outcomes:
+                yield from answers.take(outcomes)
+                continue
+            for future in [f for f in running if f.done()]:
+                chunk = running.pop(future)
+                reason = "dask chunk finished without this crystal's outcome"
+                try:
+                    record = future.result()
+                except Exception as exc:  # its worker died too often, or it raised
+                    reason = f"dask chunk failed: {exception_reason(exc)}"
+                    record = None
+                if record is not None:
+                    self._keep_record(record)
+                    # any whose event is still on its way
+                    yield from answers.take(record["outcomes"], event=False)
+                yield from resubmit([cid for cid in chunk if cid in answers.pending], reason)
+            if not running and answers.pending:  # cannot happen; never wait forever
+                yield from resubmit(sorted(answers.pending), "dask chunks finished without it")
+
+
+@dataclass
+class _Answers:
+    """The crystals of one round on Dask that still wait for their outcome."""
+
+    client: Any
+    topic: str
+    pending: set[str]
+    heard: set[str] = field(default_factory=set)  # outcomes published by a worker
+    duplicates: int = 0  # outcomes published twice (a crystal relaxed twice)
+
+    def take(self, data: list[dict], event: bool = True) -> list[RelaxOutcome]:
+        """The outcomes of crystals not yet answered, marked answered on the scheduler
+        before they are handed over (a rerun chunk skips them). A task's record repeats its
+        events; an event twice means a crystal was relaxed twice."""
+        fresh = []
+        for d in data:
+            cid = d["candidate_id"]
+            if event:
+                self.duplicates += cid in self.heard
+                self.heard.add(cid)
+            if cid in self.pending:
+                self.pending.discard(cid)
+                fresh.append(outcome_from_json(d))
+        if fresh:
+            self.client.log_event(f"{self.topic}/done", {"ids": [o.candidate_id for o in fresh]})
+        return fresh
+
+
+def _queue_take(name: str, n: int, dask_scheduler=None) -> list:
+    """Dask ``run_on_scheduler`` target: up to ``n`` items of the Dask queue ``name``, without
+    waiting. It runs in one step of the scheduler's event loop, so two workers never take
+    the same item; ``distributed.Queue.get`` can only wait for items, and logs an error on
+    the scheduler when its wait times out (its queue extension, guarded by the caller)."""
+    waiting = dask_scheduler.extensions["queues"].queues[name]
+    return [waiting.get_nowait()["value"] for _ in range(min(n, waiting.qsize()))]
 
 
 def _forget_topics(topics: list[str], dask_scheduler=None) -> None:
