@@ -237,31 +237,31 @@ def _confirmation(d: dict) -> str:
             "ML-stable calls, ")
 
 
-def _chunks(path: dict, d: dict) -> str:
-    size = path["chunk_size"]
-    if size == "guided":  # shrinking toward the end, at most one batch each
-        return f"guided chunks of at most {d['settings']['batch_size']}"
-    return f"chunks of {size}"
-
-
 def relax_cluster(d: dict) -> str:
-    p, r, o = d["paths"], d["ratios"], d["overhead_per_chunk_s"]
+    p, r, o = d["paths"], d["ratios"], d["overhead_s"]
     loads = [x for row in p.values() for x in (row["load_before"][0], row["load_after"][0])]
     cpus = d.get("meta", {}).get("machine", {}).get("cpus", "?")
     one, two = p["dask_1"], p["dask_2"]
     agree = d["agreement"]["dask_2"]
     paper = d["scaling_on_paper"]
-    return (f"{d['n']} MP crystals, batched CHGNet in {_chunks(one, d)} on a local "
-            f"Dask cluster, 3 paths in one run (1-min load {min(loads):.0f}-{max(loads):.0f} on "
-            f"{cpus} cores): in-process {p['in_process']['crystals_per_s']:.3f} crystals/s, "
+    per_repeat = r.get("dask_2_over_dask_1_per_repeat", [])
+    repeats = (f"median of {len(per_repeat)} repeats: "
+               + ", ".join(f"{x:.2f}" for x in per_repeat) + "; ") if len(per_repeat) > 1 else ""
+    dispatch = ("workers pulling crystals from the round's queue"
+                if two["dispatch"] == "pull" else two["dispatch"])
+    return (f"{d['n']} MP crystals, batched CHGNet (batches of {d['settings']['batch_size']}) "
+            f"on a local Dask cluster, {dispatch}, 3 paths in one run (1-min load "
+            f"{min(loads):.0f}-{max(loads):.0f} on {cpus} cores): in-process "
+            f"{p['in_process']['crystals_per_s']:.3f} crystals/s, "
             f"1 worker {one['crystals_per_s']:.3f}, 2 workers {two['crystals_per_s']:.3f}; "
-            f"2 workers = {r['dask_2_over_dask_1']:.2f}x 1 worker (target 1.7x); 1 worker = "
+            f"2 workers = {r['dask_2_over_dask_1']:.2f}x 1 worker ({repeats}target 1.7x); "
+            "1 worker = "
             f"{r['dask_1_over_in_process']:.2f}x in-process "
             f"({r['dask_1_over_in_process_by_cpu_s']:.2f}x by CPU seconds); worker "
             f"start-up {one['startup_s']:.0f} s, model load "
-            f"{max(two['model_load_s_per_worker']):.0f} s; overhead per chunk "
-            f"{o['direct']:.3f} s (dispatch round trip {o['dispatch_round_trip_median']:.3f} s); "
-            "vs in-process: max "
+            f"{max(two['model_load_s_per_worker']):.0f} s; a take from the queue "
+            f"{o['take_round_trip_median'] * 1000:.1f} ms, a one-crystal round "
+            f"{o['one_crystal_round_median']:.2f} s; vs in-process: max "
             f"{agree['max_de_mev_per_atom']:.2f} meV/atom, {agree['same_structures']}/"
             f"{agree['compared']} structures match; on paper {paper['gpus']} GPUs at "
             f"{paper['gpu_rate_crystals_per_s']} crystals/s each: "

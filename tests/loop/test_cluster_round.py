@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,18 @@ def _dask_run(relaxer: DaskBatchedRelaxer, **settings) -> CampaignRun:
     run.ensure_campaign()
     run.context.relaxer = relaxer  # the module's cluster, already warm
     return run
+
+
+def _settle(relaxer: DaskBatchedRelaxer) -> None:
+    """Both workers up, warm and idle: a worker restarted after an earlier kill loads its
+    model first, and tasks left from an earlier round finish (else this round's first task
+    could wait behind them, and the first outcome come from another worker)."""
+    client = relaxer.client()
+    client.wait_for_workers(2, timeout=120)
+    relaxer.warm_up()
+    deadline = time.monotonic() + 120
+    while any(client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _worker_pids(relaxer: DaskBatchedRelaxer) -> dict[str, int]:
@@ -148,6 +161,7 @@ def _test_structures() -> list[Structure]:
 
 def test_a_worker_killed_while_pulling_costs_only_its_unfinished_crystals(dask_relaxer):
     # the first worker to pull takes the overlapping pair and three more (batch_size 4)
+    _settle(dask_relaxer)
     run = _dask_run(dask_relaxer)
     ids = _selected_round(run, _test_structures())
     pids = _worker_pids(dask_relaxer)
@@ -176,6 +190,7 @@ def test_a_worker_killed_while_pulling_costs_only_its_unfinished_crystals(dask_r
 
 def test_a_worker_killed_mid_chunk_costs_only_its_unfinished_crystals(dask_relaxer):
     # one chunk of three on one worker, two on the other
+    _settle(dask_relaxer)
     dask_relaxer.chunk_size = 3
     run = _dask_run(dask_relaxer)
     ids = _selected_round(run, _test_structures())

@@ -470,14 +470,13 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
         settings, relax_kwargs = self.chunk_settings(), {"num_threads": self.num_threads}
         attempts = dict.fromkeys(structures, 0)
         taken: dict[str, str] = {}  # crystal id -> address of the worker that took it
-        failure = "dask worker tasks finished without this crystal's outcome"
 
         def put(ids: list[str]) -> None:
             for cid in ids:
                 attempts[cid] += 1
                 taken.pop(cid, None)
                 shared.put((cid, structures[cid].as_dict()))
-            workers = len(client.scheduler_info()["workers"]) or self.n_workers
+            workers = len(client.run_on_scheduler(_worker_addresses)) or self.n_workers
             for _ in range(workers - len(running)):
                 future = client.submit(relax_pulled, shared.name, settings, answers.topic,
                                        relax_kwargs, pure=False)  # fmt: skip
@@ -492,43 +491,49 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                 self.resubmitted += len(retry)
                 put(retry)
 
-        put(list(structures))
-        checked = time.monotonic()
-        while answers.pending:
-            outcomes, quiet_poll = [], True
-            with contextlib.suppress(queue.Empty):
-                kind, data = arrived.get(timeout=POLL_S)
-                quiet_poll = False
-                while True:
-                    if kind == "took":
-                        taken.update((cid, data["worker"]) for cid in data["ids"])
-                    else:
-                        outcomes.append(data)
-                    kind, data = arrived.get_nowait()
-            if outcomes:
-                yield from answers.take(outcomes)
-            if not quiet_poll and time.monotonic() - checked < LIVENESS_S:
-                continue
+        try:
+            put(list(structures))
+            failure = "dask worker tasks finished without this crystal's outcome"
             checked = time.monotonic()
-            live = set(client.scheduler_info()["workers"])
-            lost = sorted(cid for cid in answers.pending if cid in taken and taken[cid] not in live)
-            if lost:
-                yield from requeue(lost, "the dask workers that took it died")
-            for future in [f for f in running if f.done()]:
-                running.pop(future)
-                try:
-                    record = future.result()
-                except Exception as exc:  # it raised, or its workers died too often
-                    failure = f"dask worker task failed: {exception_reason(exc)}"
+            while answers.pending:
+                outcomes, quiet_poll = [], True
+                with contextlib.suppress(queue.Empty):
+                    kind, data = arrived.get(timeout=POLL_S)
+                    quiet_poll = False
+                    while True:
+                        if kind == "took":
+                            taken.update((cid, data["worker"]) for cid in data["ids"])
+                        else:
+                            outcomes.append(data)
+                        kind, data = arrived.get_nowait()
+                if outcomes:
+                    yield from answers.take(outcomes)
+                if not quiet_poll and time.monotonic() - checked < LIVENESS_S:
                     continue
-                self._keep_record(record)
-                yield from answers.take(record["outcomes"], event=False)
-            if not running and answers.pending:
-                # every task has stopped: what is left was taken by one that failed, or its
-                # note of what it took never arrived
-                with contextlib.suppress(Exception):
-                    shared.get(batch=True)
-                yield from requeue(sorted(answers.pending), failure)
+                checked = time.monotonic()
+                live = set(client.run_on_scheduler(_worker_addresses))
+                lost = sorted(cid for cid in answers.pending
+                              if cid in taken and taken[cid] not in live)  # fmt: skip
+                if lost:
+                    yield from requeue(lost, "the dask workers that took it died")
+                for future in [f for f in running if f.done()]:
+                    running.pop(future)
+                    try:
+                        record = future.result()
+                    except Exception as exc:  # it raised, or its workers died too often
+                        failure = f"dask worker task failed: {exception_reason(exc)}"
+                        continue
+                    self._keep_record(record)
+                    yield from answers.take(record["outcomes"], event=False)
+                if not running and answers.pending:
+                    # every task has stopped: what is left was taken by one that failed, or its
+                    # note of what it took never arrived
+                    with contextlib.suppress(Exception):
+                        shared.get(batch=True)
+                    yield from requeue(sorted(answers.pending), failure)
+        finally:
+            with contextlib.suppress(Exception):
+                shared.close()  # the scheduler forgets the queue
 
     def _stream_chunks(self, client, structures: dict, answers: _Answers,
                        arrived: queue.SimpleQueue, running: dict) -> Iterator[RelaxOutcome]:
@@ -610,12 +615,23 @@ class _Answers:
         return fresh
 
 
+def _worker_addresses(dask_scheduler=None) -> list[str]:
+    """Dask ``run_on_scheduler`` target: the addresses of the workers in the cluster now.
+
+    Not ``Client.scheduler_info()``: the client's periodic refresh overwrites what it
+    returns with a summary without workers, so a cluster could look empty for a moment
+    (measured: every crystal in flight was sent out again, and relaxed twice)."""
+    return list(dask_scheduler.workers)
+
+
 def _queue_take(name: str, n: int, dask_scheduler=None) -> list:
     """Dask ``run_on_scheduler`` target: up to ``n`` items of the Dask queue ``name``, without
     waiting. It runs in one step of the scheduler's event loop, so two workers never take
     the same item; ``distributed.Queue.get`` can only wait for items, and logs an error on
     the scheduler when its wait times out (its queue extension, guarded by the caller)."""
-    waiting = dask_scheduler.extensions["queues"].queues[name]
+    waiting = dask_scheduler.extensions["queues"].queues.get(name)
+    if waiting is None:  # the round is over (a late task of a past round)
+        return []
     return [waiting.get_nowait()["value"] for _ in range(min(n, waiting.qsize()))]
 
 
