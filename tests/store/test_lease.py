@@ -107,6 +107,27 @@ def test_keep_alive_renews_from_a_thread_on_the_embedded_store(tmp_path, scheme)
     assert read_lease(MatloopStore(uri), "demo").released
 
 
+@pytest.mark.parametrize("scheme", ["sqlite", "monty"])
+def test_a_relative_store_path_survives_a_change_of_working_directory(tmp_path, scheme,
+                                                                      monkeypatch):
+    """jobflow's local runs chdir into each job's folder: the heartbeat thread (and any
+    collection opened meanwhile) must still find the store the run opened, not a new empty
+    one beside the job (which made every scheduled run's lease look lost at once)."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "job").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    uri = f"{scheme}://./store" + (".db" if scheme == "sqlite" else "")
+    store = MatloopStore(uri)
+    lease = CampaignLease(store, "demo", ttl_s=0.8).acquire()
+    with lease.keep_alive():
+        monkeypatch.chdir(tmp_path / "job")  # as jobflow does while a job runs
+        time.sleep(1.0)  # more than a lease length: several heartbeats
+        assert not lease.lost
+        assert read_lease(store.reopen(), "demo").token == lease.token
+    assert not (tmp_path / "job" / Path(uri.split("://")[1]).name).exists()
+    assert read_lease(store, "demo").released
+
+
 def _race(uri: str, tmp_path: Path, n: int, hold_s: float = 3600) -> list[subprocess.Popen]:
     go = tmp_path / f"go-{time.monotonic_ns()}"
     procs = [subprocess.Popen([sys.executable, "-c", HOLDER, uri, "race", str(go), str(hold_s)],

@@ -91,6 +91,7 @@ def scheduled_campaign(
     run = CampaignRun(config)
     # one run per campaign: a run started by `matloop serve` shares the server's lease
     lease = CampaignLease(run.store, config.name).acquire()
+    run.lease = lease  # the flow stops before its next step if another run takes it over
     with lease.keep_alive():
         run.ensure_campaign()
         logger.info(
@@ -98,6 +99,9 @@ def scheduled_campaign(
             redact_uri(config.store),
         )
         result = campaign_flow(config.model_dump(mode="json"), rounds=rounds, run=run)
+    if run.lease_lost():  # the campaign and its output are the other run's now
+        logger.warning("campaign %s was taken over by another run; not exporting", config.name)
+        return result
     out = export_campaign(run.store, config.name, config.output_dir)
     logger.info("rounds %s done; results in %s", result["rounds_run"] or "none", out)
     return {**result, "output": str(out)}

@@ -80,12 +80,14 @@ class Backend:
                 raise StoreURIError(
                     "sqlite:// needs a database file, e.g. sqlite://./matloop-store.db"
                 )
-            return cls("sqlite", uri, path=Path(raw).expanduser())
+            # a relative path is fixed now: jobflow's local runs change the working directory
+            # while a job runs, and a collection opened then must find the same file
+            return cls("sqlite", uri, path=Path(raw).expanduser().absolute())
         if scheme == "monty":
             raw = uri.split("://", 1)[1]
             if not raw:
                 raise StoreURIError("monty:// needs a folder, e.g. monty://./matloop-store")
-            return cls("monty", uri, path=Path(raw).expanduser())
+            return cls("monty", uri, path=Path(raw).expanduser().absolute())
         if scheme == "memory":
             return cls("memory", uri)
         database = urlsplit(uri).path.strip("/") or "matloop"

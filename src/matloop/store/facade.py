@@ -9,6 +9,7 @@ natural keys, so a rerun updates records in place and nothing is ever deleted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import socket
@@ -113,6 +114,13 @@ class MatloopStore:
 
     def __repr__(self) -> str:
         return f"MatloopStore({redact_uri(self.uri)!r})"
+
+    def reopen(self) -> MatloopStore:
+        """Another connection to the same database (for another thread): the same files as
+        this store even if the working directory has changed since it was opened."""
+        other = copy.copy(self)
+        other._stores, other._job_store = {}, None
+        return other
 
     # -- plumbing ---------------------------------------------------------------------------
     def _store(self, name: str) -> Store:

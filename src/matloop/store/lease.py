@@ -238,11 +238,9 @@ class CampaignLease:
             self.release()
 
     def _same_store(self) -> MatloopStore:
-        from matloop.store.facade import MatloopStore
-
         if self.store.backend.scheme == "memory":  # in-memory: only this object holds it
             return self.store
-        return MatloopStore(self.store.uri)
+        return self.store.reopen()
 
 
 def read_lease(store: MatloopStore, campaign: str) -> LeaseInfo | None:
