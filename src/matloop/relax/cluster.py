@@ -466,6 +466,8 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
         """
         from distributed import Queue
 
+        from matloop.relax.executors import dask_workers
+
         shared = Queue(f"{answers.topic}/queue", client=client)
         settings, relax_kwargs = self.chunk_settings(), {"num_threads": self.num_threads}
         attempts = dict.fromkeys(structures, 0)
@@ -476,7 +478,7 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                 attempts[cid] += 1
                 taken.pop(cid, None)
                 shared.put((cid, structures[cid].as_dict()))
-            workers = len(client.run_on_scheduler(_worker_addresses)) or self.n_workers
+            workers = len(dask_workers(client)) or self.n_workers
             for _ in range(workers - len(running)):
                 future = client.submit(relax_pulled, shared.name, settings, answers.topic,
                                        relax_kwargs, pure=False)  # fmt: skip
@@ -511,7 +513,7 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                 if not quiet_poll and time.monotonic() - checked < LIVENESS_S:
                     continue
                 checked = time.monotonic()
-                live = set(client.run_on_scheduler(_worker_addresses))
+                live = set(dask_workers(client))
                 lost = sorted(cid for cid in answers.pending
                               if cid in taken and taken[cid] not in live)  # fmt: skip
                 if lost:
@@ -613,15 +615,6 @@ class _Answers:
         if fresh:
             self.client.log_event(f"{self.topic}/done", {"ids": [o.candidate_id for o in fresh]})
         return fresh
-
-
-def _worker_addresses(dask_scheduler=None) -> list[str]:
-    """Dask ``run_on_scheduler`` target: the addresses of the workers in the cluster now.
-
-    Not ``Client.scheduler_info()``: the client's periodic refresh overwrites what it
-    returns with a summary without workers, so a cluster could look empty for a moment
-    (measured: every crystal in flight was sent out again, and relaxed twice)."""
-    return list(dask_scheduler.workers)
 
 
 def _queue_take(name: str, n: int, dask_scheduler=None) -> list:

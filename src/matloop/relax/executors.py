@@ -60,6 +60,7 @@ __all__ = [
     "JobflowRemoteExecutor",
     "LocalExecutor",
     "build_relax_flow",
+    "dask_workers",
     "make_executor",
 ]
 
@@ -104,6 +105,20 @@ class LocalExecutor(RelaxChecks):
 #: afresh, and CHGNet on CPU spends 2.4x the CPU seconds (measured: 34.5 s against 14.1 s for
 #: the same 24 crystals). Workers matloop starts go without it.
 _NO_MALLOC_TRIM = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def dask_workers(client) -> list[str]:
+    """The addresses of the Dask cluster's workers now, asked of the scheduler.
+
+    Not ``Client.scheduler_info()``: the client's periodic refresh overwrites what it returns
+    with a summary that lists no workers, so a cluster can look empty for a moment.
+    """
+    return client.run_on_scheduler(_worker_addresses)
+
+
+def _worker_addresses(dask_scheduler=None) -> list[str]:
+    """Dask ``run_on_scheduler`` target behind :func:`dask_workers`."""
+    return list(dask_scheduler.workers)
 
 
 def start_dask(
@@ -248,7 +263,7 @@ class DaskExecutor(RelaxChecks):
         if not items:
             return []
         client = self.client()
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or self.n_workers)
+        n_workers = max(1, len(dask_workers(client)) or self.n_workers)
         size = self.chunk_size or max(1, -(-len(items) // n_workers))
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         futures = client.map(
