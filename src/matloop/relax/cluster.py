@@ -47,7 +47,8 @@ import queue
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +136,6 @@ def relax_chunk(
         ``model_load_s`` (0 when the model was already warm), ``relax_s``, ``relax_cpu_s``,
         ``wall_s``.
     """
-    from matloop.relax.batched import BatchedRelaxer, load_chgnet
     from matloop.relax.executors import tune_worker_allocator
 
     start = time.perf_counter()
@@ -157,11 +157,7 @@ def relax_chunk(
     label = worker.address if worker is not None else f"{socket.gethostname()}:{os.getpid()}"
     todo = [(cid, s) for cid, s in items if cid not in skipped]
 
-    settings = {k: v for k, v in settings.items() if k != "model"}
-    device = _device(settings.pop("device", None))
-    loaded = time.perf_counter()
-    model = load_chgnet(device) if todo else None
-    model_load_s = time.perf_counter() - loaded
+    relaxer, device, model_load_s = _worker_relaxer(settings, load=bool(todo))
 
     def publish(out: RelaxOutcome) -> None:
         if worker is not None and topic:
@@ -170,20 +166,44 @@ def relax_chunk(
 
     relax_start, cpu_start = time.perf_counter(), time.process_time()
     outcomes = []
-    if todo:
-        relaxer = BatchedRelaxer(**settings, device=device, model=model)
+    if relaxer is not None:
         outcomes = relaxer.relax(todo, on_outcome=publish, **(relax_kwargs or {}))
+    outcomes = [o.model_copy(update={"worker": label}) for o in outcomes]
+    return _task_record(outcomes, label, device, len(todo), model_load_s,
+                        (start, relax_start, cpu_start), skipped=sorted(skipped))  # fmt: skip
+
+
+def _worker_relaxer(settings: dict[str, Any], load: bool = True) -> tuple[Any, str, float]:
+    """The batched relaxer of a task here, on this process's warm model (loaded the first
+    time), its device, and the seconds the model took to load (0 when warm). No relaxer
+    and no model when ``load`` is false (nothing to relax)."""
+    from matloop.relax.batched import BatchedRelaxer, load_chgnet
+
+    settings = {k: v for k, v in settings.items() if k != "model"}
+    device = _device(settings.pop("device", None))
+    if not load:
+        return None, device, 0.0
+    loaded = time.perf_counter()
+    model = load_chgnet(device)
+    model_load_s = time.perf_counter() - loaded
+    return BatchedRelaxer(**settings, device=device, model=model), device, model_load_s
+
+
+def _task_record(outcomes: list[RelaxOutcome], label: str, device: str, n: int,
+                 model_load_s: float, clocks: tuple[float, float, float],
+                 **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """What a worker task returns: its outcomes (JSON), where and how it ran. ``clocks``:
+    the task's start, the relaxation's start, and this process's CPU time then."""
+    start, relax_start, cpu_start = clocks
     end = time.perf_counter()
     return {
-        "outcomes": [
-            o.model_copy(update={"worker": label}).model_dump(mode="json") for o in outcomes
-        ],  # fmt: skip
-        "skipped": sorted(skipped),
+        "outcomes": [o.model_dump(mode="json") for o in outcomes],
         "worker": label,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "device": device,
-        "n": len(todo),
+        "n": n,
+        **extra,
         "model_load_s": model_load_s,
         "relax_s": end - relax_start,
         "relax_cpu_s": time.process_time() - cpu_start,  # this process's CPU seconds
@@ -215,7 +235,6 @@ def relax_pulled(
     from distributed import get_client, get_worker
     from pymatgen.core import Structure
 
-    from matloop.relax.batched import BatchedRelaxer, load_chgnet
     from matloop.relax.executors import tune_worker_allocator
 
     start = time.perf_counter()
@@ -223,11 +242,7 @@ def relax_pulled(
     worker = get_worker()
     label = worker.address
     client = get_client()
-    settings = {k: v for k, v in settings.items() if k != "model"}
-    device = _device(settings.pop("device", None))
-    loaded = time.perf_counter()
-    model = load_chgnet(device)
-    model_load_s = time.perf_counter() - loaded
+    relaxer, device, model_load_s = _worker_relaxer(settings)
     takes = 0
 
     def take(n: int) -> Items:
@@ -246,23 +261,9 @@ def relax_pulled(
         worker.log_event(topic, {"outcome": out.model_dump(mode="json")})
 
     relax_start, cpu_start = time.perf_counter(), time.process_time()
-    relaxer = BatchedRelaxer(**settings, device=device, model=model)
     n = relaxer.relax_from(take, publish, **(relax_kwargs or {}))
-    end = time.perf_counter()
-    return {
-        "outcomes": [o.model_dump(mode="json") for o in outcomes],
-        "skipped": [],
-        "worker": label,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "device": device,
-        "n": n,
-        "takes": takes,
-        "model_load_s": model_load_s,
-        "relax_s": end - relax_start,
-        "relax_cpu_s": time.process_time() - cpu_start,
-        "wall_s": end - start,
-    }
+    return _task_record(outcomes, label, device, n, model_load_s,
+                        (start, relax_start, cpu_start), skipped=[], takes=takes)  # fmt: skip
 
 @dataclass
 class ChunkedRelaxer:
@@ -453,6 +454,18 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
             with contextlib.suppress(Exception):
                 client.run_on_scheduler(_forget_topics, topics)
 
+    def _send_again(self, answers: _Answers, ids: list[str], reason: str,
+                    send: Callable[[list[str]], None]) -> Iterator[RelaxOutcome]:
+        """Send unfinished crystals out again with ``send`` (into the queue, or in new
+        chunks), or fail those already sent ``max_attempts`` times, with ``reason``."""
+        retry = [cid for cid in ids if answers.attempts[cid] < self.max_attempts]
+        out_of_attempts = [cid for cid in ids if cid not in retry]
+        answers.pending.difference_update(out_of_attempts)
+        yield from self.failed(out_of_attempts, reason)
+        if retry:
+            self.resubmitted += len(retry)
+            send(retry)
+
     def _keep_record(self, record: dict[str, Any]) -> None:
         self.chunks.append({k: v for k, v in record.items() if k != "outcomes"})
 
@@ -470,12 +483,11 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
 
         shared = Queue(f"{answers.topic}/queue", client=client)
         settings, relax_kwargs = self.chunk_settings(), {"num_threads": self.num_threads}
-        attempts = dict.fromkeys(structures, 0)
         taken: dict[str, str] = {}  # crystal id -> address of the worker that took it
 
         def put(ids: list[str]) -> None:
+            answers.attempts.update(ids)
             for cid in ids:
-                attempts[cid] += 1
                 taken.pop(cid, None)
                 shared.put((cid, structures[cid].as_dict()))
             workers = len(dask_workers(client)) or self.n_workers
@@ -483,15 +495,6 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                 future = client.submit(relax_pulled, shared.name, settings, answers.topic,
                                        relax_kwargs, pure=False)  # fmt: skip
                 running[future] = []
-
-        def requeue(ids: list[str], reason: str) -> Iterator[RelaxOutcome]:
-            retry = [cid for cid in ids if attempts[cid] < self.max_attempts]
-            out_of_attempts = [cid for cid in ids if cid not in retry]
-            answers.pending.difference_update(out_of_attempts)
-            yield from self.failed(out_of_attempts, reason)
-            if retry:
-                self.resubmitted += len(retry)
-                put(retry)
 
         try:
             put(list(structures))
@@ -517,7 +520,8 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                 lost = sorted(cid for cid in answers.pending
                               if cid in taken and taken[cid] not in live)  # fmt: skip
                 if lost:
-                    yield from requeue(lost, "the dask workers that took it died")
+                    yield from self._send_again(answers, lost, "the dask workers that took it died",
+                                                put)
                 for future in [f for f in running if f.done()]:
                     running.pop(future)
                     try:
@@ -532,7 +536,7 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                     # note of what it took never arrived
                     with contextlib.suppress(Exception):
                         shared.get(batch=True)
-                    yield from requeue(sorted(answers.pending), failure)
+                    yield from self._send_again(answers, sorted(answers.pending), failure, put)
         finally:
             with contextlib.suppress(Exception):
                 shared.close()  # the scheduler forgets the queue
@@ -541,26 +545,14 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                        arrived: queue.SimpleQueue, running: dict) -> Iterator[RelaxOutcome]:
         """One :func:`relax_chunk` task per ``chunk_size`` crystals."""
         settings, relax_kwargs = self.chunk_settings(), {"num_threads": self.num_threads}
-        attempts = dict.fromkeys(structures, 0)
 
         def submit(ids: list[str]) -> None:
+            answers.attempts.update(ids)
             for chunk in chunked(ids, self.chunk_size):
-                for cid in chunk:
-                    attempts[cid] += 1
                 chunk_items = [(cid, structures[cid]) for cid in chunk]
                 future = client.submit(relax_chunk, chunk_items, settings, answers.topic,
                                        relax_kwargs, pure=False)  # fmt: skip
                 running[future] = chunk
-
-        def resubmit(left: list[str], reason: str) -> Iterator[RelaxOutcome]:
-            """Send unfinished crystals out again, or fail those out of attempts."""
-            retry = [cid for cid in left if attempts[cid] < self.max_attempts]
-            out_of_attempts = [cid for cid in left if cid not in retry]
-            answers.pending.difference_update(out_of_attempts)
-            yield from self.failed(out_of_attempts, reason)
-            if retry:
-                self.resubmitted += len(retry)
-                submit(retry)
 
         submit(list(structures))
         while answers.pending:
@@ -584,9 +576,11 @@ class DaskBatchedRelaxer(ChunkedRelaxer):
                     self._keep_record(record)
                     # any whose event is still on its way
                     yield from answers.take(record["outcomes"], event=False)
-                yield from resubmit([cid for cid in chunk if cid in answers.pending], reason)
+                left = [cid for cid in chunk if cid in answers.pending]
+                yield from self._send_again(answers, left, reason, submit)
             if not running and answers.pending:  # cannot happen; never wait forever
-                yield from resubmit(sorted(answers.pending), "dask chunks finished without it")
+                yield from self._send_again(answers, sorted(answers.pending),
+                                            "dask chunks finished without it", submit)
 
 
 @dataclass
@@ -597,6 +591,7 @@ class _Answers:
     topic: str
     pending: set[str]
     heard: set[str] = field(default_factory=set)  # outcomes published by a worker
+    attempts: Counter[str] = field(default_factory=Counter)  # times each was sent out
     duplicates: int = 0  # outcomes published twice (a crystal relaxed twice)
 
     def take(self, data: list[dict], event: bool = True) -> list[RelaxOutcome]:
