@@ -159,16 +159,18 @@ def _test_structures() -> list[Structure]:
     return [overlapping, _rocksalt(5.2), _rocksalt(6.2), _rocksalt(5.35), _rocksalt(6.05)]
 
 
-def test_a_worker_killed_while_pulling_costs_only_its_unfinished_crystals(dask_relaxer):
-    # the first worker to pull takes the overlapping pair and three more (batch_size 4)
-    _settle(dask_relaxer)
-    run = _dask_run(dask_relaxer)
+def _round_with_a_killed_worker(relaxer: DaskBatchedRelaxer):
+    """Round 3 of :func:`_test_structures` on ``relaxer``, the worker process of its first
+    outcome SIGKILLed; checks what every such round must end with. Returns the candidate
+    ids, their relaxations by id, the killed pid, and ``relaxer.resubmitted`` before."""
+    _settle(relaxer)
+    run = _dask_run(relaxer)
     ids = _selected_round(run, _test_structures())
-    pids = _worker_pids(dask_relaxer)
+    pids = _worker_pids(relaxer)
     killed: list[int] = []
     run.progress = _kill_on_first_outcome(run, ids, pids, killed)
-    dask_relaxer.chunks.clear()
-    resubmitted = dask_relaxer.resubmitted
+    relaxer.chunks.clear()
+    resubmitted = relaxer.resubmitted
     result = run.relax(3)
 
     assert killed and killed[0] in pids.values()
@@ -180,45 +182,32 @@ def test_a_worker_killed_while_pulling_costs_only_its_unfinished_crystals(dask_r
     by_id = {r.candidate_id: r for r in relaxations}
     assert by_id[ids[0]].reason.startswith("atoms too close")
     assert all(by_id[cid].ok for cid in ids[1:]), relaxations
+    assert relaxer.duplicates == 0  # no crystal's outcome was published twice
+    return ids, by_id, killed[0], resubmitted
+
+
+def test_a_worker_killed_while_pulling_costs_only_its_unfinished_crystals(dask_relaxer):
+    # the first worker to pull takes the overlapping pair and three more (batch_size 4)
+    ids, by_id, _, resubmitted = _round_with_a_killed_worker(dask_relaxer)
     # what the killed worker had taken went back into the queue and was relaxed by another
     # worker process; its one finished crystal was not relaxed again
     killed_address = by_id[ids[0]].worker
     assert dask_relaxer.resubmitted > resubmitted
-    assert all(by_id[cid].worker != killed_address for cid in ids[1:]), relaxations
-    assert dask_relaxer.duplicates == 0  # no crystal's outcome was published twice
+    assert all(by_id[cid].worker != killed_address for cid in ids[1:]), by_id
 
 
 def test_a_worker_killed_mid_chunk_costs_only_its_unfinished_crystals(dask_relaxer):
     # one chunk of three on one worker, two on the other
-    _settle(dask_relaxer)
     dask_relaxer.chunk_size = 3
-    run = _dask_run(dask_relaxer)
-    ids = _selected_round(run, _test_structures())
-    pids = _worker_pids(dask_relaxer)
-    killed: list[int] = []
-    run.progress = _kill_on_first_outcome(run, ids, pids, killed)
-    dask_relaxer.chunks.clear()
-    resubmitted = dask_relaxer.resubmitted
     try:
-        result = run.relax(3)
+        ids, by_id, killed, resubmitted = _round_with_a_killed_worker(dask_relaxer)
     finally:
         dask_relaxer.chunk_size = None
-
-    assert killed and killed[0] in pids.values()
-    relaxations = [r for r in run.store.relaxations(NAME) if r.round == 3]
-    # every candidate relaxed exactly once, none left claimed
-    assert sorted(r.candidate_id for r in relaxations) == sorted(ids)
-    assert run.store.count_candidates(NAME, CandidateStatus.relaxing) == 0
-    assert result.counts["relaxed"] + result.counts["failed"] == len(ids)
-    by_id = {r.candidate_id: r for r in relaxations}
-    assert by_id[ids[0]].reason.startswith("atoms too close")
-    assert all(by_id[cid].ok for cid in ids[1:]), relaxations
     # the killed chunk's unfinished crystals were relaxed by another worker process ...
     killed_address = by_id[ids[0]].worker
-    assert {by_id[cid].worker for cid in ids[1:3]} - {killed_address}, relaxations
+    assert {by_id[cid].worker for cid in ids[1:3]} - {killed_address}, by_id
     # ... and the one it had finished was not relaxed again: Dask reran the chunk, which
     # skipped it, or (Dask gave up on the chunk) only the unfinished ones were resubmitted
     rerun = [c for c in dask_relaxer.chunks if c["skipped"]]
-    assert (rerun and ids[0] in rerun[0]["skipped"] and rerun[0]["pid"] != killed[0]) or (
+    assert (rerun and ids[0] in rerun[0]["skipped"] and rerun[0]["pid"] != killed) or (
         0 < dask_relaxer.resubmitted - resubmitted <= 2), (dask_relaxer.chunks, resubmitted)
-    assert dask_relaxer.duplicates == 0  # no crystal's outcome was published twice
