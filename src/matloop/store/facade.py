@@ -117,7 +117,10 @@ class MatloopStore:
 
     def reopen(self) -> MatloopStore:
         """Another connection to the same database (for another thread): the same files as
-        this store even if the working directory has changed since it was opened."""
+        this store even if the working directory has changed since it was opened. An
+        in-memory store has no other connection: it is returned itself."""
+        if self.backend.scheme == "memory":
+            return self
         other = copy.copy(self)
         other._stores, other._job_store = {}, None
         return other

@@ -210,9 +210,9 @@ class CampaignLease:
     ) -> Iterator[CampaignLease]:
         """Renew the lease every ttl/4 seconds from a thread while the block runs, then
         release it. ``open_store`` gives the thread its own store connection (SQLite
-        connections belong to one thread); by default the thread opens the same URI."""
+        connections belong to one thread); by default the thread reopens this store."""
         stop = threading.Event()
-        opener = open_store or self._same_store
+        opener = open_store or self.store.reopen
 
         def beat() -> None:
             store = opener()
@@ -236,11 +236,6 @@ class CampaignLease:
             stop.set()
             thread.join(timeout=5)
             self.release()
-
-    def _same_store(self) -> MatloopStore:
-        if self.store.backend.scheme == "memory":  # in-memory: only this object holds it
-            return self.store
-        return self.store.reopen()
 
 
 def read_lease(store: MatloopStore, campaign: str) -> LeaseInfo | None:
