@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -157,10 +158,6 @@ def agreement(a: dict, b: dict) -> dict:
             "same_ok": sum(a[k].ok == b[k].ok for k in a)}  # fmt: skip
 
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2] if values else 0.0
-
-
 def scaling_on_paper(gpu_rate: float, take_s: float, round_s: float, round_size: int,
                      nodes: int, gpus_per_node: int) -> dict:  # fmt: skip
     """What ``nodes * gpus_per_node`` pulling GPU workers reach on a round of
@@ -199,8 +196,8 @@ def measure(args: argparse.Namespace, items: list) -> dict:
     paths, local, found = repeats[sorted(range(len(ratio)), key=ratio.__getitem__)[len(ratio) // 2]]
     local_report = paths["in_process"]
     one, two = paths["dask_1"], paths["dask_2"]
-    take_s = median(two["take_round_trip_s"])
-    round_s = median(two["one_crystal_round_s"])
+    take_s = statistics.median_high(two["take_round_trip_s"])
+    round_s = statistics.median_high(two["one_crystal_round_s"] or [0.0])
     in_worker = one["task_in_worker_overhead_s"] or [0.0]
     report = {
         "n": len(items),
