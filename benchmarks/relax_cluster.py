@@ -18,8 +18,9 @@ Each path also records its CPU seconds (in the workers, for the Dask paths), so 
 worker adds can be told apart from the load of a shared machine. Per worker task it records
 its crystals, its takes from the queue, its time (``wall_s``) and the part outside the
 batched relaxation (``wall_s - relax_s``). Overheads measured directly: a whole round of one
-crystal that fails its pre-check (queue, task, events, answer; no relaxing), and one look
-into the queue (the round trip a worker pays when a slot opens). ``scaling_on_paper`` turns
+crystal that fails its pre-check (queue, task, events, answer; no relaxing), and one call
+run on the scheduler, which is what a take from the queue is (the round trip a worker pays
+when a slot opens). ``scaling_on_paper`` turns
 a per-GPU rate (``--gpu-rate``, default 5.1 crystals/s, measured for the batched relaxer on
 an H200) and those overheads into what ``--nodes`` x ``--gpus-per-node`` GPU workers would
 reach on a round of ``--round-size`` crystals. Target on 2 cores: ``dask_2`` ≥ 1.7x
@@ -78,10 +79,10 @@ def run_in_process(items, args) -> tuple[dict, dict]:
 
 
 def run_dask(items, args, n_workers: int) -> tuple[dict, dict]:
-    from distributed import Queue
     from pymatgen.core import Lattice, Structure
 
-    from matloop.relax.cluster import DaskBatchedRelaxer, _queue_take
+    from matloop.relax.cluster import DaskBatchedRelaxer
+    from matloop.relax.executors import dask_workers
 
     relaxer = DaskBatchedRelaxer(n_workers=n_workers, fmax=args.fmax, steps=args.steps,
                                  batch_size=args.batch_size, chunk_size=args.chunk_size,
@@ -107,12 +108,11 @@ def run_dask(items, args, n_workers: int) -> tuple[dict, dict]:
             t0 = time.perf_counter()
             relaxer.relax([("empty", overlapping)])
             rounds.append(time.perf_counter() - t0)
-        # one look into the round's queue: the round trip a pulling worker pays each time a
-        # slot of its batch opens
-        Queue("matloop-bench-take", client=client)
+        # one call run on the scheduler, as a pulling worker's take from the round's queue
+        # is, each time a slot of its batch opens
         for _ in range(20):
             t0 = time.perf_counter()
-            client.run_on_scheduler(_queue_take, "matloop-bench-take", 1)
+            dask_workers(client)
             takes.append(time.perf_counter() - t0)
     finally:
         relaxer.close()
