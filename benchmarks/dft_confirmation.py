@@ -5,7 +5,9 @@ searches a small space whose cells CP2K can afford on a shared CPU (default Liâ€
 atoms). Then, with CP2K (GTH-PBE, the DZVP-MOLOPT-SR basis, matloop's fast settings), the
 verify step relaxes the top-k ML-stable candidates (lowest ML e_above_hull) and the k
 ML-unstable ones nearest the threshold, together with the elemental references, and builds
-the DFT hull (:meth:`CampaignRun.dft_hull`). The confusion matrix compares the ML call
+the DFT hull (:meth:`CampaignRun.dft_hull`). A relaxation that fails (e.g. stops at
+MAX_ITER) gives no verdict; it is reported with its reason, and the next candidate of its
+kind takes its place until k of each kind are verified or the campaign has no more. The confusion matrix compares the ML call
 (``e_above_hull <= threshold`` on the CHGNet hull) with the DFT call (the same on the DFT
 hull): precision, recall and F1 of "stable", the mean |Î”E_hull| between the two hulls, and
 the wall time of every DFT relaxation.
@@ -76,10 +78,12 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def pick(evaluations, threshold: float, k: int):
+def pick(evaluations, threshold: float, k: int, failed=frozenset()):
     """The k ML-stable with the lowest e_above_hull and the k ML-unstable nearest the
-    threshold, interleaved (so a run cut short still holds both kinds)."""
-    unique = [e for e in evaluations if e.is_unique]
+    threshold, interleaved (so a run cut short still holds both kinds). Candidates in
+    ``failed`` (their DFT relaxation failed) are passed over, so the next in line takes
+    their place."""
+    unique = [e for e in evaluations if e.is_unique and e.candidate_id not in failed]
     stable = sorted((e for e in unique if e.e_above_hull <= threshold),
                     key=lambda e: (e.e_above_hull, e.candidate_id))[:k]
     unstable = sorted((e for e in unique if e.e_above_hull > threshold),
@@ -104,13 +108,13 @@ def scores(pairs: list[tuple[bool, bool]]) -> dict:
             "f1": f1, "accuracy": (tp + tn) / len(pairs) if pairs else None}
 
 
-def summarise(run, picked, threshold, started, campaign_s, complete) -> dict:
+def summarise(run, attempted, threshold, started, campaign_s, complete) -> dict:
     from matloop.relax.dft import cp2k_command
 
     evaluations = {e.candidate_id: e for e in run.store.evaluations(run.name)}
     results = {d.candidate_id: d for d in run.store.dft_results(run.name)}
     rows, pairs, deltas = [], [], []
-    for e in picked:
+    for e in attempted:
         d = results.get(e.candidate_id)
         if d is None:
             continue
@@ -140,7 +144,7 @@ def summarise(run, picked, threshold, started, campaign_s, complete) -> dict:
                      "ml_stable": sum(e.e_above_hull <= threshold
                                       for e in evaluations.values()),
                      "potential": run.potential, "wall_s": round(campaign_s, 1)},
-        "n_picked": len(picked),
+        "n_attempted": len(rows),
         "n_verified": len(pairs),
         "n_dft_failed": sum(not r["dft_ok"] for r in rows),
         "confusion": confusion,
@@ -220,12 +224,21 @@ def main(argv=None) -> None:
         rounds_run_here += 1
     campaign_s = time.perf_counter() - t0
     last = run.current_round().round
-    picked = pick(run.store.evaluations(run.name), args.threshold, args.k)
-    print(f"verifying {len(picked)} candidates with CP2K: "
-          + ", ".join(f"{e.formula} {e.e_above_hull:.3f}" for e in picked), flush=True)
+    evaluations = run.store.evaluations(run.name)
+
+    def results() -> dict:
+        return {d.candidate_id: d for d in run.store.dft_results(run.name)}
+
+    def attempted() -> list:
+        """The picked candidates and those that failed before them, in rank order."""
+        done = results()
+        failed = {cid for cid, d in done.items() if not d.ok}
+        chosen = {e.candidate_id for e in pick(evaluations, args.threshold, args.k, failed)}
+        return [e for e in sorted(evaluations, key=lambda e: e.e_above_hull)
+                if e.candidate_id in chosen or e.candidate_id in failed]
 
     def write(complete: bool) -> None:
-        payload = summarise(run, picked, args.threshold, started, campaign_s, complete)
+        payload = summarise(run, attempted(), args.threshold, started, campaign_s, complete)
         payload["loadavg_start"], payload["k"] = load_start, args.k
         payload["campaign"]["rounds_run_here"] = rounds_run_here
         write_result(args.out, payload)
@@ -234,12 +247,22 @@ def main(argv=None) -> None:
               f"tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']} F1 {c['f1']} "
               f"MAE {payload['mae_e_above_hull_eV_per_atom']}", flush=True)
 
-    done = {d.candidate_id for d in run.store.dft_results(run.name)}
-    for evaluation in picked:
-        if evaluation.candidate_id not in done:
-            run.verify_candidates(last, [evaluation])
+    # a failed relaxation gives no verdict: the next candidate of its kind takes its place,
+    # until k of each kind are verified or the campaign has no more
+    while True:
+        done = results()
+        failed = {cid for cid, d in done.items() if not d.ok}
+        todo = [e for e in pick(evaluations, args.threshold, args.k, failed)
+                if e.candidate_id not in done]
+        if not todo:
+            break
+        print(f"verifying with CP2K: {todo[0].formula} {todo[0].spacegroup} "
+              f"(ML e_above_hull {todo[0].e_above_hull:.3f}); {len(todo) - 1} more in line",
+              flush=True)
+        run.verify_candidates(last, todo[:1])
         run.dft_hull(last)  # relaxes the references the first time, then places everything
         write(complete=False)
+    run.dft_hull(last)
     write(complete=True)
 
 

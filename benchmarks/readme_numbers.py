@@ -214,9 +214,9 @@ def dft_confirmation(d: dict) -> str:
     state = "" if d["complete"] else " (run cut short: the partial result)"
     return (f"CHGNet stability calls against a CP2K GTH-PBE hull in {d['space']} (≤ "
             f"{d['max_atoms']} atoms, threshold {d['threshold_eV_per_atom']} eV/atom){state}: "
-            f"{d['n_verified']} of {d['n_picked']} picked verified"
-            + (f" ({d['n_dft_failed']} DFT relaxations failed, no verdict)"
-               if d.get("n_dft_failed") else "")
+            f"{d['n_verified']} of {d['n_attempted']} attempted verified"
+            + (f" ({d['n_dft_failed']} DFT relaxations failed, no verdict; the next candidate "
+               "of their kind took their place)" if d.get("n_dft_failed") else "")
             + f", tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}; "
             + _confirmation(d) +
             f"F1 {f1} (Matbench Discovery's CHGNet F1 is 0.612 against MP's VASP-PBE(+U), not "
