@@ -139,3 +139,22 @@ def test_ranking_worked_out_per_formula_is_the_ranking_per_template(shared_data)
     ranked = rank_substitutions(templates, elements, threshold=1e-5)
     assert len(expected) > 20 and len({s.template for s in expected}) > 5
     assert ranked == expected
+
+
+def test_substitutions_giving_a_known_crystal_are_skipped_for_the_next():
+    from matloop.evaluators.novelty import NoveltyIndex
+
+    def generator():
+        gen = IonSubstitution(ChemicalSpace(["Li", "K", "Cl"], max_atoms=4), threshold=1e-6)
+        gen.fit([rock_salt()])
+        return gen
+
+    first = generator().sample(1)[0]
+    # the campaign holds that crystal, strained 3 %: another id, the same structure
+    strained = first.copy()
+    strained.scale_lattice(first.volume * 1.03**3)
+    gen = generator()
+    gen.exclude_known(NoveltyIndex(entries=[("stored", strained)]))
+    out = gen.sample(1)
+    assert gen.skipped_known == 1
+    assert out and not NoveltyIndex(entries=[("first", first)]).match(out[0])

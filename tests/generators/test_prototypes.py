@@ -289,3 +289,21 @@ def test_crystals_the_campaign_holds_are_skipped_whatever_their_label():
     later.exclude_stored(stored)
     out = later.sample(1000, rng=np.random.default_rng(1))
     assert out and not stored & {candidate_id(s) for s in out}
+
+
+def test_decorations_matching_a_known_crystal_are_skipped_and_counted():
+    from matloop.evaluators.novelty import NoveltyIndex
+
+    space = ChemicalSpace(elements=["Ca", "Ti", "O"], max_atoms=5)
+    everything = PrototypeSubstitution(space, seed=0).sample(1000, rng=np.random.default_rng(0))
+    known = NoveltyIndex()
+    for i, s in enumerate(everything[::2]):  # half of them, held under other ids: strained
+        strained = s.copy()
+        strained.scale_lattice(s.volume * 1.05)
+        known.add(i, strained)
+    later = PrototypeSubstitution(space, seed=0)
+    later.exclude_known(known)
+    out = later.sample(1000, rng=np.random.default_rng(1))
+    assert later.skipped_known == len(everything[::2])
+    assert len(out) == len(everything) - len(everything[::2])
+    assert not any(known.match(s) is not None for s in out)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Collection, Container, Mapping, Sequence
 
     import numpy as np
     from pymatgen.core import Structure
@@ -76,6 +76,8 @@ class Generator(ABC):
     Settings: ClassVar[type[BaseModel] | None] = None
     #: Bumped by ``fit``/``update`` so every candidate records which model state proposed it.
     version: int = 0
+    #: Proposals skipped because the campaign knows them (:meth:`exclude_known`).
+    skipped_known: int = 0
 
     def fit(
         self,
@@ -106,6 +108,14 @@ class Generator(ABC):
         crystal the campaign has stored, so a generator with a finite set of proposals can
         skip the ones that are already there, whatever label they were proposed under.
         Default: ignored (the loop counts such proposals as repeats)."""
+
+    def exclude_known(self, known: Container[Structure]) -> None:
+        """Told, before ``sample``, the crystals the campaign knows (its reference crystals,
+        every candidate stored in earlier rounds and those other generators proposed this
+        round) as a container whose ``in`` compares structures with ``StructureMatcher``,
+        as the screen's duplicate check does. A generator that ranks or enumerates its
+        proposals skips those found in it and moves on down its list, counting them in
+        :attr:`skipped_known`. Default: ignored (the screen rejects them as duplicates)."""
 
     def update(self, feedback: Sequence[Feedback]) -> None:
         """Learn from the loop's feedback (fine-tune, policy-gradient step). Default: no-op."""

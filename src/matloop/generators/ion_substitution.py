@@ -37,7 +37,7 @@ from matloop.data import expand_path
 from matloop.generators.base import ChemicalSpace, Generator, GeneratorSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Collection, Container, Mapping, Sequence
 
     from pymatgen.core import Structure
 
@@ -301,6 +301,7 @@ class IonSubstitution(Generator):
         self._n_file = len(self._structures)
         self._ranked: list[Substitution] | None = None
         self._excluded: set[str] = set()
+        self._known: Container[Structure] = ()  # exclude_known
 
     def fit(
         self,
@@ -352,8 +353,15 @@ class IonSubstitution(Generator):
             if not space.min_atoms <= len(structure) <= space.max_atoms or structure in seen:
                 continue
             seen.add(structure)
+            if structure in self._known:  # another template gave it, or it is a known crystal
+                self.skipped_known += 1
+                continue
             out.append(structure)
         return out
+
+    def exclude_known(self, known: Container[Structure]) -> None:
+        """Skip substitutions that give a crystal the campaign knows; take the next ones."""
+        self._known = known
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "templates": self.template_files,

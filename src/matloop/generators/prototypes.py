@@ -46,7 +46,7 @@ from matloop.generators.compositions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Collection, Container, Mapping, Sequence
 
 __all__ = [
     "PROTOTYPES",
@@ -653,6 +653,7 @@ class PrototypeSubstitution(Generator):
         self._used: set[tuple[str, str, tuple[str, ...]]] = set()
         self._excluded: set[str] = set()  # proposals of earlier rounds (exclude_proposed)
         self._stored: set[str] = set()  # ids of the campaign's crystals (exclude_stored)
+        self._known: Container[Structure] = ()  # the campaign's crystals (exclude_known)
         self._seen = DistinctStructures()
 
     def _enumerate(
@@ -731,6 +732,9 @@ class PrototypeSubstitution(Generator):
             if structure in self._seen:
                 continue
             self._seen.add(structure)
+            if structure in self._known:  # another template gave it, or it is a known crystal
+                self.skipped_known += 1
+                continue
             out.append(structure.copy())
             if len(out) == n:
                 return out
@@ -744,6 +748,10 @@ class PrototypeSubstitution(Generator):
     def exclude_stored(self, ids: Collection[str]) -> None:
         """Skip decorations that give a crystal the campaign already holds."""
         self._stored |= set(ids)
+
+    def exclude_known(self, known: Container[Structure]) -> None:
+        """Skip decorations that match a crystal the campaign knows (``StructureMatcher``)."""
+        self._known = known
 
     def describe(self) -> dict[str, Any]:
         """Provenance: generator name and version, seed, prototypes and fitted templates."""

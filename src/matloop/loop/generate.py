@@ -11,7 +11,7 @@ import numpy as np
 
 from matloop.loop.diagnostics import generator_allocation
 from matloop.store import CandidateDoc, CandidateStatus
-from matloop.store.documents import structure_dict
+from matloop.store.documents import structure_dict, structure_from_dict
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("matloop")
 
-__all__ = ["GenerateStep", "candidate_doc", "raw_id", "unanalysable"]
+__all__ = ["GenerateStep", "candidate_doc", "known_crystals", "raw_id", "unanalysable"]
 
 
 class GenerateStep:
@@ -46,6 +46,8 @@ class GenerateStep:
         stored = ctx.store.candidates(ctx.name)
         earlier = {c.candidate_id for c in stored if c.round == round_}
         stored_ids = {c.candidate_id for c in stored if c.round < round_}  # every crystal held
+        known = known_crystals(ctx, [c for c in stored if c.round < round_])
+        skipped_by: dict[str, int] = {}
         for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
             rng = ctx.rng(round_, 100 + index)
             # what it proposed in earlier rounds (a ranking generator moves past them)
@@ -54,6 +56,7 @@ class GenerateStep:
                  and c.round < round_ and (c.proposal or c.prototype)}
             )
             generator.exclude_stored(stored_ids)
+            generator.exclude_known(known)
             wanted, new_ids = int(share), []
             for _attempt in range(3):
                 if wanted <= len(new_ids):
@@ -77,8 +80,13 @@ class GenerateStep:
                 new_ids += again + fresh
                 repeats += len(existing)
                 repeats_by[generator.name] = repeats_by.get(generator.name, 0) + len(existing)
+                added = set(fresh)  # the generators after it skip what it proposed
+                for doc in docs:
+                    if doc.candidate_id in added and doc.status != CandidateStatus.rejected:
+                        known.add(doc.candidate_id, structure_from_dict(doc.structure))
                 if not structures:
                     break
+            skipped_by[generator.name] = generator.skipped_known
         # counted from the store, so a generate step redone after a crash counts the same
         for cand in ctx.store.candidates(ctx.name, round_=round_):
             by_generator[cand.generator] = by_generator.get(cand.generator, 0) + 1
@@ -87,12 +95,32 @@ class GenerateStep:
             f"round {round_}: generated {new_total} new candidate(s) "
             f"({', '.join(f'{k}: {v}' for k, v in by_generator.items())}); "
             f"{repeats} repeat proposal(s) of stored crystals"
+            + (f"; {sum(skipped_by.values())} known crystal(s) skipped by the generators"
+               if any(skipped_by.values()) else "")
         )
         allocation["asked"] = dict(zip([g.name for _, g in pairs], map(int, shares),
                                        strict=True))  # fmt: skip
         # repeats per generator: the bandit counts them as proposals that found nothing
         return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator,
-                "repeats_by_generator": repeats_by, "allocation": allocation}
+                "repeats_by_generator": repeats_by, "known_skipped_by_generator": skipped_by,
+                "allocation": allocation}
+
+
+def known_crystals(ctx: RunContext, stored: list[CandidateDoc]):
+    """What the generators are told the campaign knows (:meth:`Generator.exclude_known`):
+    the reference crystals and the stored candidates, less those rejected (a duplicate is
+    already in; an invalid one is no crystal to avoid), in the index the screen's duplicate
+    check uses (the cells are reduced only when a proposal of their formula comes)."""
+    from matloop.evaluators.novelty import NoveltyIndex
+
+    known = NoveltyIndex()
+    for ref in ctx.references():
+        if ref.source != "elemental":
+            known.add(ref.reference_id, structure_from_dict(ref.structure))
+    for cand in stored:
+        if cand.status != CandidateStatus.rejected:
+            known.add(cand.candidate_id, structure_from_dict(cand.structure))
+    return known
 
 
 def candidate_doc(campaign: str, structure, round_: int, generator, id_fn) -> CandidateDoc | None:

@@ -370,11 +370,20 @@ def diagnostic_table_rows(rounds: Sequence[Mapping[str, Any]]) -> list[list[str]
             (f"{cells.get('hit_rate_by_generator') or ''} "
              f"(hits {cells.get('hits_by_generator') or ''})")
             if cells.get("hits_by_generator") else "",
-            "" if share in (None, "") else f"{float(share):.0%}",
+            ("" if share in (None, "") else f"{float(share):.0%}") + _skipped(r),
             _num(cells.get("surrogate_mae")), _num(cells.get("surrogate_bias")),
             _calibration(cells),
         ])
     return out
+
+
+def _skipped(round_row: Mapping[str, Any]) -> str:
+    """How many known crystals the generators passed over (never counted as repeats)."""
+    skipped = round_row.get("known_skipped_by_generator")  # a dict, or its "a=1; b=2" cell
+    if isinstance(skipped, str):
+        skipped = dict(part.split("=") for part in skipped.split("; ") if "=" in part)
+    n = sum(int(v) for v in skipped.values()) if isinstance(skipped, dict) else 0
+    return f" ({n} known skipped)" if n else ""
 
 
 def diagnostics_markdown(rounds: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -101,6 +101,7 @@ def round_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
 DIAGNOSTIC_COLUMNS = [
     "allocation_strategy", "allocation", "relaxed_by_generator", "hits_by_generator",
     "hit_rate_by_generator", "repeat_proposals", "duplicates_rejected", "duplicate_share",
+    "known_skipped_by_generator",
     "surrogate_mae", "surrogate_bias", "surrogate_within_1sigma", "surrogate_within_2sigma",
 ]
 
