@@ -175,6 +175,8 @@ def run_campaigns(runs: dict, scale: dict) -> None:
                       f"{r['relaxed'] + r['failed']} relaxed, repeats "
                       f"{r['duplicate_share']:.0%}, allocation "
                       f"{ {g['generator']: g['proposals_asked'] for g in r['generators']} } "
+                      f"proposed {doc.metrics.get('proposed_by')}, known skipped "
+                      f"{doc.metrics.get('known_skipped_by_generator')} "
                       f"({r['seconds']} s, peak {r['peak_rss_mb']} MB, load "
                       f"{os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
             final = final_discoveries(store, run.name, config.objective.stability_threshold)
