@@ -230,6 +230,14 @@ class DftConfig(_Strict):
         "settings for the DFT hull, beside its elemental references (always relaxed): those "
         "on or nearest the ML hull first, then the smallest cells",
     )
+    energy_tolerance: float | None = Field(
+        None, gt=0, le=0.1,
+        description="eV/atom. Accept a CP2K relaxation that stopped at MAX_ITER when its "
+        "energy changed by at most this over its last energy_window steps and its cell "
+        "stayed inside the grids' reference cell (marked energy_converged). Default: such a "
+        "relaxation fails",
+    )
+    energy_window: int = Field(5, ge=2, le=100, description="Steps energy_tolerance spans")
 
 
 class BudgetConfig(_Strict):

@@ -48,6 +48,13 @@ def test_dft_maker_follows_the_config() -> None:
     maker = run.dft_maker
     assert type(maker).__name__ == "Cp2kStaticMaker"
     assert maker.run_cp2k_kwargs["cp2k_cmd"] == "cp2k.ssmp"
+    # relaxations stopped at MAX_ITER fail unless the campaign accepts settled energies
+    assert run.context.dft_relaxer.energy_tolerance is None
+    settled = CampaignRun(config(fast=True, energy_tolerance=0.001, energy_window=4),
+                          MatloopStore("memory://")).context.dft_relaxer
+    assert (settled.energy_tolerance, settled.energy_window) == (0.001, 4)
+    with pytest.raises(ConfigError, match="dft.energy_tolerance"):
+        config(energy_tolerance=0.5)  # 500 meV/atom settles nothing
 
 
 def _add(store: MatloopStore, cid: str, structure: Structure, e_hull: float, *,

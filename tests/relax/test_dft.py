@@ -313,3 +313,36 @@ def test_real_cp2k_single_point_of_silicon(job_store: JobStore, tmp_path, monkey
 
 # The real CP2K cell relaxation runs through the campaign's verify step:
 # tests/flows/test_dft_verify.py::test_verify_relaxes_a_candidate_with_real_cp2k
+
+
+def test_real_cp2k_relaxation_stopped_at_max_iter_is_judged_by_its_energy(
+    job_store: JobStore, tmp_path, monkeypatch
+) -> None:
+    # ~1 minute on one core: 3 optimiser steps of a stretched 2-atom silicon cell, which
+    # needs about 15 to converge, so CP2K stops at MAX_ITER
+    from matloop.relax.dft import _cp2k_run_report, _judge_by_energy
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = {"basis_and_potential": {"Si": {"basis": "DZVP-MOLOPT-SR-GTH"}},
+                "cutoff": 300, "rel_cutoff": 50, "activate_motion": {"max_iter": 3}}
+    maker = make_dft_maker("cp2k", "relax", fast=True, kpoints=(2, 2, 2),
+                           input_settings=settings)
+    stretched = silicon(2.85)
+    (out,) = verify_with_dft([("si", stretched)], maker, job_store, root_dir=tmp_path,
+                             energy_tolerance=0.1, energy_window=2)
+    assert out.relax_converged is False and out.relax_steps == 3
+    # its energy moved by less than 0.1 eV/atom over the last 2 steps: accepted, flagged
+    assert out.ok and out.energy_converged, out.reason
+    assert 0 < out.energy_drift_per_atom <= 0.1
+    assert -107.0 < out.energy_per_atom < -105.0  # GTH-PBE, the small DZVP-MOLOPT-SR basis
+    assert out.energy_per_atom < out.initial_energy / 2  # lower than where it started
+    assert out.structure.volume < stretched.volume  # from CP2K's trajectory: it shrank
+    assert out.evidence == "dft-relaxed"
+
+    # the same run judged with a tolerance it does not meet, or none: failed, saying why
+    (job_root,) = tmp_path.glob("si-*")  # the candidate's own folder
+    report = {**_cp2k_run_report(job_root), "reason": "stopped at MAX_ITER"}
+    for tolerance in (1e-6, None):
+        judged = _judge_by_energy(report, stretched, job_root, tolerance, 2)
+        assert judged["energy_converged"] is False and "ok" not in judged
+        assert "meV/atom" in judged["reason"] and "cell lengths ended at" in judged["reason"]

@@ -172,8 +172,11 @@ class RunContext:
         """The DFT relaxer of the verify step, or None when the config has no ``dft``."""
         from matloop.relax.relaxer import DftRelaxer
 
-        maker = self.dft_maker
-        return None if maker is None else DftRelaxer(maker, self.store.job_store())
+        maker, dft = self.dft_maker, self.config.dft
+        if maker is None:
+            return None
+        return DftRelaxer(maker, self.store.job_store(), energy_tolerance=dft.energy_tolerance,
+                          energy_window=dft.energy_window)
 
     # -- random streams ----------------------------------------------------------------
     def rng(self, round_: int, stream: int) -> np.random.Generator:

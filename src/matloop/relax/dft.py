@@ -674,6 +674,17 @@ class DftOutcome(BaseModel):
         "force, pressure) before MAX_ITER. None when not known (single points, VASP).",
     )
     relax_steps: int | None = Field(None, description="CP2K relaxations: optimiser steps.")
+    energy_converged: bool | None = Field(
+        None,
+        description="CP2K relaxations that stopped at MAX_ITER: True when accepted because "
+        "the energy had settled (it changed by at most ``energy_tolerance`` per atom over "
+        "the last ``energy_window`` steps; the cell may still drift along a soft direction), "
+        "False when it had not. None when the optimiser converged or nothing was checked.",
+    )
+    energy_drift_per_atom: float | None = Field(
+        None, description="CP2K relaxations that stopped at MAX_ITER: how much the energy "
+        "changed (max - min, eV/atom) over the last ``energy_window`` steps.",
+    )
     initial_energy: float | None = Field(
         None, description="CP2K relaxations: total energy (eV) of the starting structure."
     )
@@ -703,6 +714,8 @@ def verify_with_dft(
     *,
     root_dir: str | Path | None = None,
     log_jobs: bool = False,
+    energy_tolerance: float | None = None,
+    energy_window: int = 5,
 ) -> list[DftOutcome]:
     """Run a DFT maker on each structure in-process, one jobflow job at a time.
 
@@ -720,6 +733,15 @@ def verify_with_dft(
         folder that is removed afterwards (the task document holds what matters).
     log_jobs : bool
         Let jobflow log each job.
+    energy_tolerance : float, optional
+        eV/atom. A CP2K relaxation that stops at MAX_ITER is accepted (``ok``, with
+        ``energy_converged=True``) when its energy changed by at most this over its last
+        ``energy_window`` steps: its final structure and energy come from CP2K's trajectory.
+        Layered crystals that PBE without a dispersion correction barely binds drift along
+        the stacking axis for many steps while their energy has settled. None (default):
+        such a relaxation fails, and its reason says how much the energy still moved.
+    energy_window : int
+        Optimiser steps over which the energy must have settled.
 
     Returns
     -------
@@ -744,7 +766,8 @@ def verify_with_dft(
             for candidate_id, structure in items:
                 start = time.perf_counter()
                 settings = describe_dft_settings(maker, structure)
-                fields = _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs)
+                fields = _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs,
+                                  (energy_tolerance, energy_window))
                 outcomes.append(
                     DftOutcome(
                         candidate_id=candidate_id,
@@ -761,7 +784,8 @@ def verify_with_dft(
     return outcomes
 
 
-def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> dict[str, Any]:
+def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs,
+             settle=(None, 5)) -> dict[str, Any]:
     from jobflow import run_locally
 
     is_cp2k = maker_code_kind(maker)[0] == "cp2k"
@@ -794,6 +818,8 @@ def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> d
             if report.get("relax_converged") is False:
                 fields["reason"] = f"{_not_converged_reason(report)} ({fields['reason']})"
             fields.update(report)
+            if report.get("relax_converged") is False:
+                fields.update(_judge_by_energy(fields, structure, job_root, *settle))
         return fields
     if is_cp2k:
         fields.update(_cp2k_run_report(job_root))
@@ -805,6 +831,7 @@ def _run_one(candidate_id, structure, maker, job_store, root_dir, log_jobs) -> d
         fields.update(ok=False, reason="DFT task not successful (SCF or geometry not converged)")
     elif fields.get("relax_converged") is False:
         fields.update(ok=False, reason=_not_converged_reason(fields))
+        fields.update(_judge_by_energy(fields, structure, job_root, *settle))
     else:
         fields["ok"] = True
     return fields
@@ -815,6 +842,79 @@ def _not_converged_reason(report: dict[str, Any]) -> str:
         f"DFT relaxation not converged: the optimiser stopped after {report.get('relax_steps')} "
         "steps (MAX_ITER) without meeting its thresholds"
     )
+
+
+def _judge_by_energy(fields: dict[str, Any], start: Structure, folder: Path,
+                     tolerance: float | None, window: int) -> dict[str, Any]:
+    """A relaxation that stopped at MAX_ITER, judged by its energy: accepted when the energy
+    of its last ``window`` steps spans at most ``tolerance`` eV/atom and its cell stayed
+    inside the reference cell of the grids (beyond it the grids are coarser than the
+    cutoff asked for), with the final structure and energy from the trajectory; else still
+    failed, its reason saying how much the energy and the cell moved."""
+    energies = fields.get("relax_energies") or []
+    frames = _cp2k_trajectory(folder)
+    if len(energies) <= window or not frames or len(frames) != len(energies) - 1:
+        return {"energy_converged": False}  # too short, or the trajectory does not line up
+    last = energies[-window - 1:]
+    drift = (max(last) - min(last)) / len(start)
+    final = frames[-1]
+    growth = [b / a for a, b in zip(start.lattice.abc, final.lattice.abc, strict=True)]
+    inside = max(growth) <= Cp2kCellOptSetGenerator.cell_ref_scale
+    judged = {"energy_drift_per_atom": drift, "energy_converged": False}
+    if tolerance is None or drift > tolerance or not inside:
+        judged["reason"] = (
+            f"{fields.get('reason')}; over its last {window} steps the energy changed "
+            f"{1000 * drift:.2f} meV/atom"
+            + ("" if tolerance is None else f" (tolerance {1000 * tolerance:g} meV/atom)")
+            + ", its cell lengths ended at " + "×".join(f"{g:.2f}" for g in growth)
+            + " the starting ones"
+            + ("" if inside else " (beyond the grids' reference cell, "
+               f"×{Cp2kCellOptSetGenerator.cell_ref_scale:g}; e.g. layers that PBE without "
+               "a dispersion correction barely binds drift apart)")
+        )
+        return judged
+    return {**judged, "ok": True, "energy_converged": True, "reason": None,
+            "energy": energies[-1], "energy_per_atom": energies[-1] / len(start),
+            "structure": final}
+
+
+def _cp2k_trajectory(folder: Path) -> list[Structure]:
+    """The optimiser's structures, one per step, from CP2K's ``<project>-pos-1.xyz`` and
+    ``<project>-1.cell`` (gzipped or not) in ``folder`` or its one job folder; empty when
+    they are missing or do not line up."""
+    import gzip
+
+    def read(pattern: str) -> list[str] | None:
+        for d in [folder, *sorted(p for p in Path(folder).glob("job_*") if p.is_dir())]:
+            for path in sorted(d.glob(pattern)) + sorted(d.glob(pattern + ".gz")):
+                opener = gzip.open if path.suffix == ".gz" else open
+                try:
+                    with opener(path, "rt") as handle:
+                        return handle.read().splitlines()
+                except (OSError, EOFError):
+                    return None
+        return None
+
+    positions, cells = read("*-pos-1.xyz"), read("*-1.cell")
+    if not positions or not cells:
+        return []
+    try:
+        lattices = [[float(x) for x in line.split()[2:11]]
+                    for line in cells if line.strip() and not line.startswith("#")]
+        frames, i = [], 0
+        while i < len(positions) and positions[i].strip():
+            n = int(positions[i])
+            rows = [line.split() for line in positions[i + 2:i + 2 + n]]
+            frames.append(([r[0] for r in rows], [[float(x) for x in r[1:4]] for r in rows]))
+            i += n + 2
+        if len(frames) != len(lattices):
+            return []
+        return [Structure(lattice=[m[0:3], m[3:6], m[6:9]], species=species, coords=coords,
+                          coords_are_cartesian=True)
+                for m, (species, coords) in zip(lattices, frames, strict=True)]
+    except (ValueError, IndexError) as exc:  # a partly written file: judge nothing
+        log.warning("could not read the CP2K trajectory in %s: %s", folder, exc)
+        return []
 
 
 def _read_dft_doc(doc: Any) -> dict[str, Any]:
@@ -872,6 +972,7 @@ def _cp2k_run_report(folder: Path) -> dict[str, Any]:
     report: dict[str, Any] = {}
     if energies := _CP2K_ENERGY.findall(text):
         report["initial_energy"] = float(energies[0]) * _HARTREE_EV
+        report["relax_energies"] = [float(e) * _HARTREE_EV for e in energies]
     if blocks := _CP2K_FORCES.findall(text):
         forces = [[float(x) for x in row] for row in _CP2K_FORCE_ROW.findall(blocks[-1])]
         if forces:
@@ -887,6 +988,7 @@ def _cp2k_run_report(folder: Path) -> dict[str, Any]:
         report["relax_converged"] = True
     if report.get("relax_converged") is not None:
         report["relax_steps"] = len(re.findall(r"OPTIMIZATION STEP:\s+\d+", text))
-    else:
-        report.pop("initial_energy", None)  # a single point: the energy is the result
+    else:  # a single point: the energy is the result
+        report.pop("initial_energy", None)
+        report.pop("relax_energies", None)
     return report

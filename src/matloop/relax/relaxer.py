@@ -124,6 +124,9 @@ class DftRelaxer:
     maker: Maker
     job_store: JobStore
     root_dir: str | None = None
+    #: accept relaxations stopped at MAX_ITER whose energy settled (verify_with_dft)
+    energy_tolerance: float | None = None
+    energy_window: int = 5
 
     @property
     def potential(self) -> str:
@@ -135,7 +138,9 @@ class DftRelaxer:
         from matloop.relax import dft  # looked up at call time: tests wrap verify_with_dft
 
         return dft.verify_with_dft(list(items), self.maker, self.job_store,
-                                   root_dir=self.root_dir)  # fmt: skip
+                                   root_dir=self.root_dir,
+                                   energy_tolerance=self.energy_tolerance,
+                                   energy_window=self.energy_window)  # fmt: skip
 
 
 def _maker_relaxer(config: Any, space: Any, job_store: JobStore) -> MakerRelaxer:

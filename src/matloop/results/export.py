@@ -58,7 +58,8 @@ CANDIDATE_COLUMNS = [
     "is_novel", "is_unique", "duplicate_of", "spacegroup", "evidence", "potential", "converged",
     "max_force", "n_steps",
     "hull_scheme", "hull_version", "reference_set_version", "dft_evidence", "dft_code",
-    "dft_ok", "dft_converged", "dft_energy_per_atom", "dft_matches_ml_structure",
+    "dft_ok", "dft_converged", "dft_energy_converged", "dft_energy_per_atom",
+    "dft_matches_ml_structure",
     "dft_e_above_hull", "dft_verdict",
     "predicted_e_above_hull", "predicted_std",
 ]

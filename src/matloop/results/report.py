@@ -294,6 +294,8 @@ def _novelty_cell(c: Mapping[str, Any]) -> str:
         text += f" (= {c['duplicate_of']})"
     if c.get("dft_verdict"):
         text += f"; DFT: {c['dft_verdict']}"
+        if c.get("dft_energy_converged") in (True, "True"):  # stopped at MAX_ITER, settled
+            text += " (energy-converged)"
     return html.escape(text)
 
 

@@ -82,7 +82,9 @@ def candidate_rows(store: MatloopStore, campaign: str) -> list[dict[str, Any]]:
         if (check := dft.get(row["candidate_id"])) is not None:
             # a DFT verification beside the ML evaluation (its energy is not in the ML hull)
             row.update(dft_evidence=check.evidence, dft_code=check.code, dft_ok=check.ok,
-                       dft_converged=check.converged, dft_energy_per_atom=check.energy_per_atom,
+                       dft_converged=check.converged,
+                       dft_energy_converged=check.energy_converged,
+                       dft_energy_per_atom=check.energy_per_atom,
                        dft_matches_ml_structure=check.matches_ml_structure,
                        dft_e_above_hull=check.dft_e_above_hull, dft_verdict=check.verdict)
         rows.append(row)

@@ -293,6 +293,10 @@ class DftDoc(_Doc):
     energy: float | None = Field(None, description="DFT total energy of the cell, eV")
     structure: dict[str, Any] | None = Field(None, description="Final DFT structure")
     converged: bool = False
+    energy_converged: bool | None = Field(
+        None, description="Stopped at MAX_ITER but accepted: its energy had settled "
+        "(dft.energy_tolerance); None when the optimiser converged or nothing was checked"
+    )
     reason: str | None = Field(None, description="Why it failed")
     settings: dict[str, Any] = Field(
         default_factory=dict, description="Functional, basis / POTCARs, cutoffs, k-points"
@@ -339,7 +343,8 @@ class DftDoc(_Doc):
             ok=outcome.ok, code=outcome.code, kind=outcome.kind, evidence=outcome.evidence,
             energy_per_atom=outcome.energy_per_atom, energy=outcome.energy,
             structure=structure_dict(structure) if structure is not None else None,
-            converged=outcome.converged, reason=outcome.reason, settings=outcome.settings,
+            converged=outcome.converged, energy_converged=outcome.energy_converged,
+            reason=outcome.reason, settings=outcome.settings,
             ml_energy_per_atom=ml.energy_per_atom, ml_e_above_hull=ml_e_above_hull,
             ml_potential=ml.potential, volume_ratio=volume_ratio,
             matches_ml_structure=matches_ml_structure, job_uuid=outcome.job_uuid,
