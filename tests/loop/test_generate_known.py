@@ -46,3 +46,23 @@ def test_a_crystal_stored_under_another_id_is_skipped_by_the_next_round():
     for i, s in enumerate(proposed):
         assert seen.match(s) is None
         seen.add(i, s)
+
+
+def test_proposals_a_generator_cannot_make_go_to_the_others():
+    config = parse_config({
+        "name": "dry", "chemical_space": {"elements": ["Na", "Cl"], "max_atoms": 4},
+        "generators": [{"name": "prototype_substitution"}, {"name": "random_symmetric"}],
+        "budget": {"candidates_per_round": 60}, "store": "memory://", "seed": 0,
+    })
+    ctx = RunContext(config, MatloopStore("memory://"))
+    metrics = GenerateStep().run(ctx, 1)
+
+    asked = metrics["allocation"]["asked"]
+    assert asked == {"prototype_substitution": 30, "random_symmetric": 30}
+    made = metrics["proposed_by"]
+    # the few Na-Cl decorations of at most 4 atoms run out; random crystals fill the round
+    assert made["prototype_substitution"] < 30
+    shortfall = 30 - made["prototype_substitution"]
+    assert metrics["allocation"]["reassigned"] == {"random_symmetric": shortfall}
+    assert made["random_symmetric"] > 30
+    assert metrics["proposed"] == sum(made.values())

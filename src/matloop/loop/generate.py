@@ -48,21 +48,18 @@ class GenerateStep:
         stored_ids = {c.candidate_id for c in stored if c.round < round_}  # every crystal held
         known = known_crystals(ctx, [c for c in stored if c.round < round_])
         skipped_by: dict[str, int] = {}
-        for index, ((cfg, generator), share) in enumerate(zip(pairs, shares, strict=True)):
-            rng = ctx.rng(round_, 100 + index)
-            # what it proposed in earlier rounds (a ranking generator moves past them)
-            generator.exclude_proposed(
-                {c.proposal or c.prototype for c in stored if c.generator == generator.name
-                 and c.round < round_ and (c.proposal or c.prototype)}
-            )
-            generator.exclude_stored(stored_ids)
-            generator.exclude_known(known)
-            wanted, new_ids = int(share), []
+        rngs = [ctx.rng(round_, 100 + index) for index in range(len(pairs))]
+
+        def ask(index: int, wanted: int) -> int:
+            """Up to ``wanted`` new candidates from generator ``index``; how many came."""
+            nonlocal repeats, earlier
+            cfg, generator = pairs[index]
+            new_ids: list[str] = []
             for _attempt in range(3):
                 if wanted <= len(new_ids):
                     break
                 try:
-                    structures = generator.sample(wanted - len(new_ids), rng=rng)
+                    structures = generator.sample(wanted - len(new_ids), rng=rngs[index])
                 except Exception as err:  # one broken generator must not end the round
                     log.exception("generator %s failed", cfg.name)
                     ctx.progress.message(f"round {round_}: generator {cfg.name} failed: {err}")
@@ -87,6 +84,32 @@ class GenerateStep:
                 if not structures:
                     break
             skipped_by[generator.name] = generator.skipped_known
+            return len(new_ids)
+
+        for _cfg, generator in pairs:
+            # what it proposed in earlier rounds (a ranking generator moves past them)
+            generator.exclude_proposed(
+                {c.proposal or c.prototype for c in stored if c.generator == generator.name
+                 and c.round < round_ and (c.proposal or c.prototype)}
+            )
+            generator.exclude_stored(stored_ids)
+            generator.exclude_known(known)
+        delivered = [ask(index, int(share)) for index, share in enumerate(shares)]
+        # A generator that ran out (an enumeration used up) leaves proposals unasked: the
+        # generators that delivered all they were asked share them, in proportion to their
+        # own shares, so the round keeps its size.
+        shortfall = int(sum(shares)) - sum(delivered)
+        full = [i for i, share in enumerate(shares) if share > 0 and delivered[i] >= share]
+        reassigned: dict[str, int] = {}
+        if shortfall > 0 and full and len(full) < len(pairs):
+            from matloop.evaluators.bandit import split_budget
+
+            extra = split_budget(shortfall, np.array([shares[i] for i in full], dtype=float)
+                                 / sum(shares[i] for i in full))
+            for i, n in zip(full, extra, strict=True):
+                if n > 0:
+                    reassigned[pairs[i][1].name] = int(n)
+                    ask(i, int(n))
         # counted from the store, so a generate step redone after a crash counts the same
         for cand in ctx.store.candidates(ctx.name, round_=round_):
             by_generator[cand.generator] = by_generator.get(cand.generator, 0) + 1
@@ -97,9 +120,13 @@ class GenerateStep:
             f"{repeats} repeat proposal(s) of stored crystals"
             + (f"; {sum(skipped_by.values())} known crystal(s) skipped by the generators"
                if any(skipped_by.values()) else "")
+            + (f"; {shortfall} proposal(s) of generators that ran out asked of "
+               f"{', '.join(reassigned)}" if reassigned else "")
         )
         allocation["asked"] = dict(zip([g.name for _, g in pairs], map(int, shares),
                                        strict=True))  # fmt: skip
+        if reassigned:
+            allocation["reassigned"] = reassigned
         # repeats per generator: the bandit counts them as proposals that found nothing
         return {"proposed": new_total, "repeat_proposals": repeats, "proposed_by": by_generator,
                 "repeats_by_generator": repeats_by, "known_skipped_by_generator": skipped_by,
