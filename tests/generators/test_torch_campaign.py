@@ -171,3 +171,10 @@ def test_screen_proposals_redraws_what_the_screen_would_reject():
     assert len(raw) == 30 and repeats(raw) > 0
     assert len(screened) >= 2 and repeats(screened) == 0
     assert all(smact_valid(s.composition) for s in screened)
+    # and, told what the campaign holds, it redraws those too and counts them
+    from matloop.evaluators.novelty import NoveltyIndex
+
+    gen.exclude_known(NoveltyIndex(entries=enumerate(screened[:2])))
+    again = gen.sample(30, rng=np.random.default_rng(0))
+    assert gen.skipped_known >= 2
+    assert not any(matcher.fit(a, b) for a in again for b in screened[:2])

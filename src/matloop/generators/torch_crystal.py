@@ -92,7 +92,7 @@ from matloop.generators.torch_common import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Container, Mapping, Sequence
 
     from pymatgen.core import Structure
 
@@ -257,6 +257,8 @@ class CrystalVAEGenerator(TorchGenerator):
     name: ClassVar[str] = "crystal_vae"
     conditional: ClassVar[bool] = False
     predicts: ClassVar[bool] = False
+    #: the campaign's crystals (exclude_known); none until the loop says
+    _known: Container[Structure] = ()
 
     def __init__(
         self,
@@ -628,9 +630,10 @@ class CrystalVAEGenerator(TorchGenerator):
         if conditions and not (self.conditional or self.predicts):
             raise ValueError(f"{self.name} is unconditional; it takes no conditions")
         # screen_proposals (a campaign setting): redraw what the campaign's screen would
-        # reject anyway, as the baselines do (charge-unbalanced compositions, and repeats of
-        # a crystal already in this batch), so the acquisition gets n real choices. Off for
-        # the generation benchmark, whose validity metrics must see every draw.
+        # reject anyway, as the baselines do (charge-unbalanced compositions, repeats of a
+        # crystal already in this batch, and crystals the campaign knows: exclude_known),
+        # so the acquisition gets n real choices. Off for the generation benchmark, whose
+        # validity metrics must see every draw.
         screen = bool(self.config.get("screen_proposals"))
         seen = DistinctStructures() if screen else None
         sound = bool(self.config.get("soundness", True))
@@ -648,8 +651,15 @@ class CrystalVAEGenerator(TorchGenerator):
                     if not smact_valid(s.composition) or s in seen:
                         continue
                     seen.add(s)
+                    if s in self._known:
+                        self.skipped_known += 1
+                        continue
                 out.append(s)
         return out[:n]
+
+    def exclude_known(self, known: Container[Structure]) -> None:
+        """With ``screen_proposals``: redraw samples that match a crystal the campaign knows."""
+        self._known = known
 
     def _keep(self, structure: Structure) -> bool:
         """The campaign's cell-size bounds, physical soundness (``_sound``) and the opt-in
