@@ -52,9 +52,20 @@ def test_seed_crystals_are_relaxed_once_and_judge_novelty(tmp_path):
     coverage = campaign_summary(run.store, "seeded")["seed_coverage"]
     assert coverage == {"systems": {"Cl-Na": 1}, "empty": [], "warning": None}
 
-    # prototype substitution proposes rock-salt NaCl too: the screen rejects it as known
+    # prototype substitution knows rock-salt NaCl from the seeds and does not propose it
     run.start_round()
-    run.generate(1)
+    generated = run.generate(1)
+    assert generated.counts["known_skipped_by_generator"]["prototype_substitution"] >= 1
+    stored = run.store.candidates("seeded")
+    assert stored and all(c.prototype != "rock_salt" for c in stored)
+    # a proposal of it that still comes (a learned generator) is rejected by the screen
+    from matloop.identity import candidate_id
+    from matloop.loop.generate import candidate_doc
+
+    near_copy = rocksalt.copy()
+    near_copy.scale_lattice(rocksalt.volume * 1.02)
+    doc = candidate_doc("seeded", near_copy, 1, run.generators()[0][1], candidate_id)
+    run.store.add_candidates([doc])
     run.screen(1)
     rejected = run.store.candidates("seeded", status="rejected")
     assert any(c.reason and "rs-NaCl" in c.reason for c in rejected), [
