@@ -276,9 +276,12 @@ def realistic_benchmark(args) -> dict:
             warnings.simplefilter("ignore")
             run_campaigns(runs, scale)
     summary = summarise(runs)
-    plot = "benchmarks/results/discovery_realistic.png"
+    # beside the JSON it goes with: a run with its own --output keeps its own plot
+    output = getattr(args, "output", None)
+    plot = (str(Path(output).with_suffix(".png")) if output
+            else "benchmarks/results/discovery_realistic.png")
     if not args.schema:
-        plot_rounds(summary, ROOT / plot)
+        plot_rounds(summary, ROOT / plot if not Path(plot).is_absolute() else Path(plot))
     return {
         "scale": {**scale, "campaign": str(CAMPAIGN.relative_to(ROOT)),
                   "wall_s": round(time.perf_counter() - start_all),
