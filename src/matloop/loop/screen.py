@@ -21,6 +21,11 @@ __all__ = ["MIN_TRAINING_POINTS", "ScreenStep", "acquire", "property_labels", "t
 MIN_TRAINING_POINTS = 6
 #: The reason of a screened candidate left in the pool for a later round.
 WAITING = "waiting in the pool"
+#: Labels are rounded to this many decimals (1 meV/atom, far below a potential's error)
+#: before the surrogate sees them: with a handful of labels its trees pick between
+#: near-equal splits, and CHGNet energies differ by ~1e-6 eV between CPUs (BLAS), which
+#: was enough to change which candidates a round selects.
+LABEL_DECIMALS = 3
 
 
 def _changed(cand: CandidateDoc, fields: dict[str, Any]) -> bool:
@@ -60,32 +65,48 @@ class ScreenStep:
                                    ["history"])
         )
         rejections: dict[str, tuple[CandidateStatus, str | None]] = {}
-        known = NoveltyIndex()
+        references = NoveltyIndex()
+        known = NoveltyIndex()  # the references and every candidate kept so far
         for ref in ctx.references():
             if ref.source != "elemental":
-                known.add(ref.reference_id, structure_from_dict(ref.structure))
+                structure = structure_from_dict(ref.structure)
+                references.add(ref.reference_id, structure)
+                known.add(ref.reference_id, structure)
         for cand in store.candidates(
             name,
             status=[CandidateStatus.selected, CandidateStatus.relaxed, CandidateStatus.evaluated,
                     CandidateStatus.relaxing, CandidateStatus.failed],
         ):
             known.add(cand.candidate_id, structure_from_dict(cand.structure))
+        # Candidates waiting from an earlier round passed this screen then: distinct from
+        # every candidate stored before them, and every later one was matched against
+        # them. They are checked again for validity and against the references only, so
+        # a pool of thousands does not cost pool x formula-bucket matches every round.
+        structures = {c.candidate_id: structure_from_dict(c.structure) for c in pool}
+        checks = {cid: screen_structure(s, allowed_elements=space.elements,
+                                        max_atoms=space.max_atoms)
+                  for cid, s in structures.items()}  # fmt: skip
+        waiting = {c.candidate_id for c in pool
+                   if c.reason == WAITING and checks[c.candidate_id].valid}
+        for cid in waiting:
+            known.add(cid, structures[cid])
         valid: list[tuple[CandidateDoc, Structure]] = []
         for cand in pool:
-            structure = structure_from_dict(cand.structure)
-            check = screen_structure(
-                structure, allowed_elements=space.elements, max_atoms=space.max_atoms
-            )
+            structure, check = structures[cand.candidate_id], checks[cand.candidate_id]
             if not check.valid:
                 rejections[cand.candidate_id] = (CandidateStatus.rejected, check.reason)
                 continue
-            if (match := known.match(structure)) is not None:
+            if cand.candidate_id in waiting:
+                match = references.match(structure)
+            elif (match := known.match(structure)) is None:
+                known.add(cand.candidate_id, structure)
+            if match is not None:
                 rejections[cand.candidate_id] = (
                     CandidateStatus.rejected, f"duplicate of {match} (StructureMatcher)"
                 )
                 continue
-            known.add(cand.candidate_id, structure)
             valid.append((cand, structure))
+        duplicate_checks = references.n_comparisons + known.n_comparisons
         if rejections:
             store.set_status(name, rejections, round_=round_)
 
@@ -117,7 +138,7 @@ class ScreenStep:
             f"selected {len(chosen)} by {acquired['acquisition']}, {len(rest)} left in the pool"
         )
         return {"screened": screened, "rejected": rejected, "selected": len(chosen),
-                "pool": len(rest), **acquired}
+                "pool": len(rest), "duplicate_checks": duplicate_checks, **acquired}
 
 
 def training_set(ctx: RunContext) -> tuple[list[Structure], np.ndarray]:
@@ -147,6 +168,7 @@ def acquire(ctx: RunContext, round_: int, valid, k: int):
     acq = ctx.config.acquisition
     rng = ctx.rng(round_, 1)
     structures, targets = training_set(ctx)
+    targets = np.round(targets, LABEL_DECIMALS)
     if len(targets) < MIN_TRAINING_POINTS:
         chosen = select(np.zeros(n), np.ones(n), k, strategy="random", rng=rng)
         nan = np.full(n, np.nan)
@@ -183,6 +205,7 @@ def joint_scores(ctx: RunContext, e_mean, e_std, features, round_: int):
     p_mean = p_std = None
     if window is not None:
         structures, values = property_labels(ctx, window.name)
+        values = np.round(values, LABEL_DECIMALS)
         if len(values) >= MIN_TRAINING_POINTS:
             from matloop.evaluators.features import featurize
             from matloop.evaluators.surrogate import EnsembleSurrogate
