@@ -67,6 +67,8 @@ def strategy_config(strategy: str, seed: int, scale: dict) -> dict:
                         "relaxations_per_round": scale["relaxations_per_round"]}  # fmt: skip
     config["relaxer"]["batch_size"] = min(config["relaxer"]["batch_size"],
                                           scale["relaxations_per_round"])  # fmt: skip
+    if scale.get("acquisition"):
+        config["acquisition"]["strategy"] = scale["acquisition"]
     return config
 
 
@@ -259,6 +261,9 @@ def realistic_benchmark(args) -> dict:
         "seeds": list(args.seeds),
         "strategies": list(args.strategies or STRATEGIES),
         "vae_epochs": args.vae_epochs or 60,
+        # the campaign file's own unless --acquisition says otherwise
+        "acquisition": getattr(args, "acquisition", None)
+        or base_config()["acquisition"]["strategy"],
     }
     start_all = time.perf_counter()
     runs: dict[str, list[dict]] = {s: [] for s in scale["strategies"]}
