@@ -158,3 +158,19 @@ def test_substitutions_giving_a_known_crystal_are_skipped_for_the_next():
     out = gen.sample(1)
     assert gen.skipped_known == 1
     assert out and not NoveltyIndex(entries=[("first", first)]).match(out[0])
+
+
+def test_the_campaigns_discoveries_become_templates():
+    space = ChemicalSpace(["Li", "K", "Cl"], max_atoms=4)
+    gen = IonSubstitution(space, threshold=1e-6)
+    assert gen.sample(5) == []  # no template yet: nothing to substitute into
+    found = rock_salt("Li", "Cl")
+    gen.use_discoveries({"LiCl-0123": found})
+    out = gen.sample(5)
+    assert [s.composition.reduced_formula for s in out] == ["KCl"]
+    assert out[0].properties["template"] == "LiCl[LiCl-0123]"
+    assert gen.describe()["n_discovery_templates"] == 1
+    # switched off, a discovery is no template
+    off = IonSubstitution(space, threshold=1e-6, discoveries=False)
+    off.use_discoveries({"LiCl-0123": found})
+    assert off.sample(5) == []

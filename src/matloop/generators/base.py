@@ -117,6 +117,12 @@ class Generator(ABC):
         proposals skips those found in it and moves on down its list, counting them in
         :attr:`skipped_known`. Default: ignored (the screen rejects them as duplicates)."""
 
+    def use_discoveries(self, crystals: Mapping[str, Structure]) -> None:
+        """Told, before ``sample``, the campaign's discoveries of earlier rounds (stable on
+        its hull, unique, not a known crystal), as relaxed, by candidate id. A generator
+        that builds on known crystals may build on these too, as GNoME's substitutions fed
+        on each round's new stable crystals. Default: ignored."""
+
     def update(self, feedback: Sequence[Feedback]) -> None:
         """Learn from the loop's feedback (fine-tune, policy-gradient step). Default: no-op."""
 

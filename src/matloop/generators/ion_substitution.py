@@ -9,8 +9,10 @@ fitted on the ICSD). A candidate's probability is the product over its swaps of
 ``P(new ion | old ion)``; the most probable come first.
 
 Templates are known crystals of *any* chemistry: the seed crystals given to :meth:`fit`
-(inside the space) and the crystals of the ``templates`` file(s) (e.g. a sample of the
-Materials Project). A template qualifies when it is ordered, has at most ``max_atoms`` sites,
+(inside the space), the crystals of the ``templates`` file(s) (e.g. a sample of the
+Materials Project) and, with ``discoveries`` on, the campaign's own discoveries of earlier
+rounds (:meth:`use_discoveries`), so substitution keeps finding new crystals after the known
+ones are used up. A template qualifies when it is ordered, has at most ``max_atoms`` sites,
 at most as many elements as the space, and pymatgen can guess integer oxidation states for
 it. A substitution maps each element to a distinct element of the space with an oxidation
 state pymatgen knows for it, keeps the cell charge neutral, and changes the composition.
@@ -272,6 +274,9 @@ class IonSubstitution(Generator):
         max_templates: int | None = Field(
             None, ge=1, description="Use at most this many crystals of the files (first rows)"
         )
+        discoveries: bool = Field(
+            True, description="Substitute into the campaign's discoveries of earlier rounds too"
+        )
 
     def __init__(
         self,
@@ -280,10 +285,12 @@ class IonSubstitution(Generator):
         templates: Sequence[str] = (),
         threshold: float = 1e-3,
         max_templates: int | None = None,
+        discoveries: bool = True,
     ) -> None:
         self.chemical_space = chemical_space
         self.seed = seed
         self.threshold = threshold
+        self.use_campaign_discoveries = discoveries
         self.template_files = [str(t) for t in templates]
         self._structures: list[Structure] = []
         self._labels: list[str] = []
@@ -299,6 +306,8 @@ class IonSubstitution(Generator):
             self._labels += [f"{s.composition.reduced_formula}[{i}]"
                              for s, i in zip(structures, ids, strict=True)]  # fmt: skip
         self._n_file = len(self._structures)
+        self._discoveries: dict[str, Structure] = {}  # use_discoveries, by candidate id
+        self._templates: tuple[list[Structure], list[str]] | None = None
         self._ranked: list[Substitution] | None = None
         self._excluded: set[str] = set()
         self._known: Container[Structure] = ()  # exclude_known
@@ -315,16 +324,40 @@ class IonSubstitution(Generator):
             if len(s) <= space.max_atoms and s.is_ordered:
                 self._structures.append(s)
                 self._labels.append(f"{s.composition.reduced_formula}[seed{i}]")
-        self._ranked = None
+        self._templates = self._ranked = None
         self.version += 1
+
+    def use_discoveries(self, crystals: Mapping[str, Structure]) -> None:
+        """Substitute into the campaign's discoveries too (with ``discoveries`` on)."""
+        if not self.use_campaign_discoveries:
+            return
+        space = self.chemical_space
+        new = {cid: s for cid, s in crystals.items()
+               if cid not in self._discoveries and len(s) <= space.max_atoms
+               and s.is_ordered}  # fmt: skip
+        if new:
+            self._discoveries.update(sorted(new.items()))
+            self._templates = self._ranked = None
+
+    @property
+    def templates(self) -> tuple[list[Structure], list[str]]:
+        """(structures, labels): the files', the seeds', then the discoveries'."""
+        if self._templates is None:
+            found = list(self._discoveries.items())
+            self._templates = (
+                self._structures + [s for _, s in found],
+                self._labels + [f"{s.composition.reduced_formula}[{cid}]" for cid, s in found],
+            )
+        return self._templates
 
     @property
     def ranked(self) -> list[Substitution]:
-        """Every substitution, most probable first (computed once)."""
+        """Every substitution, most probable first (computed once per set of templates)."""
         if self._ranked is None:
+            structures, labels = self.templates
             self._ranked = rank_substitutions(
-                self._structures, self.chemical_space.elements, threshold=self.threshold,
-                labels=self._labels,
+                structures, self.chemical_space.elements, threshold=self.threshold,
+                labels=labels,
             )
         return self._ranked
 
@@ -349,7 +382,7 @@ class IonSubstitution(Generator):
             if sub.key in self._excluded:
                 continue
             self._excluded.add(sub.key)
-            structure = apply_substitution(self._structures[sub.template], sub)
+            structure = apply_substitution(self.templates[0][sub.template], sub)
             if not space.min_atoms <= len(structure) <= space.max_atoms or structure in seen:
                 continue
             seen.add(structure)
@@ -365,4 +398,5 @@ class IonSubstitution(Generator):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "templates": self.template_files,
-                "n_templates": len(self._structures), "threshold": self.threshold}  # fmt: skip
+                "n_templates": len(self.templates[0]), "threshold": self.threshold,
+                "n_discovery_templates": len(self._discoveries)}  # fmt: skip

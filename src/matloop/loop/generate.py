@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("matloop")
 
-__all__ = ["GenerateStep", "candidate_doc", "known_crystals", "raw_id", "unanalysable"]
+__all__ = ["GenerateStep", "candidate_doc", "discoveries", "known_crystals", "raw_id",
+           "unanalysable"]
 
 
 class GenerateStep:
@@ -47,6 +48,7 @@ class GenerateStep:
         earlier = {c.candidate_id for c in stored if c.round == round_}
         stored_ids = {c.candidate_id for c in stored if c.round < round_}  # every crystal held
         known = known_crystals(ctx, [c for c in stored if c.round < round_])
+        found = discoveries(ctx, round_)
         skipped_by: dict[str, int] = {}
         rngs = [ctx.rng(round_, 100 + index) for index in range(len(pairs))]
 
@@ -94,6 +96,7 @@ class GenerateStep:
             )
             generator.exclude_stored(stored_ids)
             generator.exclude_known(known)
+            generator.use_discoveries(found)
         delivered = [ask(index, int(share)) for index, share in enumerate(shares)]
         # A generator that ran out (an enumeration used up) leaves proposals unasked: the
         # generators that delivered all they were asked share them, in proportion to their
@@ -148,6 +151,20 @@ def known_crystals(ctx: RunContext, stored: list[CandidateDoc]):
         if cand.status != CandidateStatus.rejected:
             known.add(cand.candidate_id, structure_from_dict(cand.structure))
     return known
+
+
+def discoveries(ctx: RunContext, round_: int) -> dict[str, Structure]:
+    """The campaign's discoveries of rounds before ``round_``, by candidate id, as relaxed
+    (:meth:`Generator.use_discoveries`): stable on its hull as it stands, unique, and not a
+    known crystal (novel, or unjudged for want of a reference)."""
+    hits = [e.candidate_id for e in ctx.store.evaluations(ctx.name)
+            if e.round < round_ and e.is_stable and e.is_unique
+            and (e.is_novel or e.novelty == "unjudged")]
+    if not hits:
+        return {}
+    return {r.candidate_id: structure_from_dict(r.structure)
+            for r in ctx.store.relaxations(ctx.name, ids=hits)
+            if r.ok and r.structure is not None}  # fmt: skip
 
 
 def candidate_doc(campaign: str, structure, round_: int, generator, id_fn) -> CandidateDoc | None:
