@@ -89,6 +89,7 @@ def discovery_realistic(d: dict) -> str | None:
                      f"{sum(seconds) / len(seconds):.0f} s a round")  # fmt: skip
     return (f"{sc['campaign']} at {sc['rounds']} round(s) x {sc['relaxations_per_round']} "
             f"relaxations ({sc['candidates_per_round']} proposals), {len(sc['seeds'])} seed(s), "
+            f"acquisition {sc.get('acquisition', 'ucb')}, "
             f"VAE {sc['vae_epochs']} epochs, {sc['wall_s']} s in all: " + "; ".join(parts))
 
 
@@ -280,6 +281,11 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     # the full loop alone at the campaign's own scale, fewer rounds (--strategies full_loop)
     "discovery_realistic_full_loop.json": ("python benchmarks/discovery.py --realistic "
                                            "--strategies full_loop", [discovery_realistic]),
+    # the full loop with each acquisition, side by side (--acquisition)
+    "discovery_realistic_ucb.json": ("python benchmarks/discovery.py --realistic --strategies "
+                                     "full_loop --acquisition ucb", [discovery_realistic]),
+    "discovery_realistic_joint.json": ("python benchmarks/discovery.py --realistic --strategies "
+                                       "full_loop --acquisition joint", [discovery_realistic]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "generation_perov_5.json": ("python benchmarks/generation.py --dataset perov_5",
                                 [generation_heldout]),
