@@ -286,6 +286,10 @@ ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
                                      "full_loop --acquisition ucb", [discovery_realistic]),
     "discovery_realistic_joint.json": ("python benchmarks/discovery.py --realistic --strategies "
                                        "full_loop --acquisition joint", [discovery_realistic]),
+    # one baseline at the same scale and seed as the full loop above
+    "discovery_realistic_substitution.json": ("python benchmarks/discovery.py --realistic "
+                                              "--strategies substitution",
+                                              [discovery_realistic]),
     "generation.json": ("python benchmarks/generation.py", [generation]),
     "generation_perov_5.json": ("python benchmarks/generation.py --dataset perov_5",
                                 [generation_heldout]),
