@@ -172,5 +172,6 @@ def test_the_campaigns_discoveries_become_templates():
     assert gen.describe()["n_discovery_templates"] == 1
     # switched off, a discovery is no template
     off = IonSubstitution(space, threshold=1e-6, discoveries=False)
+    assert gen.wants_discoveries and not off.wants_discoveries  # the loop gathers them or not
     off.use_discoveries({"LiCl-0123": found})
     assert off.sample(5) == []

@@ -117,6 +117,12 @@ class Generator(ABC):
         proposals skips those found in it and moves on down its list, counting them in
         :attr:`skipped_known`. Default: ignored (the screen rejects them as duplicates)."""
 
+    @property
+    def wants_discoveries(self) -> bool:
+        """Whether :meth:`use_discoveries` does anything: the loop gathers the campaign's
+        discoveries only for a generator that uses them. Default: False."""
+        return False
+
     def use_discoveries(self, crystals: Mapping[str, Structure]) -> None:
         """Told, before ``sample``, the campaign's discoveries of earlier rounds (stable on
         its hull, unique, not a known crystal), as relaxed, by candidate id. A generator

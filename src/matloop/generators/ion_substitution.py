@@ -327,6 +327,10 @@ class IonSubstitution(Generator):
         self._templates = self._ranked = None
         self.version += 1
 
+    @property
+    def wants_discoveries(self) -> bool:
+        return self.use_campaign_discoveries
+
     def use_discoveries(self, crystals: Mapping[str, Structure]) -> None:
         """Substitute into the campaign's discoveries too (with ``discoveries`` on)."""
         if not self.use_campaign_discoveries:

@@ -48,7 +48,9 @@ class GenerateStep:
         earlier = {c.candidate_id for c in stored if c.round == round_}
         stored_ids = {c.candidate_id for c in stored if c.round < round_}  # every crystal held
         known = known_crystals(ctx, [c for c in stored if c.round < round_])
-        found = discoveries(ctx, round_)
+        # gathered only when a generator uses them (they need every relaxation's structure)
+        wanted = any(generator.wants_discoveries for _, generator in pairs)
+        found = discoveries(ctx, round_) if wanted else {}
         skipped_by: dict[str, int] = {}
         rngs = [ctx.rng(round_, 100 + index) for index in range(len(pairs))]
 

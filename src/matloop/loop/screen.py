@@ -143,7 +143,8 @@ class ScreenStep:
 
 def training_set(ctx: RunContext) -> tuple[list[Structure], np.ndarray]:
     """Every labelled crystal: evaluated candidates (as proposed, the domain the
-    surrogate predicts on) and the hull references, with their e_above_hull."""
+    surrogate predicts on) and the hull references, with their e_above_hull (rounded to
+    :data:`LABEL_DECIMALS`)."""
     structures, targets = [], []
     evaluations = {e.candidate_id: e for e in ctx.store.evaluations(ctx.name)}
     for cand in ctx.store.candidates(ctx.name, ids=list(evaluations)):
@@ -154,7 +155,7 @@ def training_set(ctx: RunContext) -> tuple[list[Structure], np.ndarray]:
         if ref.reference_id in reference_hull:
             structures.append(structure_from_dict(ref.structure))
             targets.append(reference_hull[ref.reference_id])
-    return structures, np.asarray(targets, dtype=float)
+    return structures, np.round(np.asarray(targets, dtype=float), LABEL_DECIMALS)
 
 
 def acquire(ctx: RunContext, round_: int, valid, k: int):
@@ -168,7 +169,6 @@ def acquire(ctx: RunContext, round_: int, valid, k: int):
     acq = ctx.config.acquisition
     rng = ctx.rng(round_, 1)
     structures, targets = training_set(ctx)
-    targets = np.round(targets, LABEL_DECIMALS)
     if len(targets) < MIN_TRAINING_POINTS:
         chosen = select(np.zeros(n), np.ones(n), k, strategy="random", rng=rng)
         nan = np.full(n, np.nan)
@@ -205,7 +205,6 @@ def joint_scores(ctx: RunContext, e_mean, e_std, features, round_: int):
     p_mean = p_std = None
     if window is not None:
         structures, values = property_labels(ctx, window.name)
-        values = np.round(values, LABEL_DECIMALS)
         if len(values) >= MIN_TRAINING_POINTS:
             from matloop.evaluators.features import featurize
             from matloop.evaluators.surrogate import EnsembleSurrogate
@@ -228,7 +227,7 @@ def joint_scores(ctx: RunContext, e_mean, e_std, features, round_: int):
 
 def property_labels(ctx: RunContext, name: str) -> tuple[list[Structure], np.ndarray]:
     """Every known value of property ``name``: evaluated candidates (as proposed) whose
-    relaxer reported it, and seed crystals that carry it."""
+    relaxer reported it, and seed crystals that carry it (rounded to :data:`LABEL_DECIMALS`)."""
     structures, values = [], []
     evaluations = {e.candidate_id: e for e in ctx.store.evaluations(ctx.name)
                    if np.isfinite(e.properties.get(name, np.nan))}  # fmt: skip
@@ -240,4 +239,4 @@ def property_labels(ctx: RunContext, name: str) -> tuple[list[Structure], np.nda
         if value is not None and np.isfinite(value):
             structures.append(structure_from_dict(ref.structure))
             values.append(float(value))
-    return structures, np.asarray(values, dtype=float)
+    return structures, np.round(np.asarray(values, dtype=float), LABEL_DECIMALS)
