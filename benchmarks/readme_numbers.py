@@ -227,7 +227,9 @@ def dft_confirmation(d: dict) -> str:
             + ("n/a" if t["median"] is None else f"{t['median'] / 60:.1f} min")
             + " each on a shared 2-core CPU"
             + (f" (load average {d['loadavg_start'][0]:.0f}–{d['loadavg_end'][0]:.0f})"
-               if d.get("loadavg_start") and d.get("loadavg_end") else ""))
+               if d.get("loadavg_start") and d.get("loadavg_end") else "")
+            + (f", CP2K run as `{d['cp2k']['command']}`"
+               if d.get("cp2k", {}).get("command") else ""))
 
 
 def _confirmation(d: dict) -> str:
