@@ -3,6 +3,7 @@ states and the seed crystals, relaxed with the campaign's own relaxer."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from matloop.loop.step import StepResult
@@ -12,7 +13,7 @@ from matloop.store.documents import structure_dict
 if TYPE_CHECKING:
     from matloop.loop.context import RunContext
 
-__all__ = ["load_seed_crystals", "prepare_references"]
+__all__ = ["load_seed_crystals", "prepare_references", "reference_labels"]
 
 
 def prepare_references(ctx: RunContext) -> StepResult:
@@ -91,12 +92,38 @@ def prepare_references(ctx: RunContext) -> StepResult:
     campaign.references_ready = True
     campaign.hull_scheme = ctx.hull_scheme
     ctx.store.save_campaign(campaign)
+    campaign.reference_e_above_hull = reference_labels(ctx)  # needs the saved reference ids
+    ctx.store.save_campaign(campaign)
     result.counts = {
         "elements": len(elements),
         "seeds": len(campaign.seed_reference_ids),
         "problems": len(problems),
     }
     return result
+
+
+def reference_labels(ctx: RunContext) -> dict[str, float]:
+    """e_above_hull of each reference on the hull of the references alone: the surrogate's
+    first labels, so round 1 can already rank its candidates when the seed data hold at
+    least ``MIN_TRAINING_POINTS`` compounds (the evaluate step refreshes them every round).
+    Empty otherwise, and when the references do not make a hull: elements alone, all at
+    0 eV/atom, teach a surrogate nothing about compounds, so round 1 then picks at random."""
+    from matloop.evaluators.stability import compute_hull, make_entry
+    from matloop.loop.screen import MIN_TRAINING_POINTS
+    from matloop.store.documents import structure_from_dict
+
+    references = ctx.references()
+    structures = [structure_from_dict(r.structure) for r in references]
+    if sum(len(s.composition.elements) > 1 for s in structures) < MIN_TRAINING_POINTS:
+        return {}
+    try:
+        entries = [make_entry(s, r.energy_per_atom, r.reference_id, correct=ctx.corrects_energies)
+                   for s, r in zip(structures, references, strict=True)]  # fmt: skip
+        hull = compute_hull(entries, [], scheme=ctx.hull_scheme)
+    except Exception as err:  # e.g. an element without a reference, a rejected correction
+        logging.getLogger(__name__).warning("no reference hull before round 1: %s", err)
+        return {}
+    return {e.entry_id: float(hull.e_above_hull[e.entry_id]) for e in entries}
 
 
 def load_seed_crystals(ctx: RunContext):
