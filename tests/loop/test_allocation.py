@@ -107,3 +107,25 @@ def test_repeat_proposals_count_against_a_generator():
                                                "random_symmetric"])["counts"]
     assert fresh > dry
 
+
+
+def test_a_generator_that_ran_dry_keeps_only_the_floor():
+    """prototype_substitution hit often but delivered 5 of the 20 proposals it was asked:
+    its past hit rate no longer buys it a share; the generator that still delivers gets it."""
+    names = ["prototype_substitution", "random_symmetric"]
+    ctx = context()
+    record(ctx, 1, "prototype_substitution", 5, hits=5)
+    record(ctx, 1, "random_symmetric", 35, hits=3)
+    doc = ctx.store.get_round(ctx.name, 1)
+    doc.metrics.update({"allocation": {"asked": {"prototype_substitution": 20,
+                                                 "random_symmetric": 20}},
+                        "proposed_by": {"prototype_substitution": 5, "random_symmetric": 35}})
+    ctx.store.save_round(doc)
+    second = generator_allocation(ctx, 2, names)
+    assert second["ran_dry"] == ["prototype_substitution"]
+    assert second["counts"] == [4, 36]  # the floor, 0.1 x 40, and the rest
+    # had it delivered what it was asked, its hit rate would have won the round
+    doc.metrics["proposed_by"]["prototype_substitution"] = 20
+    ctx.store.save_round(doc)
+    again = generator_allocation(ctx, 2, names)
+    assert "ran_dry" not in again and again["counts"][0] > again["counts"][1]

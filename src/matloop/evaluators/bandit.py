@@ -35,6 +35,7 @@ def thompson_shares(
     floor: float,
     rng: np.random.Generator,
     draws: int = 4000,
+    exhausted: Sequence[bool] | None = None,
 ) -> np.ndarray:
     """Share of proposals per generator: ``floor`` each, the rest by P(best arm).
 
@@ -48,6 +49,14 @@ def thompson_shares(
         Seeded random generator (the allocation is reproducible).
     draws
         Posterior draws used to estimate each generator's probability of being best.
+    exhausted
+        Generators that could not deliver what they were last asked (an enumeration used
+        up): they keep the floor but leave the race for the rest, since a high past hit
+        rate says nothing of proposals they no longer have. Ignored when all are.
+
+    >>> rng = np.random.default_rng(0)
+    >>> thompson_shares([8, 1], [10, 40], floor=0.1, rng=rng, exhausted=[True, False]).tolist()
+    [0.1, 0.9]
     """
     hits = np.asarray(hits, dtype=float)
     trials = np.asarray(trials, dtype=float)
@@ -59,6 +68,8 @@ def thompson_shares(
     if floor * k > 1 + 1e-9:
         raise ValueError(f"floor {floor} x {k} generators exceeds 1")
     theta = rng.beta(1 + hits, 1 + trials - hits, size=(draws, k))
+    if exhausted is not None and not all(exhausted):
+        theta[:, np.asarray(exhausted, dtype=bool)] = -np.inf
     best = np.bincount(theta.argmax(axis=1), minlength=k) / draws
     return floor + (1 - floor * k) * best
 

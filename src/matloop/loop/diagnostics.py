@@ -67,15 +67,33 @@ def generator_allocation(ctx: RunContext, round_: int, names: list[str]) -> dict
         history = generator_history(ctx, round_)
         hits = [history.get(n, (0, 0))[0] for n in names]
         trials = [history.get(n, (0, 0))[1] for n in names]
-        shares = thompson_shares(hits, trials, floor=allocation.floor, rng=ctx.rng(round_, 99))
+        dry = ran_dry(ctx, round_ - 1, names)
+        shares = thompson_shares(hits, trials, floor=allocation.floor, rng=ctx.rng(round_, 99),
+                                 exhausted=[n in dry for n in names])  # fmt: skip
         from matloop.evaluators.bandit import split_budget
 
         counts = split_budget(total, shares)
         info["prior_hits"] = dict(zip(names, hits, strict=True))
         info["prior_proposals"] = dict(zip(names, trials, strict=True))
+        if dry:
+            info["ran_dry"] = sorted(dry)
     info["shares"] = {n: round(float(s), 4) for n, s in zip(names, shares, strict=True)}
     info["counts"] = [int(c) for c in counts]
     return info
+
+
+def ran_dry(ctx: RunContext, round_: int, names: list[str]) -> set[str]:
+    """Generators that delivered fewer proposals in ``round_`` than they were asked
+    (before any reassignment): their enumeration ran out."""
+    doc = ctx.store.get_round(ctx.name, round_) if round_ >= 1 else None
+    if doc is None:
+        return set()
+    metrics = doc.metrics
+    asked = (metrics.get("allocation") or {}).get("asked") or {}
+    delivered = metrics.get("proposed_by") or {}
+    repeats = metrics.get("repeats_by_generator") or {}
+    return {n for n in names if asked.get(n, 0) > 0
+            and delivered.get(n, 0) + repeats.get(n, 0) < asked[n]}
 
 
 def round_diagnostics(ctx: RunContext, round_: int) -> dict[str, Any]:
