@@ -108,7 +108,6 @@ def test_repeat_proposals_count_against_a_generator():
     assert fresh > dry
 
 
-
 def test_a_generator_that_ran_dry_keeps_only_the_floor():
     """prototype_substitution hit often but delivered 5 of the 20 proposals it was asked:
     its past hit rate no longer buys it a share; the generator that still delivers gets it."""

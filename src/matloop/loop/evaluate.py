@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from matloop.loop.references import reference_entries
 from matloop.store import CandidateStatus, EvaluationDoc
 from matloop.store.documents import structure_from_dict, utcnow
 
@@ -37,11 +38,7 @@ class EvaluateStep:
                 name, status=[CandidateStatus.relaxed, CandidateStatus.evaluated]
             )
         }
-        ref_entries = [
-            make_entry(structure_from_dict(r.structure), r.energy_per_atom, r.reference_id,
-                       correct=corrects)  # fmt: skip
-            for r in references
-        ]
+        ref_entries = reference_entries(references, correct=corrects)
         cand_entries, rejected = [], {}
         for cid in candidates:
             if cid not in relaxations:

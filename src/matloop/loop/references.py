@@ -11,9 +11,13 @@ from matloop.store import ReferenceDoc
 from matloop.store.documents import structure_dict
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pymatgen.entries.computed_entries import ComputedEntry
+
     from matloop.loop.context import RunContext
 
-__all__ = ["load_seed_crystals", "prepare_references", "reference_labels"]
+__all__ = ["load_seed_crystals", "prepare_references", "reference_entries", "reference_labels"]
 
 
 def prepare_references(ctx: RunContext) -> StepResult:
@@ -89,10 +93,11 @@ def prepare_references(ctx: RunContext) -> StepResult:
     campaign.seed_reference_ids = [rid for rid in seed_ids if rid in stored]
     campaign.seed_systems = count_by_system(
         seed.structure for rid, seed in zip(seed_ids, seeds, strict=True) if rid in stored)
-    campaign.references_ready = True
     campaign.hull_scheme = ctx.hull_scheme
     ctx.store.save_campaign(campaign)
     campaign.reference_e_above_hull = reference_labels(ctx)  # needs the saved reference ids
+    # ready only with its labels: a run stopped in between labels them when resumed
+    campaign.references_ready = True
     ctx.store.save_campaign(campaign)
     result.counts = {
         "elements": len(elements),
@@ -102,23 +107,32 @@ def prepare_references(ctx: RunContext) -> StepResult:
     return result
 
 
+def reference_entries(
+    references: Iterable[ReferenceDoc], *, correct: bool
+) -> list[ComputedEntry]:
+    """Hull entries (:func:`matloop.evaluators.stability.make_entry`) of stored references."""
+    from matloop.evaluators.stability import make_entry
+    from matloop.store.documents import structure_from_dict
+
+    return [make_entry(structure_from_dict(r.structure), r.energy_per_atom, r.reference_id,
+                       correct=correct)
+            for r in references]  # fmt: skip
+
+
 def reference_labels(ctx: RunContext) -> dict[str, float]:
     """e_above_hull of each reference on the hull of the references alone: the surrogate's
     first labels, so round 1 can already rank its candidates when the seed data hold at
     least ``MIN_TRAINING_POINTS`` compounds (the evaluate step refreshes them every round).
     Empty otherwise, and when the references do not make a hull: elements alone, all at
     0 eV/atom, teach a surrogate nothing about compounds, so round 1 then picks at random."""
-    from matloop.evaluators.stability import compute_hull, make_entry
+    from matloop.evaluators.stability import compute_hull
     from matloop.loop.screen import MIN_TRAINING_POINTS
-    from matloop.store.documents import structure_from_dict
 
     references = ctx.references()
-    structures = [structure_from_dict(r.structure) for r in references]
-    if sum(len(s.composition.elements) > 1 for s in structures) < MIN_TRAINING_POINTS:
+    if sum("-" in r.chemsys for r in references) < MIN_TRAINING_POINTS:  # compounds only
         return {}
     try:
-        entries = [make_entry(s, r.energy_per_atom, r.reference_id, correct=ctx.corrects_energies)
-                   for s, r in zip(structures, references, strict=True)]  # fmt: skip
+        entries = reference_entries(references, correct=ctx.corrects_energies)
         hull = compute_hull(entries, [], scheme=ctx.hull_scheme)
     except Exception as err:  # e.g. an element without a reference, a rejected correction
         logging.getLogger(__name__).warning("no reference hull before round 1: %s", err)
