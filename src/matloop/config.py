@@ -271,6 +271,11 @@ class AcquisitionConfig(_Strict):
         "68 % of errors fall within one standard deviation (see EnsembleSurrogate)",
     )
     ensemble_size: int = Field(8, ge=2, le=64)
+    single_point: bool = Field(
+        False, description="Start each proposal's predicted e_above_hull from the potential's "
+        "single-point energy of it as proposed (one batched CHGNet call for the pool); the "
+        "surrogate learns how much relaxing lowers it. CHGNet only",
+    )
 
 
 class AllocationConfig(_Strict):
@@ -374,6 +379,15 @@ class CampaignConfig(_Strict):
             raise ValueError(
                 f"allocation.floor {floor} x {n} generators is more than all proposals; "
                 f"use at most {1 / n:.3g}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _single_point_potential(self) -> CampaignConfig:
+        if self.acquisition.single_point and self.relaxer.potential != "CHGNet":
+            raise ValueError(
+                "acquisition.single_point needs relaxer.potential: CHGNet (its energies are "
+                f"computed with tensors in batch), not {self.relaxer.potential}"
             )
         return self
 

@@ -161,13 +161,21 @@ def training_set(ctx: RunContext) -> tuple[list[Structure], np.ndarray]:
 def acquire(ctx: RunContext, round_: int, valid, k: int):
     """(chosen indices, (mean, std, score) per candidate, the round's acquisition
     metrics: how it chose and, with a surrogate, its spread's calibration factor)."""
-    from matloop.evaluators.acquisition import best_k, select
+    from matloop.evaluators.acquisition import select
 
     n = len(valid)
     if n == 0:
         return [], (np.zeros(0), np.zeros(0), np.zeros(0)), {"acquisition": "none"}
     acq = ctx.config.acquisition
     rng = ctx.rng(round_, 1)
+    if acq.single_point:
+        from matloop.loop.single_point import single_point_predictions
+
+        predicted = single_point_predictions(ctx, round_, valid)
+        if predicted is not None:
+            mean, std, info = predicted
+            return _choose(ctx, round_, mean, std, None, k, rng,
+                           {"single_point": True, **info}, valid)
     structures, targets = training_set(ctx)
     if len(targets) < MIN_TRAINING_POINTS:
         chosen = select(np.zeros(n), np.ones(n), k, strategy="random", rng=rng)
@@ -181,19 +189,26 @@ def acquire(ctx: RunContext, round_: int, valid, k: int):
                                   calibrate=acq.calibrate)  # fmt: skip
     surrogate.fit(featurize(structures), targets)
     fitted = {"surrogate_std_scale": surrogate.std_scale}
-    features = featurize([s for _, s in valid])
-    mean, std = surrogate.predict(features)
+    mean, std = surrogate.predict(featurize([s for _, s in valid]))
+    best = float(np.min(targets)) if len(targets) else None
+    return _choose(ctx, round_, mean, std, best, k, rng, fitted, valid)
+
+
+def _choose(ctx: RunContext, round_: int, mean, std, best, k: int, rng, fitted, valid):
+    """The ``k`` candidates the acquisition function picks from predicted (mean, std)."""
+    from matloop.evaluators.acquisition import best_k, select
+
+    acq = ctx.config.acquisition
     if acq.strategy == "joint":
-        score, label = joint_scores(ctx, mean, std, features, round_)
+        score, label = joint_scores(ctx, mean, std, valid, round_)
         chosen = best_k(score, k, tie_break=mean)
         return list(map(int, chosen)), (mean, std, score), {"acquisition": label, **fitted}
-    best = float(np.min(targets)) if len(targets) else None
     chosen = select(mean, std, k, strategy=acq.strategy, beta=acq.beta, rng=rng, best=best)
     score = mean - acq.beta * std
     return list(map(int, chosen)), (mean, std, score), {"acquisition": acq.strategy, **fitted}
 
 
-def joint_scores(ctx: RunContext, e_mean, e_std, features, round_: int):
+def joint_scores(ctx: RunContext, e_mean, e_std, valid, round_: int):
     """``-P(stable) * P(property in window)`` per candidate (see
     :func:`matloop.evaluators.reward.multiobjective_scores`). The property comes from a
     second ensemble fitted on every known value of it: seed crystals' columns and what
@@ -213,7 +228,7 @@ def joint_scores(ctx: RunContext, e_mean, e_std, features, round_: int):
                                       seed=ctx.config.seed + round_ + 7919,
                                       calibrate=ctx.config.acquisition.calibrate)  # fmt: skip
             model.fit(featurize(structures), values)
-            p_mean, p_std = model.predict(features)
+            p_mean, p_std = model.predict(featurize([s for _, s in valid]))
     score = multiobjective_scores(
         e_mean, e_std, objective.stability_threshold, p_mean, p_std,
         (window.min, window.max) if window is not None else None,

@@ -80,6 +80,9 @@ class CandidateDoc(_Doc):
     predicted_e_above_hull: float | None = None
     predicted_std: float | None = None
     acquisition_score: float | None = None
+    single_point_energy: float | None = Field(
+        None, description="The potential's energy of the proposed structure, eV/atom "
+        "(acquisition.single_point)")
     selected_round: int | None = None
     times_proposed: int = 1
     claimed_by: str | None = Field(None, description="Worker relaxing it (host:pid)")
