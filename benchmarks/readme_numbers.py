@@ -105,13 +105,15 @@ def relax_throughput(d: dict) -> str:
     text += ": " + ", ".join(
         f"{n} {p[n]['crystals_per_s']:.3f} crystals/s ({p[n]['wall_s']:.0f} s)" for n in ran
     )
-    for fast, other in (("batched", "bare"), ("batched", "atomate2"), ("matloop", "bare")):
+    for fast, other in (("batched", "bare"), ("batched", "atomate2"), ("matloop", "bare"),
+                        ("torchsim", "bare"), ("torchsim", "batched")):  # fmt: skip
         key = f"{fast}_vs_{other}"
         if key in r:
             text += f"; {fast} = {r[key]:.2f}x {other}"
             if f"{key}_by_cpu_s" in r:
                 text += f" ({r[f'{key}_by_cpu_s']:.2f}x by CPU seconds)"
-    for key in ("batched_vs_atomate2", "bare_vs_batched"):
+    for key in ("batched_vs_atomate2", "bare_vs_batched", "bare_vs_torchsim",
+                "batched_vs_torchsim"):
         agree = d["agreement"].get(key)
         if agree:
             text += (f"; {key.replace('_vs_', ' vs ')}: max {agree['max_abs_dE_meV_atom']:.2f} "

@@ -3,7 +3,7 @@ job-per-crystal vs. bare CHGNet.
 
 Relaxes the same real crystals (Materials Project structures from
 ``../shared/data/known_crystals_mp.csv.gz``, up to ``--max-atoms`` sites, a seeded sample of
-``--n``) four ways in one process, all with CHGNet, FIRE + Fréchet cell filter,
+``--n``) up to five ways in one process, all with CHGNet, FIRE + Fréchet cell filter,
 ``fmax`` 0.05 eV/Å, at most 300 steps and one torch thread:
 
 * ``matloop``: :func:`matloop.relax.runner.relax_structures` with
@@ -17,10 +17,15 @@ Relaxes the same real crystals (Materials Project structures from
   tensors and reused with a Verlet skin, on CUDA when present (or ``--device``). Its
   agreement with the ``atomate2`` path is the check that it relaxes to the same structures
   and energies (issue: within 5 meV/atom, same ``StructureMatcher`` match);
-* ``torchsim``: TorchSim's batched FIRE with its Fréchet cell filter on a TorchSim CHGNet
-  model, when one can be imported; otherwise the JSON records exactly why it could not run
-  (no torch-sim release on PyPI ships a CHGNet model, and every release with its current
-  API needs Python >= 3.12).
+* ``torchsim``: a peer, TorchSim (torch-sim-atomistic 0.3.0, Python >= 3.11,
+  ``pip install '.[bench]'``): its batched FIRE (ASE flavour) with its Fréchet cell filter
+  and its in-flight autobatcher (about ``--batch-size`` crystals at once, on ``--device``),
+  its force convergence test at ``fmax`` after every step, at most ``--steps`` steps per
+  crystal. torch-sim ships no CHGNet model (0.3.0 has MACE, SevenNet, ORB, MatterSim,
+  FairChem, GraphPES and metatomic), so it drives CHGNet through matloop's adapter
+  (``benchmarks/torchsim_chgnet.py``: graphs built with tensors, rebuilt every call as
+  TorchSim's models are stateless). Without torch-sim the JSON records exactly why the path
+  could not run.
 
 Prints a table and writes ``benchmarks/results/relax_throughput.json`` whole (crystals/s
 and seconds of each path, the ratios, how well the paths agree on energies and structures,
@@ -157,51 +162,91 @@ class PathUnavailable(RuntimeError):
     """A path that cannot run here; its message says exactly why."""
 
 
+#: The torch-sim-atomistic release the ``torchsim`` path is written against (its API).
+TORCHSIM_VERSION = "0.3.0"
+TORCHSIM_PEER = (
+    f"TorchSim {TORCHSIM_VERSION}'s optimizer and autobatcher driving CHGNet through matloop's "
+    "adapter, since torch-sim ships no CHGNet model: ts.optimize with ts.frechet_cell_fire "
+    "(ASE flavour), ts.InFlightAutoBatcher holding about batch_size crystals (by atoms), "
+    "ts.generate_force_convergence_fn(fmax) tested after every step, at most `steps` steps per "
+    "crystal; benchmarks/torchsim_chgnet.py builds CHGNet's graphs with tensors afresh at each "
+    "call (matloop.relax.graphs) and runs matloop.relax.batched._evaluate"
+)
+
+
 def torchsim_unavailable_reason() -> str | None:
-    """Why TorchSim's CHGNet path cannot run here, or None when it can."""
+    """Why the ``torchsim`` path cannot run here, or None when it can."""
     import importlib.util
+    from importlib import metadata
 
     if importlib.util.find_spec("torch_sim") is None:
-        return (f"torch-sim-atomistic is not installed: Python {sys.version.split()[0]} here; "
-                "every torch-sim-atomistic release with its current API (0.4.0-0.6.2) needs "
-                "Python >= 3.12, and none of them (0.3.0-0.6.2, wheels inspected) ships a "
-                "CHGNet model (torch_sim.models has MACE, SevenNet, ORB, MatterSim, FairChem, "
-                "metatomic, ... but no chgnet), nor does chgnet 0.4 ship a TorchSim interface")
-    if importlib.util.find_spec("torch_sim.models.chgnet") is None:
-        import torch_sim
-
-        return (f"torch_sim {getattr(torch_sim, '__version__', '?')} has no "
-                "torch_sim.models.chgnet: no CHGNet model to relax with")
+        return (f"torch-sim-atomistic is not installed: this path needs torch-sim-atomistic "
+                f"{TORCHSIM_VERSION} (Python >= 3.11; pip install '.[bench]'), whose optimizer "
+                "and autobatcher drive CHGNet through benchmarks/torchsim_chgnet.py, since "
+                "torch-sim ships no CHGNet model")
+    try:
+        version = metadata.version("torch-sim-atomistic")
+    except metadata.PackageNotFoundError:
+        version = "of unknown version"
+    if version != TORCHSIM_VERSION:
+        return (f"torch-sim-atomistic {version} is installed: this path is written against "
+                f"{TORCHSIM_VERSION}'s API (ts.frechet_cell_fire, ts.InFlightAutoBatcher)")
+    try:
+        import torch_sim  # noqa: F401
+    except Exception as exc:  # e.g. vesin-torch built against another torch
+        return f"torch_sim cannot be imported: {type(exc).__name__}: {exc}"
     return None
 
 
 def run_torchsim(items, fmax: float, steps: int, device: str | None = None,
                  batch_size: int = 32) -> tuple[float, dict]:  # fmt: skip
-    """TorchSim's batched FIRE + Fréchet cell filter with its CHGNet model (offline, with
-    CHGNet's packaged weights), when it exists."""
+    """TorchSim's batched FIRE + Fréchet cell filter and in-flight autobatcher on CHGNet
+    through matloop's adapter (see ``TORCHSIM_PEER``)."""
     reason = torchsim_unavailable_reason()
     if reason is not None:
         raise PathUnavailable(reason)
     import torch
     import torch_sim as ts
-    from torch_sim.models.chgnet import CHGNetModel  # type: ignore[import-not-found]
+    from pymatgen.core import Structure
+    from torchsim_chgnet import CHGNetModel
+
+    from matloop.relax.batched import clear_model_cache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    start = time.perf_counter()
-    model = CHGNetModel(device=torch.device(device))
     structures = [s for _, s in items]
-    final = ts.optimize(
-        system=structures, model=model, optimizer=ts.Optimizer.fire,
-        convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax), max_steps=steps,
-        init_kwargs={"cell_filter": ts.CellFilter.frechet},
-    )  # fmt: skip
-    wall = time.perf_counter() - start
+    # TorchSim sizes batches from measured memory only on a GPU; cap them by atoms at about
+    # batch_size crystals, as the batched path's (no crystal may exceed the cap)
+    sizes = [len(s) for s in structures]
+    cap = max(batch_size * sum(sizes) / len(sizes), max(sizes))
+    converged = ts.generate_force_convergence_fn(force_tol=fmax)
+    clear_model_cache()  # the model load counts, as for the other paths
+    start = time.perf_counter()
+    model = CHGNetModel(device=device)
+    batcher = ts.InFlightAutoBatcher(model, memory_scales_with="n_atoms", max_memory_scaler=cap)
+    try:
+        # steps_between_swaps=1: convergence tested after every step, as the other paths
+        # do, and each crystal gets at most `steps` steps (optimize's max_steps // it)
+        final = ts.optimize(
+            system=structures, model=model, optimizer=ts.frechet_cell_fire,
+            convergence_fn=converged, autobatcher=batcher, max_steps=steps,
+            steps_between_swaps=1,
+        )  # fmt: skip
+    except Exception as exc:  # one broken crystal stops TorchSim's whole run
+        failed = {"ok": False, "energy_per_atom": None, "structure": None,
+                  "reason": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+        return time.perf_counter() - start, {mid: dict(failed) for mid, _ in items}
+    ok = converged(final).tolist()
+    energies = (final.energy / final.n_atoms_per_system).tolist()
     results = {}
-    for (mid, _), structure, energy in zip(items, final.to_structures(), final.energy.tolist(),
-                                           strict=True):  # fmt: skip
-        results[mid] = {"ok": True, "energy_per_atom": energy / len(structure),
-                        "structure": structure, "reason": None}  # fmt: skip
-    return wall, results
+    for (mid, initial), done, energy, out in zip(items, ok, energies, final.to_structures(),
+                                                 strict=True):  # fmt: skip
+        # torch_sim rebuilds plain elements; keep the input's species (StructureMatcher tells
+        # an oxidation-decorated species from its element)
+        structure = Structure(out.lattice, initial.species, out.cart_coords,
+                              coords_are_cartesian=True)  # fmt: skip
+        results[mid] = {"ok": bool(done), "energy_per_atom": energy, "structure": structure,
+                        "reason": None}  # fmt: skip
+    return time.perf_counter() - start, results
 
 
 def agreement(a: dict, b: dict) -> dict:
@@ -329,6 +374,8 @@ def measure(args: argparse.Namespace, items: list) -> dict:
             "failed": [f"{mid}: {r['reason']}" for mid, r in res.items() if r["reason"]],
             "load_avg_1min_before_after": loads[name],
         }
+    if "torchsim" in paths:
+        paths["torchsim"]["peer"] = TORCHSIM_PEER
     for name, reason in unavailable.items():
         paths[name] = {"ran": False, "reason": reason}
     ratios = {}

@@ -24,7 +24,7 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || tr
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" \
   2>/dev/null || python -m pip install -q "torch==$TORCH_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
-python -m pip install -q -c requirements/constraints.txt -e ".[test,cluster,sevennet,mp]" 2>&1 \
+python -m pip install -q -c requirements/constraints.txt -e ".[test,cluster,sevennet,mp,bench]" 2>&1 \
   | grep -v -e "^WARNING: Location" -e "yanked" || true
 python -c "import matloop, torch, chgnet, prefect" \
   || { echo "setup.sh: the install did not complete" >&2; exit 1; }

@@ -9,7 +9,6 @@ import pytest
 
 from matloop.config import ConfigError, parse_config
 from matloop.loop import CampaignRun
-from matloop.store import CandidateStatus
 from matloop.store.documents import structure_from_dict
 
 pytestmark = pytest.mark.slow

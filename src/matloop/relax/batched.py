@@ -804,29 +804,44 @@ class ModelBatch:
         angles = torch.bincount(self.crystal_of[graphs.angles[:, 0]], minlength=n)
         return atoms + edges + angles
 
-    def select(self, rows: list[int]) -> ModelBatch:
+    @classmethod
+    def build(
+        cls,
+        atomic_numbers: torch.Tensor,
+        frac: torch.Tensor,
+        cells: torch.Tensor,
+        crystal_of: torch.Tensor,
+        formulas: list[str],
+    ) -> ModelBatch:
+        """The inputs of crystals at ``frac`` in ``cells``, with neighbour lists and graphs
+        built afresh (no Verlet reuse: for one-off calls)."""
         import torch
 
         from matloop.relax.graphs import ATOM_CUTOFF, build_graphs, neighbour_pairs
+
+        every = torch.arange(cells.shape[0], device=frac.device)
+        i, j, image = neighbour_pairs(frac, cells, crystal_of, every, ATOM_CUTOFF)
+        vec = torch.einsum("pa,pab->pb", frac[j] + image - frac[i], cells[crystal_of[i]])
+        return cls(
+            graphs=build_graphs(i, j, image, vec, crystal_of, len(frac)),
+            atomic_numbers=atomic_numbers,
+            frac=frac,
+            cells=cells,
+            crystal_of=crystal_of,
+            formulas=formulas,
+        )
+
+    def select(self, rows: list[int]) -> ModelBatch:
+        import torch
 
         index = torch.tensor(rows, dtype=torch.long, device=self.frac.device)
         atom_mask = torch.isin(self.crystal_of, index)
         new_row = torch.full((len(self.formulas),), -1, dtype=torch.long,
                              device=self.frac.device)  # fmt: skip
         new_row[index] = torch.arange(len(rows), device=self.frac.device)
-        frac, cells = self.frac[atom_mask], self.cells[index]
-        crystal_of = new_row[self.crystal_of[atom_mask]]
-        every = torch.arange(len(rows), device=frac.device)
-        i, j, image = neighbour_pairs(frac, cells, crystal_of, every, ATOM_CUTOFF)
-        vec = torch.einsum("pa,pab->pb", frac[j] + image - frac[i], cells[crystal_of[i]])
-        return ModelBatch(
-            graphs=build_graphs(i, j, image, vec, crystal_of, len(frac)),
-            atomic_numbers=self.atomic_numbers[atom_mask],
-            frac=frac,
-            cells=cells,
-            crystal_of=crystal_of,
-            formulas=[self.formulas[r] for r in rows],
-        )
+        return ModelBatch.build(self.atomic_numbers[atom_mask], self.frac[atom_mask],
+                                self.cells[index], new_row[self.crystal_of[atom_mask]],
+                                [self.formulas[r] for r in rows])  # fmt: skip
 
 
 def _predict(

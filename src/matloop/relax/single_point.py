@@ -85,30 +85,19 @@ def _energies(model, structures: list[Structure], device: str) -> np.ndarray:
     import torch
 
     from matloop.relax.batched import ModelBatch, _composition_energy
-    from matloop.relax.graphs import (
-        ATOM_CUTOFF,
-        build_graphs,
-        chgnet_inputs,
-        neighbour_pairs,
-    )
+    from matloop.relax.graphs import chgnet_inputs
 
     f64 = {"dtype": torch.float64, "device": device}
+    numbers = torch.tensor([site.specie.Z for s in structures for site in s],
+                           dtype=torch.int32, device=device)  # fmt: skip
     frac = torch.tensor(np.concatenate([s.frac_coords for s in structures]), **f64)
     cells = torch.tensor(np.stack([s.lattice.matrix for s in structures]), **f64)
     crystal_of = torch.repeat_interleave(
         torch.arange(len(structures), device=device),
         torch.tensor([len(s) for s in structures], device=device),
     )
-    numbers = torch.tensor([site.specie.Z for s in structures for site in s],
-                           dtype=torch.int32, device=device)  # fmt: skip
-    every = torch.arange(len(structures), device=device)
-    i, j, image = neighbour_pairs(frac, cells, crystal_of, every, ATOM_CUTOFF)
-    vec = torch.einsum("pa,pab->pb", frac[j] + image - frac[i], cells[crystal_of[i]])
-    inputs = ModelBatch(
-        graphs=build_graphs(i, j, image, vec, crystal_of, len(frac)),
-        atomic_numbers=numbers, frac=frac, cells=cells, crystal_of=crystal_of,
-        formulas=[s.composition.formula for s in structures],
-    )  # fmt: skip
+    inputs = ModelBatch.build(numbers, frac, cells, crystal_of,
+                              [s.composition.formula for s in structures])  # fmt: skip
     with torch.no_grad(), quiet(True):
         batched, _, _ = chgnet_inputs(model, inputs.graphs, numbers, frac, cells, crystal_of)
         prediction = model._compute(batched)
