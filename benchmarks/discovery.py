@@ -32,7 +32,8 @@ Two parts, written into one JSON (``benchmarks/results/discovery.json``, one sec
     and ``--strategies`` shrink it.
 
 One command writes the whole file (both parts, every seed); ``--parts`` picks fewer, and
-``--jobs 2`` runs the replay agents and the CHGNet campaigns side by side. Data resolves from
+``--jobs 2`` runs the replay agents and the CHGNet campaigns side by side (with
+``--realistic``: two campaigns at once, each on its own store). Data resolves from
 ``../shared/data`` beside the checkout (``--shared-data`` or ``MATLOOP_SHARED_DATA`` to
 override); caches (features, training CSV, VAE checkpoint) live in ``--cache-dir`` under
 names keyed by the content hash of their inputs and settings. ``--schema`` runs the same

@@ -144,45 +144,66 @@ def fake_rounds(strategy: str, scale: dict) -> list[dict]:
     return [round_record(r + 1, metrics, 0.0, steps) for r in range(scale["rounds"])]
 
 
-def run_campaigns(runs: dict, scale: dict) -> None:
-    """Every seed, every strategy, on one ``memory://`` store (references relaxed once)."""
+def run_campaigns(runs: dict, scale: dict, jobs: int = 1) -> None:
+    """Every seed, every strategy. One process: on one ``memory://`` store (references
+    relaxed once); with ``jobs`` > 1, campaigns run side by side in worker processes, each
+    on its own store."""
+    tasks = [(strategy, seed) for seed in scale["seeds"] for strategy in scale["strategies"]]
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(run_campaign, strategy, seed, scale)
+                       for strategy, seed in tasks]  # fmt: skip
+            results = [f.result() for f in futures]
+    else:
+        from matloop.store import MatloopStore
+
+        store = MatloopStore("memory://")
+        results = [run_campaign(strategy, seed, scale, store) for strategy, seed in tasks]
+    for (strategy, _), result in zip(tasks, results, strict=True):
+        runs[strategy].append(result)
+
+
+def run_campaign(strategy: str, seed: int, scale: dict, store=None) -> dict:
+    """One campaign of ``strategy`` at ``seed``: its rounds and final discoveries."""
     from matloop.config import parse_config
     from matloop.loop import CampaignRun, Progress
     from matloop.loop.campaign import STEPS
     from matloop.store import MatloopStore
 
-    store = MatloopStore("memory://")
+    store = store if store is not None else MatloopStore("memory://")
     quiet = Progress(message=lambda text: None)
-    for seed in scale["seeds"]:
-        for strategy in scale["strategies"]:
-            config = parse_config(strategy_config(strategy, seed, scale), source=strategy)
-            run = CampaignRun(config, store=store, progress=quiet)
-            start = time.perf_counter()
-            run.prepare_references()
-            print(f"seed {seed} {strategy}: references ready in "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
-            rounds = []
-            for _ in range(scale["rounds"]):
-                start = time.perf_counter()
-                doc, steps = run.start_round(), {}
-                for name in STEPS:  # as run_round, timed step by step
-                    begun = time.perf_counter()
-                    run.step(name, doc.round)
-                    steps[name] = round(time.perf_counter() - begun, 1)
-                doc = run.context.round(doc.round)
-                rounds.append(round_record(doc.round, doc.metrics, time.perf_counter() - start,
-                                           steps))
-                r = rounds[-1]
-                print(f"seed {seed} {strategy:16s} round {doc.round}: {r['hits']} hits / "
-                      f"{r['relaxed'] + r['failed']} relaxed, repeats "
-                      f"{r['duplicate_share']:.0%}, allocation "
-                      f"{ {g['generator']: g['proposals_asked'] for g in r['generators']} } "
-                      f"proposed {doc.metrics.get('proposed_by')}, known skipped "
-                      f"{doc.metrics.get('known_skipped_by_generator')} "
-                      f"({r['seconds']} s, peak {r['peak_rss_mb']} MB, load "
-                      f"{os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
-            final = final_discoveries(store, run.name, config.objective.stability_threshold)
-            runs[strategy].append({"rounds": rounds, "final_discoveries": final})
+    config = parse_config(strategy_config(strategy, seed, scale), source=strategy)
+    run = CampaignRun(config, store=store, progress=quiet)
+    start = time.perf_counter()
+    run.prepare_references()
+    print(f"seed {seed} {strategy}: references ready in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+    rounds = []
+    for _ in range(scale["rounds"]):
+        start = time.perf_counter()
+        doc, steps = run.start_round(), {}
+        for name in STEPS:  # as run_round, timed step by step
+            begun = time.perf_counter()
+            run.step(name, doc.round)
+            steps[name] = round(time.perf_counter() - begun, 1)
+        doc = run.context.round(doc.round)
+        rounds.append(round_record(doc.round, doc.metrics, time.perf_counter() - start,
+                                   steps))
+        r = rounds[-1]
+        print(f"seed {seed} {strategy:16s} round {doc.round}: {r['hits']} hits / "
+              f"{r['relaxed'] + r['failed']} relaxed, repeats "
+              f"{r['duplicate_share']:.0%}, allocation "
+              f"{ {g['generator']: g['proposals_asked'] for g in r['generators']} } "
+              f"proposed {doc.metrics.get('proposed_by')}, known skipped "
+              f"{doc.metrics.get('known_skipped_by_generator')} "
+              f"({r['seconds']} s, peak {r['peak_rss_mb']} MB, load "
+              f"{os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
+    final = final_discoveries(store, run.name, config.objective.stability_threshold)
+    return {"rounds": rounds, "final_discoveries": final}
 
 
 def final_discoveries(store, name: str, threshold: float) -> int:
@@ -279,7 +300,7 @@ def realistic_benchmark(args) -> dict:
         os.environ["MATLOOP_CHECKPOINTS"] = str(checkpoint.parent)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_campaigns(runs, scale)
+            run_campaigns(runs, scale, jobs=getattr(args, "jobs", 1))
     summary = summarise(runs)
     # beside the JSON it goes with: a run with its own --output keeps its own plot
     output = getattr(args, "output", None)

@@ -4,7 +4,7 @@ job-per-crystal vs. bare CHGNet.
 Relaxes the same real crystals (Materials Project structures from
 ``../shared/data/known_crystals_mp.csv.gz``, up to ``--max-atoms`` sites, a seeded sample of
 ``--n``) up to five ways in one process, all with CHGNet, FIRE + Fréchet cell filter,
-``fmax`` 0.05 eV/Å, at most 300 steps and one torch thread:
+``fmax`` 0.05 eV/Å, at most 300 steps and ``--threads`` torch threads (one by default):
 
 * ``matloop``: :func:`matloop.relax.runner.relax_structures` with
   :func:`matloop.relax.makers.make_relax_maker` — what the loop's relax step runs (jobflow
@@ -91,9 +91,16 @@ def run_matloop(items, fmax: float, steps: int) -> tuple[float, dict]:
     store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
     start = time.perf_counter()
     maker = make_relax_maker("CHGNet", fmax=fmax, steps=steps)
-    outs = relax_structures(items, maker, store, num_threads=1)
+    outs = relax_structures(items, maker, store, num_threads=_threads())
     wall = time.perf_counter() - start
     return wall, _by_id(outs)
+
+
+def _threads() -> int:
+    """The torch threads every path runs with (``--threads``, set by run_benchmark)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_atomate2(items, fmax: float, steps: int) -> tuple[float, dict]:
@@ -153,7 +160,7 @@ def run_batched(items, fmax: float, steps: int, batch_size: int = 32,
     clear_model_cache()  # the model load counts, as for the other paths
     start = time.perf_counter()
     relaxer = BatchedRelaxer(fmax=fmax, steps=steps, batch_size=batch_size, device=device)
-    outs = relaxer.relax(items, num_threads=1)
+    outs = relaxer.relax(items, num_threads=_threads())
     wall = time.perf_counter() - start
     return wall, _by_id(outs)
 
@@ -294,6 +301,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="crystals per batch (batched)")
     p.add_argument("--device", default=None, help="batched path's torch device (default: "
                    "cuda when present, else cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of every path (default 1; 2 uses both cores of a "
+                   "2-core machine)")
     p.add_argument("--output", type=Path, default=OUT)
     p.add_argument("--schema", action="store_true",
                    help="run the same code on two tiny made-up crystals, 3 steps, and print "
@@ -303,14 +313,15 @@ def main() -> None:
 
 
 def run_benchmark(args: argparse.Namespace, measure) -> None:
-    """What the relaxation benchmarks do once their options are parsed: one torch thread per
-    process, then ``measure(args, crystals)`` on the seeded sample, written to
+    """What the relaxation benchmarks do once their options are parsed: ``--threads`` torch
+    threads (default one), then ``measure(args, crystals)`` on the seeded sample, written to
     ``args.output``; or with ``--schema``, on two tiny made-up crystals for 3 steps, the JSON
     printed (stdout, this process's and its children's, goes to stderr meanwhile)."""
     import torch
 
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    threads = getattr(args, "threads", 1)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     warnings.filterwarnings("ignore")
     if args.schema:
         items, args.steps = schema_crystals(), 3
@@ -403,7 +414,7 @@ def measure(args: argparse.Namespace, items: list) -> dict:
         "fmax": args.fmax,
         "steps": args.steps,
         "potential": "CHGNet",
-        "torch_threads": 1,
+        "torch_threads": _threads(),
         "paths": paths,
         "ratios": ratios,
         "goal": "on CPU: matloop_vs_bare >= 1.0, batched_vs_bare >= 3.0; batched agrees with "
