@@ -126,7 +126,7 @@ def reference_labels(ctx: RunContext) -> dict[str, float]:
     Empty otherwise, and when the references do not make a hull: elements alone, all at
     0 eV/atom, teach a surrogate nothing about compounds, so round 1 then picks at random."""
     from matloop.evaluators.stability import compute_hull
-    from matloop.loop.screen import MIN_TRAINING_POINTS
+    from matloop.loop.labels import MIN_TRAINING_POINTS
 
     references = ctx.references()
     if sum("-" in r.chemsys for r in references) < MIN_TRAINING_POINTS:  # compounds only

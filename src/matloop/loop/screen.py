@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from matloop.loop.labels import LABEL_DECIMALS, MIN_TRAINING_POINTS
 from matloop.store import CandidateDoc, CandidateStatus
 from matloop.store.documents import structure_from_dict
 
@@ -15,17 +16,11 @@ if TYPE_CHECKING:
 
     from matloop.loop.context import RunContext
 
-__all__ = ["MIN_TRAINING_POINTS", "ScreenStep", "acquire", "property_labels", "training_set"]
+__all__ = ["LABEL_DECIMALS", "MIN_TRAINING_POINTS", "ScreenStep", "acquire", "property_labels",
+           "training_set"]
 
-#: Fewer labelled crystals than this and the surrogate is not trusted: selection is random.
-MIN_TRAINING_POINTS = 6
 #: The reason of a screened candidate left in the pool for a later round.
 WAITING = "waiting in the pool"
-#: Labels are rounded to this many decimals (1 meV/atom, far below a potential's error)
-#: before the surrogate sees them: with a handful of labels its trees pick between
-#: near-equal splits, and CHGNet energies differ by ~1e-6 eV between CPUs (BLAS), which
-#: was enough to change which candidates a round selects.
-LABEL_DECIMALS = 3
 
 
 def _changed(cand: CandidateDoc, fields: dict[str, Any]) -> bool:

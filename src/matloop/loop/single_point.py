@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from matloop.loop.labels import LABEL_DECIMALS, MIN_TRAINING_POINTS
 from matloop.store import CandidateStatus
 from matloop.store.documents import structure_from_dict
 
@@ -42,7 +43,6 @@ def single_point_predictions(
     surrogate). A candidate the potential cannot evaluate gets NaN (ranked last)."""
     from matloop.evaluators.features import featurize
     from matloop.evaluators.surrogate import EnsembleSurrogate
-    from matloop.loop.screen import LABEL_DECIMALS, MIN_TRAINING_POINTS
 
     diagram = _campaign_hull(ctx)
     if diagram is None:
