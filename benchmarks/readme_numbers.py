@@ -97,8 +97,9 @@ def relax_throughput(d: dict) -> str:
     p, r = d["paths"], d["ratios"]
     ran = [name for name, row in p.items() if "crystals_per_s" in row]
     loads = [x for name in ran for x in p[name].get("load_avg_1min_before_after", [])]
+    threads = d.get("torch_threads", 1)
     text = (f"{d['n_crystals']} MP crystals (≤ {d['max_atoms']} atoms), {len(ran)} paths in "
-            "one run")
+            f"one run, {threads} torch thread{'s' if threads != 1 else ''}")
     if loads:
         cpus = d.get("meta", {}).get("machine", {}).get("cpus", "?")
         text += f" (1-min load {min(loads):.0f}-{max(loads):.0f} on {cpus} cores)"
@@ -276,6 +277,9 @@ def relax_cluster(d: dict) -> str:
 #: results file -> (fallback command when the file records none, row renderers)
 ROWS: dict[str, tuple[str, list[Callable[[dict], str | None]]]] = {
     "relax_throughput.json": ("python benchmarks/relax_throughput.py --n 64", [relax_throughput]),
+    # the same with both cores of a 2-core machine (--threads 2)
+    "relax_throughput_2threads.json": ("python benchmarks/relax_throughput.py --n 64 --threads 2",
+                                       [relax_throughput]),
     "relax_cluster.json": ("python benchmarks/relax_cluster.py --n 64", [relax_cluster]),
     "discovery.json": ("python benchmarks/discovery.py", [discovery_replay, discovery_chgnet]),
     # the CHGNet part alone, when it is run as a command of its own (--parts chgnet --output)
